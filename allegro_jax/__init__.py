@@ -1,0 +1,8 @@
+"""allegro-jax: the Allegro interatomic potential in JAX."""
+
+from .config import AllegroConfig
+from .data.graph import AtomicGraph, Structure
+from .nn.model import make_model
+
+__version__ = "0.1.0.dev0"
+__all__ = ["AllegroConfig", "AtomicGraph", "Structure", "make_model"]

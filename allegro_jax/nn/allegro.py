@@ -1,0 +1,177 @@
+"""Allegro, current generation (allegro >= 0.7, weight-level parity with nequip-allegro 0.8.3).
+
+Edge ij runs from centre i to neighbour j. Per edge, with x = r_ij / r_max:
+
+1. two-body scalar embedding (``TwoBodyBesselScalarEmbed`` + ``scalar_embed_mlp``)
+   ``h = MLP([Emb_c(t_i) ‖ Emb_n(t_j)] ⊙ Linear(b(x)·u(x)))``, ``[n_edges, S]``;
+2. two-body tensor embedding ``V⁰ = Linear(h) ⊙ Y(r̂_ij)``, ``[n_edges, C, D]``;
+3. ``[x⁰ ‖ w] = Linear(h)``; for each layer ℓ:
+   ``env_i = N_avg^{-1/2} Σ_k w_ik ⊙ Y_ik`` (``[n_nodes, C, D]``),
+   ``V^ℓ = TP(V^{ℓ-1}, env_i)`` (channel-wise, weighted paths),
+   ``[x^ℓ ‖ w] = MLP_ℓ([x⁰ ‖ … ‖ x^{ℓ-1} ‖ V^ℓ_{0e}])``;
+4. ``E_ij = MLP([x⁰ ‖ … ‖ x^L])``, ``E_i = (2 N_avg)^{-1/2} Σ_j E_ij``,
+   ``E_i ← σ_t E_i + μ_t``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import AllegroConfig
+from .cutoff import polynomial_cutoff
+from .mlp import ScalarMLP, uniform_unit_variance
+from .radial import bessel_basis
+from .tensor_product import (
+    TPSpec,
+    channelwise_tp,
+    irrep_str,
+    layer_irreps,
+    sh_irreps,
+    weighted_channels,
+)
+
+
+def spherical_harmonics(vectors: jax.Array, l_max: int) -> jax.Array:
+    """Component-normalised real SH of the unit vectors, ``[n_edges, (l_max+1)^2]``."""
+    irreps = "+".join(irrep_str(ir) for ir in sh_irreps(l_max))
+    return e3nn.spherical_harmonics(irreps, vectors, normalize=True,
+                                    normalization="component").array
+
+
+def per_type_constant(values, species: jax.Array, dtype) -> jax.Array:
+    """Look up a per-type constant tuple (or a scalar) for each node."""
+    arr = jnp.asarray(np.asarray(values, dtype=np.float64), dtype=dtype)
+    if arr.ndim == 0 or arr.shape[0] == 1:
+        return jnp.broadcast_to(arr.reshape(()), species.shape)
+    return arr[species]
+
+
+def scale_shift(cfg: AllegroConfig, module: nn.Module, energies: jax.Array,
+                species: jax.Array) -> jax.Array:
+    """``E_i ← σ_t E_i + μ_t`` with fixed or trainable per-type constants."""
+    dtype = energies.dtype
+    if cfg.per_type_energy_scales is not None:
+        if cfg.per_type_energy_scales_trainable:
+            init = np.asarray(cfg.per_type_energy_scales)
+            s = module.param("per_type_energy_scales", lambda k: jnp.asarray(init, dtype))
+            energies = energies * s.astype(dtype)[species]
+        else:
+            energies = energies * per_type_constant(cfg.per_type_energy_scales, species, dtype)
+    if cfg.per_type_energy_shifts is not None:
+        if cfg.per_type_energy_shifts_trainable:
+            init = np.asarray(cfg.per_type_energy_shifts)
+            b = module.param("per_type_energy_shifts", lambda k: jnp.asarray(init, dtype))
+            energies = energies + b.astype(dtype)[species]
+        else:
+            energies = energies + per_type_constant(cfg.per_type_energy_shifts, species, dtype)
+    return energies
+
+
+def model_dtype(cfg: AllegroConfig):
+    return jnp.float64 if cfg.model_dtype == "float64" else jnp.float32
+
+
+@functools.lru_cache(maxsize=64)
+def allegro_tp_specs(l_max: int, parity: bool, num_layers: int) -> tuple[TPSpec, ...]:
+    """The tensor products of the current generation, one per layer (pruned irreps)."""
+    irreps = layer_irreps(l_max, parity, num_layers)
+    env = sh_irreps(l_max)
+    return tuple(TPSpec.build(irreps[i], env, irreps[i + 1]) for i in range(num_layers))
+
+
+class AllegroCurrent(nn.Module):
+    """Per-atom energies of the current-generation Allegro model."""
+
+    config: AllegroConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        edge_vectors: jax.Array,  # [n_edges, 3], geometry dtype
+        species: jax.Array,  # [n_nodes]
+        edge_center: jax.Array,  # [n_edges]
+        edge_neighbor: jax.Array,  # [n_edges]
+        edge_mask: jax.Array,  # [n_edges]
+        node_mask: jax.Array,  # [n_nodes]
+    ) -> jax.Array:  # [n_nodes] per-atom energies, geometry dtype
+        cfg = self.config
+        dt = model_dtype(cfg)
+        specs = allegro_tp_specs(cfg.l_max, cfg.parity, cfg.num_layers)
+        gdt = edge_vectors.dtype
+        n_nodes = species.shape[0]
+        S, C = cfg.num_scalar_features, cfg.num_tensor_features
+        n_sh = cfg.l_max + 1
+        sh_ir = sh_irreps(cfg.l_max)
+
+        # ---- geometry (in the input dtype, as nequip does in float64) ----
+        safe = jnp.asarray([2.0 * cfg.r_max, 0.0, 0.0], gdt)
+        vec = jnp.where(edge_mask[:, None], edge_vectors, safe)  # [n_edges, 3]
+        r = jnp.sqrt(jnp.sum(vec * vec, axis=-1))  # [n_edges]
+        x = r / cfg.r_max
+        freqs = np.arange(1, cfg.num_bessels + 1, dtype=np.float64)
+        if cfg.bessel_trainable:
+            freqs = self.param("bessel_frequencies", lambda k: jnp.asarray(freqs, dt))
+        else:
+            freqs = jnp.asarray(freqs, gdt)
+        basis = bessel_basis(x, freqs).astype(dt)  # [n_edges, B]
+        cut = polynomial_cutoff(x, cfg.polynomial_cutoff_p).astype(dt)  # [n_edges]
+        cut = cut * edge_mask.astype(dt)
+        basis = basis * cut[:, None]
+        sh = spherical_harmonics(vec, cfg.l_max).astype(dt)  # [n_edges, D]
+
+        # ---- two-body scalar embedding ----
+        emb = cfg.embed_dim
+        normal = jax.nn.initializers.normal(1.0)
+        center_embed = self.param("center_embed", normal, (cfg.num_types, emb // 2), dt)
+        neighbor_embed = self.param("neighbor_embed", normal, (cfg.num_types, emb // 2), dt)
+        t_i, t_j = species[edge_center], species[edge_neighbor]
+        type_embed = jnp.concatenate([center_embed[t_i], neighbor_embed[t_j]], axis=-1)
+        radial = ScalarMLP((emb,), None, param_dtype=dt, name="basis_linear")(basis)
+        h = type_embed * radial  # [n_edges, emb]
+        hidden = (cfg.scalar_embed_mlp_hidden_layers_width,) * cfg.scalar_embed_mlp_hidden_layers_depth
+        h = ScalarMLP(hidden + (S,), cfg.scalar_embed_mlp_nonlinearity, param_dtype=dt,
+                      name="scalar_embed_mlp")(h)  # [n_edges, S]
+
+        # ---- two-body tensor embedding ----
+        w0 = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(h)
+        features = weighted_channels(sh, w0, sh_ir)  # [n_edges, C, D]
+
+        # ---- Allegro layers ----
+        proj = ScalarMLP((S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection")(h)
+        latents = [proj[:, :S]]
+        env_w = proj[:, S:]
+        norm = 1.0 / np.sqrt(np.asarray(cfg.avg_num_neighbors_per_type()))
+        node_norm = per_type_constant(norm, species, dt)[:, None, None]  # [n_nodes, 1, 1]
+        lat_hidden = (cfg.allegro_mlp_hidden_layers_width,) * cfg.allegro_mlp_hidden_layers_depth
+        for layer, spec in enumerate(specs):
+            env_edges = weighted_channels(sh, env_w, sh_ir)  # [n_edges, C, D]
+            env = jax.ops.segment_sum(env_edges, edge_center, num_segments=n_nodes)
+            env = env * node_norm  # [n_nodes, C, D]
+            tp_shape = (C, spec.num_paths) if cfg.tp_path_channel_coupling else (spec.num_paths,)
+            tp_w = self.param(f"tp_{layer}", uniform_unit_variance, tp_shape, dt)
+            coupling = jnp.einsum("...p,pijk->...ijk", tp_w, jnp.asarray(spec.coupling(), dt))
+            features = channelwise_tp(features, env[edge_center], coupling)  # [n_edges, C, D']
+            scalars = features[:, :, 0]  # [n_edges, C] (0e is first)
+            last = layer == cfg.num_layers - 1
+            out_dim = S + (0 if last else C * n_sh)
+            y = ScalarMLP(lat_hidden + (out_dim,), cfg.allegro_mlp_nonlinearity, param_dtype=dt,
+                          name=f"latent_{layer}")(jnp.concatenate(latents + [scalars], axis=-1))
+            latents.append(y[:, :S])
+            if not last:
+                env_w = y[:, S:]
+
+        # ---- readout ----
+        ro_hidden = (cfg.readout_mlp_hidden_layers_width,) * cfg.readout_mlp_hidden_layers_depth
+        e_edge = ScalarMLP(ro_hidden + (1,), cfg.readout_mlp_nonlinearity, param_dtype=dt,
+                           name="readout")(jnp.concatenate(latents, axis=-1))[:, 0]
+        e_edge = jnp.where(edge_mask, e_edge, 0.0)
+        e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes)
+        e_atom = e_atom * node_norm[:, 0, 0] / np.sqrt(2.0)
+        e_atom = scale_shift(cfg, self, e_atom.astype(gdt), species)
+        return jnp.where(node_mask, e_atom, 0.0)

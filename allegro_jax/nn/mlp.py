@@ -1,0 +1,73 @@
+"""Bias-free scalar MLPs with forward-normalised weights.
+
+Weights are stored with unit variance, ``W ~ U(-√3, √3)``, and applied as
+``x @ (W · α)`` with ``α = gain / √fan_in`` (nequip ``ScalarMLPFunction``), which keeps the
+forward activations at unit scale without biases, so an all-zero input (an edge beyond the
+cutoff) gives an all-zero output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+SQRT3 = math.sqrt(3.0)
+# second moment normalisation of SiLU under N(0, 1) inputs: 1/sqrt(E[silu(x)^2])
+SILU_2MOM = 1.6791767923989418
+
+
+def shifted_softplus(x: jax.Array) -> jax.Array:
+    return jax.nn.softplus(x) - math.log(2.0)
+
+
+NONLINEARITIES: dict[str | None, Callable | None] = {
+    None: None,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "ssp": shifted_softplus,
+}
+
+
+def uniform_unit_variance(key, shape, dtype=jnp.float32):
+    """``U(-√3, √3)``: zero mean, unit variance."""
+    return jax.random.uniform(key, shape, dtype, minval=-SQRT3, maxval=SQRT3)
+
+
+class ScalarMLP(nn.Module):
+    """``x -> act(x @ W0 α0) @ W1 α1 ...``, no biases, no activation after the last layer.
+
+    Attributes:
+        features: widths of the hidden layers followed by the output width.
+        nonlinearity: name in :data:`NONLINEARITIES` (``None`` for a linear/deep-linear map).
+        gain: ``"current"``: gain √2 on layers after a nonlinearity (nequip >= 0.7);
+            ``"paper"``: gain ``SILU_2MOM`` (e3nn ``normalize2mom``) on those layers.
+        param_dtype: dtype of the weights.
+    """
+
+    features: Sequence[int]
+    nonlinearity: str | None = "silu"
+    gain: str = "current"
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., fan_in] -> [..., features[-1]]
+        act = NONLINEARITIES[self.nonlinearity]
+        n = len(self.features)
+        for layer, width in enumerate(self.features):
+            fan_in = x.shape[-1]
+            w = self.param(f"weight_{layer}", uniform_unit_variance, (fan_in, width),
+                           self.param_dtype)
+            if act is None or layer == 0:
+                g = 1.0
+            else:
+                g = math.sqrt(2.0) if self.gain == "current" else SILU_2MOM
+            x = x @ (w * (g / math.sqrt(fan_in))).astype(x.dtype)
+            if act is not None and layer < n - 1:
+                x = act(x)
+        return x

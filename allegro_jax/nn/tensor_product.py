@@ -1,0 +1,205 @@
+"""Irreps bookkeeping and the channel-wise ("strided") tensor products of Allegro.
+
+Tensor features are stored strided, ``[n_edges, C, D]``: C channels, each holding one copy
+of every irrep of an irreps list (multiplicity 1), concatenated along D. Irreps are
+``(l, p)`` pairs, ``p = ±1``. Spherical harmonics carry ``p = (-1)^l``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Irrep = tuple[int, int]  # (l, parity)
+
+
+def irrep_str(ir: Irrep) -> str:
+    return f"{ir[0]}{'e' if ir[1] == 1 else 'o'}"
+
+
+def irreps_dim(irreps: Sequence[Irrep]) -> int:
+    return sum(2 * l + 1 for l, _ in irreps)
+
+
+def irreps_offsets(irreps: Sequence[Irrep]) -> list[int]:
+    out, o = [], 0
+    for l, _ in irreps:
+        out.append(o)
+        o += 2 * l + 1
+    return out
+
+
+def sh_irreps(l_max: int) -> list[Irrep]:
+    """Irreps of the spherical harmonics up to ``l_max``: ``0e + 1o + 2e + ...``."""
+    return [(l, (-1) ** l) for l in range(l_max + 1)]
+
+
+def allowed_irreps(l_max: int, parity: bool) -> list[Irrep]:
+    """Irreps allowed on the tensor track (allegro ``tensor_track_allowed_irreps``)."""
+    if parity:
+        return [(l, p) for l in range(l_max + 1) for p in (1, -1)]
+    return sh_irreps(l_max)
+
+
+def irrep_product(a: Irrep, b: Irrep) -> list[Irrep]:
+    """Irreps in the product ``a ⊗ b``."""
+    return [(l, a[1] * b[1]) for l in range(abs(a[0] - b[0]), a[0] + b[0] + 1)]
+
+
+def _path_exists(irreps1: Sequence[Irrep], irreps2: Sequence[Irrep], out: Irrep) -> bool:
+    return any(out in irrep_product(a, b) for a in irreps1 for b in irreps2)
+
+
+def layer_irreps(l_max: int, parity: bool, num_layers: int) -> list[list[Irrep]]:
+    """Irreps of the tensor track before and after each layer, with useless paths pruned.
+
+    Mirrors allegro 0.8 ``Allegro_Module``: the input of layer 1 is the SH irreps; every
+    layer's output is the allowed irreps reachable from its input, except the last, which
+    outputs scalars ``0e`` only; then, walking backwards, an input irrep is kept only if it
+    can reach some irrep that the next stage keeps.
+
+    Returns:
+        ``num_layers + 1`` irreps lists: the input of layer 1, then each layer's output.
+    """
+    env = sh_irreps(l_max)
+    allowed = allowed_irreps(l_max, parity)
+    tps = [env]
+    arg = env
+    for layer in range(num_layers):
+        target = [(0, 1)] if layer == num_layers - 1 else allowed
+        out = [ir for ir in target if _path_exists(arg, env, ir)]
+        tps.append(out)
+        arg = out
+    # backward pruning
+    pruned = [tps[-1]]
+    out = tps[-1]
+    for arg in reversed(tps[:-1]):
+        keep = [a for a in arg if any(any(i in out for i in irrep_product(a, e)) for e in env)]
+        pruned.append(keep)
+        out = keep
+    pruned = list(reversed(pruned))
+    assert pruned[-1] == [(0, 1)], pruned[-1]
+    return pruned
+
+
+def tp_paths(
+    irreps1: Sequence[Irrep], irreps2: Sequence[Irrep], irreps_out: Sequence[Irrep]
+) -> list[tuple[int, int, int]]:
+    """All ``(i1, i2, i_out)`` paths, ordered by output irrep, then ``i1``, then ``i2``."""
+    return [
+        (i1, i2, io)
+        for io, ir_o in enumerate(irreps_out)
+        for i1, ir1 in enumerate(irreps1)
+        for i2, ir2 in enumerate(irreps2)
+        if ir_o in irrep_product(ir1, ir2)
+    ]
+
+
+def path_coupling_tensor(
+    irreps1: Sequence[Irrep],
+    irreps2: Sequence[Irrep],
+    irreps_out: Sequence[Irrep],
+    paths: Sequence[tuple[int, int, int]],
+) -> np.ndarray:
+    """Clebsch–Gordan blocks of every path, ``[n_paths, D1, D2, D_out]`` (float64).
+
+    Each block is ``C^{l1 l2 l3}`` (unit Frobenius norm, equal to e3nn-torch ``wigner_3j``)
+    times ``√(2 l3 + 1)`` ("component" normalisation), placed at the irreps' offsets.
+    """
+    o1, o2, oo = irreps_offsets(irreps1), irreps_offsets(irreps2), irreps_offsets(irreps_out)
+    w = np.zeros((len(paths), irreps_dim(irreps1), irreps_dim(irreps2), irreps_dim(irreps_out)))
+    for p, (i1, i2, io) in enumerate(paths):
+        (l1, _), (l2, _), (l3, _) = irreps1[i1], irreps2[i2], irreps_out[io]
+        cg = np.asarray(e3nn.clebsch_gordan(l1, l2, l3), dtype=np.float64) * math.sqrt(2 * l3 + 1)
+        w[p, o1[i1] : o1[i1] + 2 * l1 + 1, o2[i2] : o2[i2] + 2 * l2 + 1,
+          oo[io] : oo[io] + 2 * l3 + 1] = cg
+    return w
+
+
+@dataclasses.dataclass(frozen=True)
+class TPSpec:
+    """Static description of one Allegro tensor product."""
+
+    irreps1: tuple[Irrep, ...]
+    irreps2: tuple[Irrep, ...]
+    irreps_out: tuple[Irrep, ...]
+    paths: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def build(cls, irreps1, irreps2, irreps_out) -> TPSpec:
+        paths = tuple(tp_paths(irreps1, irreps2, irreps_out))
+        if not paths:
+            raise ValueError(f"no tensor product paths {irreps1} x {irreps2} -> {irreps_out}")
+        return cls(tuple(irreps1), tuple(irreps2), tuple(irreps_out), paths)
+
+    @property
+    def num_paths(self) -> int:
+        return len(self.paths)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        return irreps_dim(self.irreps1), irreps_dim(self.irreps2), irreps_dim(self.irreps_out)
+
+    def coupling(self) -> np.ndarray:
+        """``[n_paths, D1, D2, D_out]`` Clebsch–Gordan blocks (cached, read-only)."""
+        return _cached_coupling(self)
+
+    def __str__(self) -> str:
+        f = lambda irs: "+".join(irrep_str(i) for i in irs)  # noqa: E731
+        return f"{f(self.irreps1)} x {f(self.irreps2)} -> {f(self.irreps_out)} [{self.num_paths} paths]"
+
+
+def weighted_channels(basis: jax.Array, weights: jax.Array, irreps: Sequence[Irrep]) -> jax.Array:
+    """Per-(channel, irrep) weighting of a one-copy basis (allegro ``MakeWeightedChannels``).
+
+    Args:
+        basis: ``[n, D]`` (e.g. spherical harmonics).
+        weights: ``[n, C * n_irreps]``, channel-major.
+        irreps: the irreps of ``basis``.
+
+    Returns:
+        ``[n, C, D]`` with ``out[z, u, m] = weights[z, u, irrep(m)] * basis[z, m]``.
+    """
+    n_ir = len(irreps)
+    w = weights.reshape(weights.shape[0], -1, n_ir)  # [n, C, n_irreps]
+    idx = np.repeat(np.arange(n_ir), [2 * l + 1 for l, _ in irreps])
+    return w[:, :, idx] * basis[:, None, :]
+
+
+def channelwise_tp(x1: jax.Array, x2: jax.Array, coupling: jax.Array) -> jax.Array:
+    """Weighted channel-wise tensor product, paths summed per output irrep.
+
+    ``out[z, u, k] = Σ_ij x1[z, u, i] x2[z, u, j] W[u, i, j, k]``, where
+    ``W[u] = Σ_p w[u, p] CG_p`` has been pre-contracted (or ``W[i, j, k]`` without channel
+    coupling).
+
+    Args:
+        x1: ``[n_edges, C, D1]``.
+        x2: ``[n_edges, C, D2]``.
+        coupling: ``[C, D1, D2, D_out]`` or ``[D1, D2, D_out]``.
+
+    Returns:
+        ``[n_edges, C, D_out]``.
+    """
+    n, c, d1 = x1.shape
+    d2 = x2.shape[-1]
+    outer = (x1[:, :, :, None] * x2[:, :, None, :]).reshape(n, c, d1 * d2)
+    if coupling.ndim == 4:
+        w = coupling.reshape(c, d1 * d2, -1)
+        return jnp.einsum("zup,upk->zuk", outer, w)
+    w = coupling.reshape(d1 * d2, -1)
+    return (outer.reshape(n * c, d1 * d2) @ w).reshape(n, c, -1)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_coupling(spec: TPSpec) -> np.ndarray:
+    w = path_coupling_tensor(spec.irreps1, spec.irreps2, spec.irreps_out, spec.paths)
+    w.setflags(write=False)
+    return w
