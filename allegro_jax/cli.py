@@ -28,9 +28,16 @@ def _demo(args: argparse.Namespace) -> int:
     atoms.set_atomic_numbers(numbers)
     struct = Structure.from_ase(atoms)
     cfg = AllegroConfig(
-        type_names=("O", "Si"), r_max=args.r_max, generation=args.generation, l_max=args.l_max,
-        num_layers=args.num_layers, num_scalar_features=64, num_tensor_features=32,
-        avg_num_neighbors=20.0, per_type_energy_shifts=(-2.0, -5.0), model_dtype=args.dtype,
+        type_names=("O", "Si"),
+        r_max=args.r_max,
+        generation=args.generation,
+        l_max=args.l_max,
+        num_layers=args.num_layers,
+        num_scalar_features=64,
+        num_tensor_features=32,
+        avg_num_neighbors=20.0,
+        per_type_energy_shifts=(-2.0, -5.0),
+        model_dtype=args.dtype,
     )
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
     graph = build_graph([struct], cfg.type_names, cfg.r_max, dtype=np_dtype)
@@ -47,21 +54,32 @@ def _demo(args: argparse.Namespace) -> int:
     n = struct.n_atoms
     forces = np.asarray(out["forces"][:n])
     result = {
-        "generation": cfg.generation, "n_atoms": n, "n_edges": int(np.sum(graph.edge_mask)),
-        "n_params": n_params, "energy_eV": float(out["energy"][0]),
+        "generation": cfg.generation,
+        "n_atoms": n,
+        "n_edges": int(np.sum(graph.edge_mask)),
+        "n_params": n_params,
+        "energy_eV": float(out["energy"][0]),
         "max_force_eV_per_A": float(np.abs(forces).max()),
         "net_force": np.asarray(forces.sum(0)).tolist(),
         "stress_eV_per_A3": np.asarray(out["stress"][0]).tolist(),
-        "compile_s": round(t_compile, 3), "call_ms": round(1e3 * t_call, 2),
-        "backend": jax.default_backend(), "dtype": args.dtype,
+        "compile_s": round(t_compile, 3),
+        "call_ms": round(1e3 * t_call, 2),
+        "backend": jax.default_backend(),
+        "dtype": args.dtype,
     }
-    print(f"Allegro ({cfg.generation}) on {n} atoms of Si/O, {result['n_edges']} edges, "
-          f"{n_params} parameters, {args.dtype} on {jax.default_backend()}")
+    print(
+        f"Allegro ({cfg.generation}) on {n} atoms of Si/O, {result['n_edges']} edges, "
+        f"{n_params} parameters, {args.dtype} on {jax.default_backend()}"
+    )
     print(f"  energy        {result['energy_eV']:.6f} eV")
     print(f"  max |F|       {result['max_force_eV_per_A']:.6f} eV/Å")
     print(f"  |sum F|       {np.linalg.norm(forces.sum(0)):.2e} eV/Å (momentum conservation)")
-    print("  stress (eV/Å^3):\n" + "\n".join("    " + " ".join(f"{v: .6e}" for v in row)
-                                             for row in result["stress_eV_per_A3"]))
+    print(
+        "  stress (eV/Å^3):\n"
+        + "\n".join(
+            "    " + " ".join(f"{v: .6e}" for v in row) for row in result["stress_eV_per_A3"]
+        )
+    )
     print(f"  first call (compile) {t_compile:.2f} s, next call {1e3 * t_call:.1f} ms")
     if args.json:
         with open(args.json, "w") as f:
@@ -72,8 +90,10 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="allegro-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build a model and print energy/forces/stress of a "
-                                       "generated periodic Si/O structure")
+    demo = sub.add_parser(
+        "demo",
+        help="build a model and print energy/forces/stress of a generated periodic Si/O structure",
+    )
     demo.add_argument("--generation", choices=("current", "paper"), default="current")
     demo.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     demo.add_argument("--l-max", type=int, default=1)
@@ -83,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", help="also write the results to this JSON file")
     demo.set_defaults(func=_demo)
+    from .train.cli import add_evaluate_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -135,9 +135,16 @@ class AllegroConfig:
             raise ValueError(f"generation must be one of {_GENERATIONS}, got {self.generation!r}")
         if self.model_dtype not in _DTYPES:
             raise ValueError(f"model_dtype must be one of {_DTYPES}, got {self.model_dtype!r}")
-        for name in ("l_max", "num_layers", "num_scalar_features", "num_tensor_features",
-                     "num_bessels", "scalar_embed_mlp_hidden_layers_width",
-                     "allegro_mlp_hidden_layers_width", "readout_mlp_hidden_layers_width"):
+        for name in (
+            "l_max",
+            "num_layers",
+            "num_scalar_features",
+            "num_tensor_features",
+            "num_bessels",
+            "scalar_embed_mlp_hidden_layers_width",
+            "allegro_mlp_hidden_layers_width",
+            "readout_mlp_hidden_layers_width",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -150,12 +157,18 @@ class AllegroConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.polynomial_cutoff_p < 2:
             raise ValueError(f"polynomial_cutoff_p must be >= 2, got {self.polynomial_cutoff_p}")
-        for name in ("scalar_embed_mlp_hidden_layers_depth", "allegro_mlp_hidden_layers_depth",
-                     "readout_mlp_hidden_layers_depth"):
+        for name in (
+            "scalar_embed_mlp_hidden_layers_depth",
+            "allegro_mlp_hidden_layers_depth",
+            "readout_mlp_hidden_layers_depth",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("scalar_embed_mlp_nonlinearity", "allegro_mlp_nonlinearity",
-                     "readout_mlp_nonlinearity"):
+        for name in (
+            "scalar_embed_mlp_nonlinearity",
+            "allegro_mlp_nonlinearity",
+            "readout_mlp_nonlinearity",
+        ):
             v = getattr(self, name)
             if v in ("None", "null"):
                 set_(name, None)
@@ -164,8 +177,11 @@ class AllegroConfig:
         emb = self.embed_dim
         if self.generation == "current" and emb % 2:
             raise ValueError(f"radial_chemical_embed_dim must be even, got {emb}")
-        for name in ("two_body_latent_mlp_latent_dimensions", "latent_mlp_latent_dimensions",
-                     "edge_eng_mlp_latent_dimensions"):
+        for name in (
+            "two_body_latent_mlp_latent_dimensions",
+            "latent_mlp_latent_dimensions",
+            "edge_eng_mlp_latent_dimensions",
+        ):
             v = tuple(int(d) for d in getattr(self, name))
             if any(d < 1 for d in v):
                 raise ValueError(f"{name} must be positive widths, got {v}")
@@ -182,10 +198,14 @@ class AllegroConfig:
         if any(v <= 0 for v in ann):
             raise ValueError(f"avg_num_neighbors must be > 0, got {ann}")
         set_("avg_num_neighbors", ann if len(set(ann)) > 1 else ann[0])
-        set_("per_type_energy_scales",
-             _per_type(self.per_type_energy_scales, self.type_names, "per_type_energy_scales"))
-        set_("per_type_energy_shifts",
-             _per_type(self.per_type_energy_shifts, self.type_names, "per_type_energy_shifts"))
+        set_(
+            "per_type_energy_scales",
+            _per_type(self.per_type_energy_scales, self.type_names, "per_type_energy_scales"),
+        )
+        set_(
+            "per_type_energy_shifts",
+            _per_type(self.per_type_energy_shifts, self.type_names, "per_type_energy_shifts"),
+        )
 
     # ---- derived quantities -------------------------------------------------------------
     @property

@@ -17,12 +17,21 @@ from ..nn.allegro import allegro_tp_specs
 
 
 def _np(t) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.float64 if str(t.dtype) == "torch.float64"
-                                          else np.float32)
+    return (
+        t.detach()
+        .cpu()
+        .numpy()
+        .astype(np.float64 if str(t.dtype) == "torch.float64" else np.float32)
+    )
 
 
-_ACT_NAMES = {"SiLU": "silu", "Tanh": "tanh", "GELU": "gelu", "Mish": "mish",
-              "ShiftedSoftplus": "ssp"}
+_ACT_NAMES = {
+    "SiLU": "silu",
+    "Tanh": "tanh",
+    "GELU": "gelu",
+    "Mish": "mish",
+    "ShiftedSoftplus": "ssp",
+}
 
 
 def _mlp_info(fn) -> tuple[list[int], str | None, list[np.ndarray]]:
@@ -99,8 +108,11 @@ def from_nequip(model) -> tuple[AllegroConfig, dict[str, Any]]:
     sc = net.per_type_energy_scale_shift
     scales = _np(sc.scales).reshape(-1).tolist() if sc.has_scales else None
     shifts = _np(sc.shifts).reshape(-1).tolist() if sc.has_shifts else None
+    # a single shared value is stored once
+    scales = scales[0] if scales is not None and len(scales) == 1 else scales
+    shifts = shifts[0] if shifts is not None and len(shifts) == 1 else shifts
     cutoff = bessel.cutoff
-    p = float(getattr(cutoff, "p"))
+    p = float(cutoff.p)
     dtype = str(getattr(model, "model_dtype", "torch.float32")).replace("torch.", "")
 
     cfg = AllegroConfig(
@@ -153,14 +165,20 @@ def from_nequip(model) -> tuple[AllegroConfig, dict[str, Any]]:
     specs = allegro_tp_specs(cfg.l_max, cfg.parity, cfg.num_layers)
     for layer, (tp, spec) in enumerate(zip(allegro.tps, specs, strict=True)):
         if tp.num_paths != spec.num_paths:
-            raise ValueError(f"layer {layer}: reference has {tp.num_paths} TP paths, "
-                             f"ours {spec.num_paths} ({spec})")
+            raise ValueError(
+                f"layer {layer}: reference has {tp.num_paths} TP paths, "
+                f"ours {spec.num_paths} ({spec})"
+            )
         w = _np(tp.weights)
-        shape = (cfg.num_tensor_features, spec.num_paths) if cfg.tp_path_channel_coupling \
+        shape = (
+            (cfg.num_tensor_features, spec.num_paths)
+            if cfg.tp_path_channel_coupling
             else (spec.num_paths,)
+        )
         params[f"tp_{layer}"] = w.reshape(shape)
-        ref_cg = _np(tp.w3j).reshape((spec.num_paths,) + tuple(tp.w3j.shape[-3:])
-                                     if not tp.w3j_is_ij_diagonal else (-1,))
+        ref_cg = _np(tp.w3j).reshape(
+            (spec.num_paths,) + tuple(tp.w3j.shape[-3:]) if not tp.w3j_is_ij_diagonal else (-1,)
+        )
         if not tp.w3j_is_ij_diagonal:
             ours = spec.coupling()
             err = float(np.max(np.abs(ref_cg - ours)))
@@ -177,7 +195,10 @@ def from_nequip(model) -> tuple[AllegroConfig, dict[str, Any]]:
 def load_nequip(path: str, compile_mode: str = "eager"):
     """Load a nequip checkpoint (``.ckpt``) or package (``.nequip.zip``) as a GraphModel."""
     from nequip.model.saved_models.load_utils import load_saved_model
+    from nequip.utils.global_state import global_state_initialized, set_global_state
 
+    if not global_state_initialized():
+        set_global_state()
     models = load_saved_model(path, compile_mode=compile_mode)
     if isinstance(models, dict):
         if len(models) != 1:

@@ -40,8 +40,9 @@ from .tensor_product import (
 def spherical_harmonics(vectors: jax.Array, l_max: int) -> jax.Array:
     """Component-normalised real SH of the unit vectors, ``[n_edges, (l_max+1)^2]``."""
     irreps = "+".join(irrep_str(ir) for ir in sh_irreps(l_max))
-    return e3nn.spherical_harmonics(irreps, vectors, normalize=True,
-                                    normalization="component").array
+    return e3nn.spherical_harmonics(
+        irreps, vectors, normalize=True, normalization="component"
+    ).array
 
 
 def per_type_constant(values, species: jax.Array, dtype) -> jax.Array:
@@ -52,8 +53,9 @@ def per_type_constant(values, species: jax.Array, dtype) -> jax.Array:
     return arr[species]
 
 
-def scale_shift(cfg: AllegroConfig, module: nn.Module, energies: jax.Array,
-                species: jax.Array) -> jax.Array:
+def scale_shift(
+    cfg: AllegroConfig, module: nn.Module, energies: jax.Array, species: jax.Array
+) -> jax.Array:
     """``E_i ← σ_t E_i + μ_t`` with fixed or trainable per-type constants."""
     dtype = energies.dtype
     if cfg.per_type_energy_scales is not None:
@@ -134,9 +136,15 @@ class AllegroCurrent(nn.Module):
         type_embed = jnp.concatenate([center_embed[t_i], neighbor_embed[t_j]], axis=-1)
         radial = ScalarMLP((emb,), None, param_dtype=dt, name="basis_linear")(basis)
         h = type_embed * radial  # [n_edges, emb]
-        hidden = (cfg.scalar_embed_mlp_hidden_layers_width,) * cfg.scalar_embed_mlp_hidden_layers_depth
-        h = ScalarMLP(hidden + (S,), cfg.scalar_embed_mlp_nonlinearity, param_dtype=dt,
-                      name="scalar_embed_mlp")(h)  # [n_edges, S]
+        hidden = (
+            cfg.scalar_embed_mlp_hidden_layers_width,
+        ) * cfg.scalar_embed_mlp_hidden_layers_depth
+        h = ScalarMLP(
+            hidden + (S,),
+            cfg.scalar_embed_mlp_nonlinearity,
+            param_dtype=dt,
+            name="scalar_embed_mlp",
+        )(h)  # [n_edges, S]
 
         # ---- two-body tensor embedding ----
         w0 = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(h)
@@ -160,16 +168,21 @@ class AllegroCurrent(nn.Module):
             scalars = features[:, :, 0]  # [n_edges, C] (0e is first)
             last = layer == cfg.num_layers - 1
             out_dim = S + (0 if last else C * n_sh)
-            y = ScalarMLP(lat_hidden + (out_dim,), cfg.allegro_mlp_nonlinearity, param_dtype=dt,
-                          name=f"latent_{layer}")(jnp.concatenate(latents + [scalars], axis=-1))
+            y = ScalarMLP(
+                lat_hidden + (out_dim,),
+                cfg.allegro_mlp_nonlinearity,
+                param_dtype=dt,
+                name=f"latent_{layer}",
+            )(jnp.concatenate(latents + [scalars], axis=-1))
             latents.append(y[:, :S])
             if not last:
                 env_w = y[:, S:]
 
         # ---- readout ----
         ro_hidden = (cfg.readout_mlp_hidden_layers_width,) * cfg.readout_mlp_hidden_layers_depth
-        e_edge = ScalarMLP(ro_hidden + (1,), cfg.readout_mlp_nonlinearity, param_dtype=dt,
-                           name="readout")(jnp.concatenate(latents, axis=-1))[:, 0]
+        e_edge = ScalarMLP(
+            ro_hidden + (1,), cfg.readout_mlp_nonlinearity, param_dtype=dt, name="readout"
+        )(jnp.concatenate(latents, axis=-1))[:, 0]
         e_edge = jnp.where(edge_mask, e_edge, 0.0)
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes)
         e_atom = e_atom * node_norm[:, 0, 0] / np.sqrt(2.0)

@@ -92,11 +92,13 @@ class AllegroPaper(nn.Module):
 
         onehot = jax.nn.one_hot(species, cfg.num_types, dtype=dt)
         two_body_in = jnp.concatenate([onehot[edge_center], onehot[edge_neighbor], basis], -1)
-        latents = cut * ScalarMLP(cfg.two_body_latent_mlp_latent_dimensions, "silu", "paper",
-                                  dt, name="two_body_latent")(two_body_in)
+        latents = cut * ScalarMLP(
+            cfg.two_body_latent_mlp_latent_dimensions, "silu", "paper", dt, name="two_body_latent"
+        )(two_body_in)
         if cfg.latent_resnet_update_ratios_learnable:
-            theta = self.param("latent_resnet_coefficients", nn.initializers.zeros,
-                               (cfg.num_layers + 1,), dt)
+            theta = self.param(
+                "latent_resnet_coefficients", nn.initializers.zeros, (cfg.num_layers + 1,), dt
+            )
         else:
             theta = jnp.zeros((cfg.num_layers + 1,), dt)
         coef = jnp.exp(theta)
@@ -108,8 +110,9 @@ class AllegroPaper(nn.Module):
         scalars = None
         for layer in range(cfg.num_layers + 1):
             if layer > 0:
-                new = ScalarMLP(cfg.latent_mlp_latent_dimensions, "silu", "paper", dt,
-                                name=f"latent_{layer}")(jnp.concatenate([latents, scalars], -1))
+                new = ScalarMLP(
+                    cfg.latent_mlp_latent_dimensions, "silu", "paper", dt, name=f"latent_{layer}"
+                )(jnp.concatenate([latents, scalars], -1))
                 new = cut * new
                 if cfg.latent_resnet:
                     c_old = jnp.sqrt(coef_cum[layer - 1] / coef_cum[layer])
@@ -129,14 +132,18 @@ class AllegroPaper(nn.Module):
             env = env * node_norm[:, None, None]
             spec = specs[layer]
             outs = uuu_paths(features, env[edge_center], spec)
-            scalar_paths = [o for (_, _, io), o in zip(spec.paths, outs, strict=True)
-                            if spec.irreps_out[io] == (0, 1)]
+            scalar_paths = [
+                o
+                for (_, _, io), o in zip(spec.paths, outs, strict=True)
+                if spec.irreps_out[io] == (0, 1)
+            ]
             scalars = jnp.concatenate(scalar_paths, axis=-1).reshape(outs[0].shape[0], -1)
             if layer < cfg.num_layers - 1:
                 features = self._mix(outs, spec, C, dt, layer)
 
-        e_edge = ScalarMLP(cfg.edge_eng_mlp_latent_dimensions + (1,), None, "paper", dt,
-                           name="edge_eng")(latents)[:, 0]
+        e_edge = ScalarMLP(
+            cfg.edge_eng_mlp_latent_dimensions + (1,), None, "paper", dt, name="edge_eng"
+        )(latents)[:, 0]
         e_edge = jnp.where(edge_mask, e_edge, 0.0)
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes) * node_norm
         e_atom = scale_shift(cfg, self, e_atom.astype(gdt), species)

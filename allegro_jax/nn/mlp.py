@@ -61,8 +61,9 @@ class ScalarMLP(nn.Module):
         n = len(self.features)
         for layer, width in enumerate(self.features):
             fan_in = x.shape[-1]
-            w = self.param(f"weight_{layer}", uniform_unit_variance, (fan_in, width),
-                           self.param_dtype)
+            w = self.param(
+                f"weight_{layer}", uniform_unit_variance, (fan_in, width), self.param_dtype
+            )
             if act is None or layer == 0:
                 g = 1.0
             else:

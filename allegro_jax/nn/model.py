@@ -5,7 +5,9 @@
 
 Forces are ``F = -∂E/∂r``; stress and virial come from a symmetric strain ε applied to the
 edge vectors (equivalently to positions and cell): ``virial = -∂E/∂ε``,
-``stress = (1/V) ∂E/∂ε`` (nequip/ASE sign convention; NaN for a graph with no volume).
+``stress = (1/V) ∂E/∂ε`` (nequip/ASE sign convention). A graph with no volume (a
+molecule) gets a zero stress rather than nequip's NaN, so that outputs stay finite under
+``jax_debug_nans``; its virial is still defined.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
     ``apply_fn(params, graph, *, forces=True, stress=False) -> dict`` with ``energy``
     ``[n_graphs]``, ``atomic_energies`` ``[n_nodes]`` and, as requested, ``forces``
     ``[n_nodes, 3]``, ``virial`` and ``stress`` ``[n_graphs, 3, 3]``. Padding entries are 0
-    (NaN stress for graphs without volume). Pure: wrap it in ``jax.jit`` (with
+    (zero stress for graphs without volume). Pure: wrap it in ``jax.jit`` (with
     ``static_argnames=("forces", "stress")``).
     """
     module = build_module(config)
@@ -99,19 +101,28 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
     def init_fn(key: jax.Array, graph: AtomicGraph | None = None) -> Params:
         g = dummy_graph(config) if graph is None else graph
         vec = edge_vectors(g)
-        return module.init(key, vec, g.species, g.edge_center, g.edge_neighbor, g.edge_mask,
-                           g.node_mask)["params"]
+        return module.init(
+            key, vec, g.species, g.edge_center, g.edge_neighbor, g.edge_mask, g.node_mask
+        )["params"]
 
     def energies(params, graph, positions, strain):
         vec = edge_vectors(graph, positions, strain)
-        e_atom = module.apply({"params": params}, vec, graph.species, graph.edge_center,
-                              graph.edge_neighbor, graph.edge_mask, graph.node_mask)
+        e_atom = module.apply(
+            {"params": params},
+            vec,
+            graph.species,
+            graph.edge_center,
+            graph.edge_neighbor,
+            graph.edge_mask,
+            graph.node_mask,
+        )
         e_graph = jax.ops.segment_sum(e_atom, graph.node_graph, num_segments=graph.n_graphs)
         e_graph = jnp.where(graph.graph_mask, e_graph, 0.0)
         return e_graph, e_atom
 
-    def apply_fn(params: Params, graph: AtomicGraph, *, forces: bool = True,
-                 stress: bool = False) -> dict[str, jax.Array]:
+    def apply_fn(
+        params: Params, graph: AtomicGraph, *, forces: bool = True, stress: bool = False
+    ) -> dict[str, jax.Array]:
         pos = graph.positions
         if not forces and not stress:
             e_graph, e_atom = energies(params, graph, pos, None)
@@ -123,8 +134,9 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
             return jnp.sum(e_graph), (e_graph, e_atom)
 
         argnums = (0, 1) if stress else (0,)
-        (_, (e_graph, e_atom)), grads = jax.value_and_grad(total, argnums=argnums,
-                                                           has_aux=True)(pos, strain)
+        (_, (e_graph, e_atom)), grads = jax.value_and_grad(total, argnums=argnums, has_aux=True)(
+            pos, strain
+        )
         out = {"energy": e_graph, "atomic_energies": e_atom}
         if forces:
             out["forces"] = jnp.where(graph.node_mask[:, None], -grads[0], 0.0)
@@ -133,7 +145,7 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
             volume = jnp.abs(jnp.linalg.det(graph.cell.astype(pos.dtype)))[:, None, None]
             has_v = volume > 0
             out["virial"] = -de
-            out["stress"] = jnp.where(has_v, de / jnp.where(has_v, volume, 1.0), jnp.nan)
+            out["stress"] = jnp.where(has_v, de / jnp.where(has_v, volume, 1.0), 0.0)
         return out
 
     return init_fn, apply_fn

@@ -118,8 +118,12 @@ def path_coupling_tensor(
     for p, (i1, i2, io) in enumerate(paths):
         (l1, _), (l2, _), (l3, _) = irreps1[i1], irreps2[i2], irreps_out[io]
         cg = np.asarray(e3nn.clebsch_gordan(l1, l2, l3), dtype=np.float64) * math.sqrt(2 * l3 + 1)
-        w[p, o1[i1] : o1[i1] + 2 * l1 + 1, o2[i2] : o2[i2] + 2 * l2 + 1,
-          oo[io] : oo[io] + 2 * l3 + 1] = cg
+        w[
+            p,
+            o1[i1] : o1[i1] + 2 * l1 + 1,
+            o2[i2] : o2[i2] + 2 * l2 + 1,
+            oo[io] : oo[io] + 2 * l3 + 1,
+        ] = cg
     return w
 
 
@@ -153,7 +157,8 @@ class TPSpec:
 
     def __str__(self) -> str:
         f = lambda irs: "+".join(irrep_str(i) for i in irs)  # noqa: E731
-        return f"{f(self.irreps1)} x {f(self.irreps2)} -> {f(self.irreps_out)} [{self.num_paths} paths]"
+        ins = f"{f(self.irreps1)} x {f(self.irreps2)}"
+        return f"{ins} -> {f(self.irreps_out)} [{self.num_paths} paths]"
 
 
 def weighted_channels(basis: jax.Array, weights: jax.Array, irreps: Sequence[Irrep]) -> jax.Array:
