@@ -98,12 +98,16 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
     """
     module = build_module(config)
 
-    def init_fn(key: jax.Array, graph: AtomicGraph | None = None) -> Params:
-        g = dummy_graph(config) if graph is None else graph
+    @jax.jit
+    def _init(key, g):
         vec = edge_vectors(g)
         return module.init(
             key, vec, g.species, g.edge_center, g.edge_neighbor, g.edge_mask, g.node_mask
         )["params"]
+
+    def init_fn(key: jax.Array, graph: AtomicGraph | None = None) -> Params:
+        # jitted: tracing the model once is much cheaper than running it op by op
+        return _init(key, dummy_graph(config) if graph is None else graph)
 
     def energies(params, graph, positions, strain):
         vec = edge_vectors(graph, positions, strain)

@@ -1,0 +1,191 @@
+"""Orbax checkpoints of the train state, verified by a per-checkpoint file manifest.
+
+Layout under the work directory::
+
+    checkpoints/<step>/                 the last ``keep`` states (orbax, synchronous)
+    checkpoints/<step>/allegro_manifest.json   size and SHA-256 of every file of the step
+    checkpoints_best/<step>/            the state of the best validation loss
+
+Orbax writes a step into a temporary directory and renames it when complete, so a run
+killed at any point leaves only complete steps (temporaries are cleaned up on the next
+start). The manifest, written after the rename, catches later damage (a truncated or
+altered file): :meth:`CheckpointStore.restore_latest` names the damaged file, moves that
+step to ``corrupt_checkpoints/`` and falls back to the previous good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+MANIFEST = "allegro_manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be restored (the message names the file or directory)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+    """Record size and SHA-256 of every file below ``step_dir`` (atomically)."""
+    files = {}
+    for root, _, names in os.walk(step_dir):
+        for name in sorted(names):
+            path = Path(root) / name
+            if name == MANIFEST or name.startswith(MANIFEST):
+                continue
+            rel = str(path.relative_to(step_dir))
+            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    tmp = step_dir / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"files": files}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def verify_manifest(step_dir: Path) -> bool:
+    """Check a step against its manifest.
+
+    Returns:
+        True if verified, False if the step has no manifest (it could not be checked).
+
+    Raises:
+        CheckpointError: naming the first missing, truncated or altered file.
+    """
+    manifest = step_dir / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint manifest {manifest} is unreadable: {err}") from err
+    for rel, info in sorted(files.items()):
+        path = step_dir / rel
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} is missing")
+        size = path.stat().st_size
+        if size != info["size"]:
+            raise CheckpointError(
+                f"checkpoint file {path} is truncated or altered: {size} bytes, expected "
+                f"{info['size']}"
+            )
+        if _sha256(path) != info["sha256"]:
+            raise CheckpointError(f"checkpoint file {path} is corrupt (SHA-256 mismatch)")
+    return True
+
+
+class CheckpointStore:
+    """The run's checkpoints: the last ``keep`` states plus the best one.
+
+    Args:
+        workdir: the run's work directory.
+        keep: number of most recent checkpoints kept.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3):
+        self.workdir = Path(workdir).resolve()
+        self.directory = self.workdir / "checkpoints"
+        self.best_directory = self.workdir / "checkpoints_best"
+        options = dict(enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options)
+        )
+        self._best = ocp.CheckpointManager(
+            self.best_directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> Path:
+        """Save ``state`` (a pytree) and ``meta`` (JSON) at ``step``; returns its directory."""
+        manager = self._best if best else self._manager
+        directory = self.best_directory if best else self.directory
+        if step in manager.all_steps():
+            return directory / str(step)
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+        manager.wait_until_finished()
+        write_manifest(directory / str(step))
+        return directory / str(step)
+
+    def restore(self, step: int, target: Any, *, best: bool = False) -> tuple[Any, dict]:
+        """Restore one step into the structure of ``target``.
+
+        Raises:
+            CheckpointError: naming the damaged file or the step directory.
+        """
+        manager = self._best if best else self._manager
+        step_dir = (self.best_directory if best else self.directory) / str(step)
+        verified = verify_manifest(step_dir)
+        try:
+            out = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as err:  # noqa: BLE001 - orbax raises many types
+            how = "" if verified else " (it has no manifest to check the files against)"
+            raise CheckpointError(
+                f"cannot restore checkpoint {step_dir}{how}: {type(err).__name__}: {err}"
+            ) from err
+        return out["state"], dict(out["meta"])
+
+    def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
+        """Restore the newest good checkpoint, falling back over damaged ones.
+
+        Damaged steps are reported with a warning naming the file and moved to
+        ``corrupt_checkpoints/``.
+
+        Returns:
+            ``(state, meta)``, or None when there is no checkpoint.
+
+        Raises:
+            CheckpointError: every checkpoint is damaged (listing each problem).
+        """
+        problems = []
+        for step in reversed(self.steps()):
+            try:
+                result = self.restore(step, target)
+            except CheckpointError as err:
+                problems.append(str(err))
+                warnings.warn(f"{err}; falling back to an older checkpoint", stacklevel=2)
+                self._quarantine(step)
+                continue
+            return result
+        if problems:
+            raise CheckpointError("no usable checkpoint: " + " | ".join(problems))
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        dest = self.workdir / "corrupt_checkpoints"
+        dest.mkdir(exist_ok=True)
+        shutil.move(
+            str(self.directory / str(step)), str(dest / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+        )
+        self._manager.reload()
+
+    def close(self) -> None:
+        self._manager.close()
+        self._best.close()

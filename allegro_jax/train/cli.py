@@ -1,0 +1,83 @@
+"""``allegro-jax train CONFIG.yaml`` and ``allegro-jax evaluate --model RUN_DIR --data FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from allegro_jax.train.checkpoint import CheckpointError
+    from allegro_jax.train.config import load_config
+    from allegro_jax.train.loop import NonFiniteLossError, train_and_evaluate
+
+    try:
+        config = load_config(args.config)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    workdir = args.workdir or config.workdir or str(Path("runs") / Path(args.config).stem)
+    try:
+        summary = train_and_evaluate(config, workdir)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 4
+    print(json.dumps({k: v for k, v in summary.items() if k != "best_validation"}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from allegro_jax.train.evaluate import evaluate_model
+    from allegro_jax.train.export import read_model_config
+
+    try:
+        if read_model_config(args.model).model_dtype == "float64":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        metrics = evaluate_model(args.model, args.data, batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    default = Path(args.model) / f"eval_{Path(args.data).stem}.json"
+    out = Path(args.output) if args.output else default
+    out.write_text(json.dumps(metrics, indent=2))
+    for key, value in metrics.items():
+        print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    print(f"written to {out}")
+    return 0
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``train CONFIG.yaml [--workdir DIR]``."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model from a YAML config (resumes from the work directory's checkpoints)",
+    )
+    p.add_argument("config", help="YAML training config")
+    p.add_argument(
+        "--workdir", help="run directory (default: the config's `workdir`, else runs/<config name>)"
+    )
+    p.set_defaults(func=_train)
+    return p
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``evaluate --model RUN_DIR --data FILE [--output JSON]``."""
+    p = subparsers.add_parser(
+        "evaluate", help="energy/force/stress MAE and RMSE of a trained model on a data file"
+    )
+    p.add_argument("--model", required=True, help="run directory or model directory")
+    p.add_argument("--data", required=True, help="data file (rMD17 npz, extxyz, ...)")
+    p.add_argument("--output", help="JSON file (default: <model>/eval_<data name>.json)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_evaluate)
+    return p

@@ -1,0 +1,333 @@
+"""Frozen, validated training configuration (nequip/allegro key names where shared).
+
+A YAML file is flat, as in nequip: keys that are fields of
+:class:`~allegro_jax.config.AllegroConfig` (``r_max``, ``l_max``, ``num_layers``,
+``num_scalar_features``, ``num_tensor_features``, ``avg_num_neighbors``, ...) go to the
+model; the others are fields of :class:`TrainConfig`. A nested ``model:`` mapping is also
+accepted. Unknown keys raise an error that lists the valid ones.
+
+Model normalisation constants that are not given (``avg_num_neighbors``,
+``per_type_energy_shifts``, ``per_type_energy_scales``) are computed from the training set
+by :func:`allegro_jax.train.loop.train_and_evaluate` and written into the saved model config.
+``type_names`` (or nequip 0.5's ``chemical_symbols``) defaults to the elements of the
+training set, sorted by atomic number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from allegro_jax.config import AllegroConfig
+
+_MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(AllegroConfig))
+_OPTIMIZERS = ("Adam", "AMSGrad")
+_SCHEDULERS = ("ReduceLROnPlateau", "none")
+_LOSS_KEYS = {"total_energy": "PerAtomMSELoss", "forces": "MSELoss", "stress": "MSELoss"}
+
+
+def _loss_coeffs(value: Any) -> dict[str, float]:
+    """Normalise ``loss_coeffs`` to ``{total_energy, forces, stress}`` floats.
+
+    Accepts nequip's ``{forces: 1.0, total_energy: [1.0, PerAtomMSELoss]}`` form.
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f"loss_coeffs must be a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(_LOSS_KEYS))
+    if unknown:
+        raise ValueError(f"unknown loss_coeffs keys {unknown}; valid keys: {sorted(_LOSS_KEYS)}")
+    out = {k: 0.0 for k in _LOSS_KEYS}
+    for key, coeff in value.items():
+        if isinstance(coeff, list | tuple):
+            if len(coeff) != 2 or coeff[1] != _LOSS_KEYS[key]:
+                raise ValueError(
+                    f"loss_coeffs.{key}: only [coefficient, {_LOSS_KEYS[key]!r}] is supported, "
+                    f"got {coeff!r}"
+                )
+            coeff = coeff[0]
+        coeff = float(coeff)
+        if not math.isfinite(coeff) or coeff < 0:
+            raise ValueError(f"loss_coeffs.{key} must be finite and >= 0, got {coeff}")
+        out[key] = coeff
+    if not any(out.values()):
+        raise ValueError(f"loss_coeffs must give at least one positive weight, got {out}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs, apart from the work directory.
+
+    Attributes:
+        dataset_file_name: training data file (rMD17 npz, QM9 npz or anything ASE reads).
+        validation_dataset_file_name: optional separate validation file; else the
+            validation set is drawn from ``dataset_file_name``.
+        test_dataset_file_name: optional file evaluated with the best model at the end.
+        n_train: training structures (``None``: all not used for validation).
+        n_val: validation structures.
+        dataset_seed: seed of the train/validation split.
+        energy_key: energy label key for ASE files (``None``: the reader's default for the
+            file, :func:`allegro_jax.data.datasets.recommended_read_kwargs`).
+        forces_key: forces label key for ASE files (``None``: default; ``"none"``: ignore).
+        stress_key: stress label key for ASE files (``None``: default; ``"none"``: ignore).
+        seed: seed of the parameter initialisation and the data order.
+        batch_size: structures per training batch.
+        validation_batch_size: structures per validation batch (default ``batch_size``).
+        max_epochs: maximum number of epochs.
+        learning_rate: initial learning rate.
+        optimizer_name: ``"Adam"`` or ``"AMSGrad"``.
+        optimizer_amsgrad: nequip's flag; ``True`` is the same as ``optimizer_name: AMSGrad``.
+        optimizer_betas: Adam's ``(b1, b2)``.
+        optimizer_eps: Adam's epsilon.
+        max_gradient_norm: clip the global gradient norm to this (``None``: no clipping).
+        use_ema: keep an exponential moving average of the weights (used for validation
+            and the saved model).
+        ema_decay: EMA decay.
+        ema_use_num_updates: warm the decay up as ``min(decay, (1 + n) / (10 + n))``.
+        lr_scheduler_name: ``"ReduceLROnPlateau"`` (on the validation loss) or ``"none"``.
+        lr_scheduler_patience: epochs without improvement before the rate is reduced.
+        lr_scheduler_factor: multiplier of the rate on a plateau.
+        lr_scheduler_threshold: relative improvement that counts (torch's default 1e-4).
+        early_stopping_patiences: ``{"validation_loss": epochs}``: stop after this many
+            epochs without improvement.
+        early_stopping_lower_bounds: ``{"LR": value}``: stop when the rate falls below it.
+        max_wall_time: stop (with a checkpoint) after this many seconds of this invocation.
+        loss_coeffs: weights of the per-atom energy MSE (``total_energy``), the force MSE
+            (``forces``) and the stress MSE (``stress``), in physical units (eV, Å).
+        checkpoint_every: save a checkpoint every this many steps (``None``: every epoch);
+            always also at the end of the run.
+        checkpoint_keep: number of most recent checkpoints kept.
+        log_every: steps between progress-bar updates and non-finite-loss checks.
+        progress_bar: show a tqdm progress bar.
+        tensorboard: also write the epoch metrics as TensorBoard scalars.
+        prefetch: batches prepared ahead of the device by a host thread.
+        workdir: default work directory (the CLI's ``--workdir`` overrides it).
+        model: the model's keys (an :class:`AllegroConfig` dict, possibly incomplete).
+        source_dir: directory relative paths are also resolved against (the YAML's).
+    """
+
+    dataset_file_name: str
+    n_val: int
+    model: Mapping[str, Any]
+    validation_dataset_file_name: str | None = None
+    test_dataset_file_name: str | None = None
+    n_train: int | None = None
+    dataset_seed: int = 0
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    seed: int = 0
+    batch_size: int = 5
+    validation_batch_size: int | None = None
+    max_epochs: int = 1_000_000
+    learning_rate: float = 0.002
+    optimizer_name: str = "Adam"
+    optimizer_amsgrad: bool = False
+    optimizer_betas: tuple[float, float] = (0.9, 0.999)
+    optimizer_eps: float = 1e-8
+    max_gradient_norm: float | None = None
+    use_ema: bool = True
+    ema_decay: float = 0.99
+    ema_use_num_updates: bool = True
+    lr_scheduler_name: str = "ReduceLROnPlateau"
+    lr_scheduler_patience: int = 50
+    lr_scheduler_factor: float = 0.5
+    lr_scheduler_threshold: float = 1e-4
+    early_stopping_patiences: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"validation_loss": 100}
+    )
+    early_stopping_lower_bounds: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"LR": 1e-5}
+    )
+    max_wall_time: float | None = None
+    loss_coeffs: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"total_energy": 1.0, "forces": 1.0}
+    )
+    checkpoint_every: int | None = None
+    checkpoint_keep: int = 3
+    log_every: int = 10
+    progress_bar: bool = True
+    tensorboard: bool = True
+    prefetch: int = 2
+    workdir: str | None = None
+    source_dir: str | None = None
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if not isinstance(self.dataset_file_name, str | os.PathLike):
+            raise ValueError("dataset_file_name must be a path")
+        for name in (
+            "n_val",
+            "batch_size",
+            "max_epochs",
+            "checkpoint_keep",
+            "log_every",
+            "seed",
+            "dataset_seed",
+            "lr_scheduler_patience",
+            "prefetch",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an int, got {v!r}")
+        for name, minimum in (
+            ("n_val", 1),
+            ("batch_size", 1),
+            ("max_epochs", 0),
+            ("checkpoint_keep", 1),
+            ("log_every", 1),
+            ("prefetch", 1),
+            ("lr_scheduler_patience", 0),
+        ):
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        for name in ("n_train", "validation_batch_size", "checkpoint_every"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int or null, got {v!r}")
+        for name in ("learning_rate", "optimizer_eps", "lr_scheduler_factor"):
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be finite and > 0, got {v}")
+            set_(name, v)
+        if not self.lr_scheduler_factor < 1:
+            raise ValueError(f"lr_scheduler_factor must be < 1, got {self.lr_scheduler_factor}")
+        if not 0 <= float(self.lr_scheduler_threshold) < 1:
+            raise ValueError("lr_scheduler_threshold must be in [0, 1)")
+        set_("lr_scheduler_threshold", float(self.lr_scheduler_threshold))
+        if not 0 <= float(self.ema_decay) < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        set_("ema_decay", float(self.ema_decay))
+        betas = tuple(float(b) for b in self.optimizer_betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"optimizer_betas must be two numbers in [0, 1), got {betas}")
+        set_("optimizer_betas", betas)
+        if self.optimizer_name not in _OPTIMIZERS:
+            raise ValueError(
+                f"optimizer_name must be one of {_OPTIMIZERS}, got {self.optimizer_name!r}"
+            )
+        if self.lr_scheduler_name not in _SCHEDULERS:
+            raise ValueError(
+                f"lr_scheduler_name must be one of {_SCHEDULERS}, got {self.lr_scheduler_name!r}"
+            )
+        for name in ("max_gradient_norm", "max_wall_time"):
+            v = getattr(self, name)
+            if v is not None:
+                v = float(v)
+                if not v > 0:
+                    raise ValueError(f"{name} must be > 0 or null, got {v}")
+                set_(name, v)
+        pat = dict(self.early_stopping_patiences or {})
+        if set(pat) - {"validation_loss"}:
+            raise ValueError(
+                f"early_stopping_patiences supports only 'validation_loss', got {sorted(pat)}"
+            )
+        set_("early_stopping_patiences", {k: int(v) for k, v in pat.items()})
+        low = dict(self.early_stopping_lower_bounds or {})
+        if set(low) - {"LR"}:
+            raise ValueError(f"early_stopping_lower_bounds supports only 'LR', got {sorted(low)}")
+        set_("early_stopping_lower_bounds", {k: float(v) for k, v in low.items()})
+        set_("loss_coeffs", _loss_coeffs(self.loss_coeffs))
+        model = dict(self.model)
+        unknown = sorted(set(model) - _MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"unknown model keys {unknown}; valid: {sorted(_MODEL_KEYS)}")
+        if "r_max" not in model:
+            raise ValueError("the model needs r_max")
+        set_("model", model)
+
+    # ---- derived ----------------------------------------------------------------------------
+    @property
+    def amsgrad(self) -> bool:
+        return self.optimizer_amsgrad or self.optimizer_name == "AMSGrad"
+
+    @property
+    def val_batch_size(self) -> int:
+        return self.validation_batch_size or self.batch_size
+
+    def resolve_path(self, path: str | os.PathLike) -> Path:
+        """A data path as given (relative to the working directory) or else relative to the
+        config file's directory.
+
+        Raises:
+            FileNotFoundError: neither exists (naming both).
+        """
+        p = Path(path).expanduser()
+        tried = [p]
+        if not p.is_absolute() and self.source_dir is not None:
+            tried.append(Path(self.source_dir) / p)
+        for candidate in tried:
+            if candidate.exists():
+                return candidate.resolve()
+        raise FileNotFoundError("data file not found: " + " nor ".join(repr(str(t)) for t in tried))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat dict (model keys at the top level, as in the YAML)."""
+        d = dataclasses.asdict(self)
+        model = d.pop("model")
+        d.pop("source_dir")
+        d["optimizer_betas"] = list(d["optimizer_betas"])
+        return {**d, **model}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source_dir: str | None = None) -> TrainConfig:
+        """Build from a flat (nequip-style) or nested (``model:``) mapping.
+
+        Raises:
+            ValueError: unknown keys (listing the valid ones) or invalid values.
+        """
+        d = dict(d)
+        model = dict(d.pop("model", None) or {})
+        if "chemical_symbols" in d:
+            model["type_names"] = d.pop("chemical_symbols")
+        train_keys = {f.name for f in dataclasses.fields(cls)} - {"model", "source_dir"}
+        for key in list(d):
+            if key in _MODEL_KEYS and key not in train_keys:
+                model[key] = d.pop(key)
+        unknown = sorted(set(d) - train_keys)
+        if unknown:
+            raise ValueError(
+                f"unknown config keys {unknown}; valid training keys: {sorted(train_keys)}; "
+                f"valid model keys: {sorted(_MODEL_KEYS | {'chemical_symbols'})}"
+            )
+        missing = [k for k in ("dataset_file_name", "n_val") if k not in d]
+        if missing:
+            raise ValueError(f"config is missing required keys {missing}")
+        return cls(model=model, source_dir=source_dir, **d)
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML training config.
+
+    Args:
+        path: the YAML file.
+        overrides: keys replacing those of the file.
+
+    Returns:
+        The validated config; relative data paths also resolve against the file's folder.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        ValueError: invalid YAML or config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {str(path)!r}")
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    data = {**data, **(overrides or {})}
+    try:
+        return TrainConfig.from_dict(data, source_dir=str(path.resolve().parent))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err

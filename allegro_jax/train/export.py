@@ -1,0 +1,142 @@
+"""A trained model as a small directory, and the one call that loads it.
+
+Layout (``save_model``)::
+
+    <model_dir>/config.json      {"format": 1, "model": AllegroConfig dict, "metadata": {...}}
+    <model_dir>/params.msgpack   flax.serialization bytes of the (EMA) parameters
+
+A run directory of :func:`allegro_jax.train.loop.train_and_evaluate` holds the best model
+in ``<run_dir>/model``; :func:`load_model` accepts either directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+from allegro_jax.config import AllegroConfig
+from allegro_jax.data.graph import AtomicGraph, Structure
+from allegro_jax.data.padding import build_graph
+from allegro_jax.nn.model import make_model
+
+FORMAT = 1
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.msgpack"
+
+
+def save_model(
+    model_dir: str | os.PathLike,
+    config: AllegroConfig,
+    params: Any,
+    metadata: dict | None = None,
+) -> Path:
+    """Write config and parameters; the directory is replaced atomically.
+
+    Args:
+        model_dir: destination directory.
+        config: the model config (with its statistics filled in).
+        params: the parameters (a pytree of arrays).
+        metadata: JSON-serialisable extras (e.g. epoch, validation metrics).
+
+    Returns:
+        The directory.
+    """
+    model_dir = Path(model_dir)
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    doc = {"format": FORMAT, "model": config.to_dict(), "metadata": metadata or {}}
+    (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
+    params = jax.tree.map(np.asarray, params)
+    (tmp / PARAMS_FILE).write_bytes(serialization.to_bytes(params))
+    old = model_dir.with_name(model_dir.name + ".old")
+    if model_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(model_dir, old)
+    os.replace(tmp, model_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return model_dir
+
+
+def _model_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / CONFIG_FILE).is_file() and (candidate / PARAMS_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no trained model in {str(path)!r}: expected {CONFIG_FILE} and {PARAMS_FILE} there or "
+        f"in {str(path / 'model')!r}"
+    )
+
+
+def read_model_config(path: str | os.PathLike) -> AllegroConfig:
+    """The model config of a run or model directory (without loading the parameters)."""
+    model_dir = _model_dir(path)
+    doc = json.loads((model_dir / CONFIG_FILE).read_text())
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{model_dir / CONFIG_FILE}: unknown model format {doc.get('format')!r}")
+    return AllegroConfig.from_dict(doc["model"])
+
+
+def load_model(
+    path: str | os.PathLike,
+) -> tuple[AllegroConfig, Any, Callable[..., Any]]:
+    """Load a trained model into an energy/forces function.
+
+    Args:
+        path: a run directory or a model directory (see the module docstring).
+
+    Returns:
+        ``(config, params, energy_forces_fn)``. ``energy_forces_fn(x, stress=False)`` takes
+        an :class:`AtomicGraph` (returns the model's output dict, jitted), one
+        :class:`Structure` or ``ase.Atoms`` (returns ``{"energy": float, "forces":
+        [n_atoms, 3], "stress": [3, 3]}`` as numpy, eV, eV/Å, eV/Å^3), or a list of them
+        (a list of such dicts, computed in one batch). A float64 model needs
+        ``jax.config.update("jax_enable_x64", True)`` first.
+
+    Raises:
+        FileNotFoundError: no model there.
+        ValueError: an unknown format or an unreadable parameter file.
+    """
+    model_dir = _model_dir(path)
+    config = read_model_config(model_dir)
+    _, apply_fn = make_model(config)
+    try:
+        params = serialization.msgpack_restore((model_dir / PARAMS_FILE).read_bytes())
+    except ValueError as err:
+        raise ValueError(f"{model_dir / PARAMS_FILE} is not a parameter file: {err}") from err
+    apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
+    np_dtype = np.float64 if config.model_dtype == "float64" else np.float32
+
+    def energy_forces_fn(x: Any, stress: bool = False) -> Any:
+        if isinstance(x, AtomicGraph):
+            return apply(params, x, forces=True, stress=stress)
+        single = not isinstance(x, Sequence)
+        items = [x] if single else list(x)
+        structures = [s if isinstance(s, Structure) else Structure.from_ase(s) for s in items]
+        graph = build_graph(structures, config.type_names, config.r_max, dtype=np_dtype)
+        out = jax.tree.map(np.asarray, apply(params, graph, forces=True, stress=stress))
+        results, start = [], 0
+        for g, s in enumerate(structures):
+            r = {
+                "energy": float(out["energy"][g]),
+                "forces": out["forces"][start : start + s.n_atoms],
+            }
+            if stress:
+                r["stress"] = out["stress"][g]
+            results.append(r)
+            start += s.n_atoms
+        return results[0] if single else results
+
+    return config, params, energy_forces_fn
