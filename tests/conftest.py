@@ -1,21 +1,18 @@
-"""Shared fixtures: 64-bit JAX on, small generated systems, path to ../shared/data."""
+"""Shared fixtures: 64-bit JAX on, path to ../shared/data, a jax_debug_nans switch.
+
+Generated systems live in ``tests/systems.py`` (``from systems import ...``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
-import numpy as np
 import pytest
+from systems import SHARED_DATA
 
 jax.config.update("jax_enable_x64", True)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
 
 @pytest.fixture
-def shared_data() -> Path:
+def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not available")
     return SHARED_DATA
@@ -28,36 +25,3 @@ def debug_nans():
         yield
     finally:
         jax.config.update("jax_debug_nans", False)
-
-
-def random_molecule(rng: np.random.Generator, n: int = 8, numbers=(1, 6, 8), min_dist=0.9):
-    """Random non-overlapping cluster of ``n`` atoms in a ~3.5 Å box."""
-    from allegro_jax.data.graph import Structure
-
-    pos = []
-    while len(pos) < n:
-        p = rng.uniform(0, 3.5, size=3)
-        if all(np.linalg.norm(p - q) > min_dist for q in pos):
-            pos.append(p)
-    return Structure(numbers=rng.choice(numbers, size=n), positions=np.array(pos))
-
-
-def random_periodic(rng: np.random.Generator, n: int = 5, numbers=(14, 8), min_dist=1.2):
-    """Small skewed triclinic cell (edges ~3.3–4 Å) with ``n`` atoms of two species."""
-    from allegro_jax.data.graph import Structure
-
-    cell = np.array([[3.6, 0.0, 0.0], [1.1, 3.3, 0.0], [0.7, -0.6, 3.9]])
-    cell = cell + rng.normal(scale=0.1, size=(3, 3))
-    frac = []
-    while len(frac) < n:
-        f = rng.uniform(size=3)
-        ok = True
-        for g in frac:
-            d = f - g
-            d -= np.round(d)
-            if np.linalg.norm(d @ cell) < min_dist:
-                ok = False
-        if ok:
-            frac.append(f)
-    numbers = np.array([numbers[i % len(numbers)] for i in range(n)])
-    return Structure(numbers=numbers, positions=np.array(frac) @ cell, cell=cell, pbc=True)

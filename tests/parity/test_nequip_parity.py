@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import random_periodic
+from systems import random_periodic
 
 pytest.importorskip("allegro", reason="needs the `parity` extra (nequip-allegro)")
 torch = pytest.importorskip("torch")
@@ -114,7 +114,7 @@ def structures(shared_data_or_none):
         for i in (0, 500):
             out.append(Structure(numbers=d["nuclear_charges"], positions=d["coords"][i]))
     else:  # a generated aspirin-sized molecule
-        from conftest import random_molecule
+        from systems import random_molecule
 
         out.append(random_molecule(rng, 21, numbers=(1, 6, 8)))
     out.append(random_periodic(rng, 6, numbers=(14, 8)))
@@ -123,7 +123,7 @@ def structures(shared_data_or_none):
 
 @pytest.fixture(scope="module")
 def shared_data_or_none():
-    from conftest import SHARED_DATA
+    from systems import SHARED_DATA
 
     return SHARED_DATA if SHARED_DATA.is_dir() else None
 
@@ -266,7 +266,7 @@ def trained_reference(tmp_path_factory):
     import ase
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
-    from conftest import random_molecule
+    from systems import random_molecule
 
     bindir = Path(sys.executable).parent
     if not (bindir / "nequip-train").exists() and shutil.which("nequip-train") is None:

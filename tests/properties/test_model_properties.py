@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_molecule, random_periodic
+from systems import random_molecule, random_periodic
 
 from allegro_jax import AllegroConfig, make_model
 from allegro_jax.data.graph import AtomicGraph, Structure
