@@ -29,11 +29,11 @@ from .mlp import ScalarMLP, uniform_unit_variance
 from .radial import bessel_basis
 from .tensor_product import (
     TPSpec,
-    channelwise_tp,
     irrep_str,
     layer_irreps,
     sh_irreps,
-    weighted_channels,
+    sparse_channelwise_tp,
+    weighted_channels_dc,
 )
 
 
@@ -148,7 +148,8 @@ class AllegroCurrent(nn.Module):
 
         # ---- two-body tensor embedding ----
         w0 = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(h)
-        features = weighted_channels(sh, w0, sh_ir)  # [n_edges, C, D]
+        # tensor track in the [n_edges, D, C] layout (channels minor, contiguous slabs)
+        features = weighted_channels_dc(sh, w0, sh_ir)  # [n_edges, D, C]
 
         # ---- Allegro layers ----
         proj = ScalarMLP((S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection")(h)
@@ -158,14 +159,13 @@ class AllegroCurrent(nn.Module):
         node_norm = per_type_constant(norm, species, dt)[:, None, None]  # [n_nodes, 1, 1]
         lat_hidden = (cfg.allegro_mlp_hidden_layers_width,) * cfg.allegro_mlp_hidden_layers_depth
         for layer, spec in enumerate(specs):
-            env_edges = weighted_channels(sh, env_w, sh_ir)  # [n_edges, C, D]
+            env_edges = weighted_channels_dc(sh, env_w, sh_ir)  # [n_edges, D, C]
             env = jax.ops.segment_sum(env_edges, edge_center, num_segments=n_nodes)
-            env = env * node_norm  # [n_nodes, C, D]
+            env = env * node_norm  # [n_nodes, D, C]
             tp_shape = (C, spec.num_paths) if cfg.tp_path_channel_coupling else (spec.num_paths,)
             tp_w = self.param(f"tp_{layer}", uniform_unit_variance, tp_shape, dt)
-            coupling = jnp.einsum("...p,pijk->...ijk", tp_w, jnp.asarray(spec.coupling(), dt))
-            features = channelwise_tp(features, env[edge_center], coupling)  # [n_edges, C, D']
-            scalars = features[:, :, 0]  # [n_edges, C] (0e is first)
+            features = sparse_channelwise_tp(features, env[edge_center], tp_w, spec)
+            scalars = features[:, 0, :]  # [n_edges, C] (0e is first)
             last = layer == cfg.num_layers - 1
             out_dim = S + (0 if last else C * n_sh)
             y = ScalarMLP(
