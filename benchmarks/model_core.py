@@ -64,11 +64,18 @@ def main() -> None:
     args = ap.parse_args()
 
     S = args.S
-    cfg = AllegroConfig(type_names=("H", "C", "O", "Si"), r_max=5.0, l_max=args.l_max,
-                        num_layers=2, num_scalar_features=S, num_tensor_features=args.C,
-                        scalar_embed_mlp_hidden_layers_width=S, allegro_mlp_hidden_layers_width=S,
-                        readout_mlp_hidden_layers_width=S,
-                        avg_num_neighbors=20.0)
+    cfg = AllegroConfig(
+        type_names=("H", "C", "O", "Si"),
+        r_max=5.0,
+        l_max=args.l_max,
+        num_layers=2,
+        num_scalar_features=S,
+        num_tensor_features=args.C,
+        scalar_embed_mlp_hidden_layers_width=S,
+        allegro_mlp_hidden_layers_width=S,
+        readout_mlp_hidden_layers_width=S,
+        avg_num_neighbors=20.0,
+    )
     init_fn, apply_fn = make_model(cfg)
     params = init_fn(jax.random.PRNGKey(0))
     n_params = sum(int(x.size) for x in jax.tree.leaves(params))
@@ -81,18 +88,28 @@ def main() -> None:
     f = jax.jit(counted)
 
     si = ase.build.bulk("Si", "diamond", a=5.43, cubic=True).repeat((5, 5, 5))
-    systems = {"aspirin x1": aspirin_frames(1), "aspirin x32": aspirin_frames(32),
-               "water 192 atoms": water_boxes(1), "Si 1000 atoms": [Structure.from_ase(si)]}
+    systems = {
+        "aspirin x1": aspirin_frames(1),
+        "aspirin x32": aspirin_frames(32),
+        "water 192 atoms": water_boxes(1),
+        "Si 1000 atoms": [Structure.from_ase(si)],
+    }
     rows = []
     for name, structs in systems.items():
         if args.only and name not in args.only:
             continue
         g = build_graph(structs, cfg.type_names, cfg.r_max)
         ms, comp = median_ms(f, params, g, repeats=args.repeats)
-        rows.append({"system": name, "atoms": int(np.sum(g.node_mask)),
-                     "edges": int(np.sum(g.edge_mask)), "budget": list(budget_of(g).__dict__
-                                                                       .values()),
-                     "energy_forces_ms": round(ms, 2), "compile_s": round(comp, 2)})
+        rows.append(
+            {
+                "system": name,
+                "atoms": int(np.sum(g.node_mask)),
+                "edges": int(np.sum(g.edge_mask)),
+                "budget": list(budget_of(g).__dict__.values()),
+                "energy_forces_ms": round(ms, 2),
+                "compile_s": round(comp, 2),
+            }
+        )
 
     # compilations for random batch sizes
     rng = np.random.default_rng(0)
@@ -113,21 +130,36 @@ def main() -> None:
     compilations = len(traces) - before
 
     result = {
-        "date": time.strftime("%Y-%m-%d"), "hardware": f"{platform.processor() or 'cpu'}, "
+        "date": time.strftime("%Y-%m-%d"),
+        "hardware": f"{platform.processor() or 'cpu'}, "
         f"{jax.device_count()} {jax.default_backend()} device(s), 2 cores",
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
-        "model": {"l_max": args.l_max, "num_layers": 2, "S": S, "C": args.C, "r_max": 5.0,
-                  "dtype": "float32", "n_params": n_params},
+        "model": {
+            "l_max": args.l_max,
+            "num_layers": 2,
+            "S": S,
+            "C": args.C,
+            "r_max": 5.0,
+            "dtype": "float32",
+            "n_params": n_params,
+        },
         "timings": rows,
-        "random_batches": {"n_batches": args.batches, "distinct_budgets": len(budgets),
-                           "jit_compilations": compilations},
+        "random_batches": {
+            "n_batches": args.batches,
+            "distinct_budgets": len(budgets),
+            "jit_compilations": compilations,
+        },
     }
-    print(f"| system | atoms | edges | energy+forces (ms) | compile (s) |\n|---|---|---|---|---|")
+    print("| system | atoms | edges | energy+forces (ms) | compile (s) |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['atoms']} | {r['edges']} | {r['energy_forces_ms']} "
-              f"| {r['compile_s']} |")
-    print(f"\n{args.batches} random aspirin/water batches: {len(budgets)} distinct budgets, "
-          f"{compilations} jit compilations")
+        print(
+            f"| {r['system']} | {r['atoms']} | {r['edges']} | {r['energy_forces_ms']} "
+            f"| {r['compile_s']} |"
+        )
+    print(
+        f"\n{args.batches} random aspirin/water batches: {len(budgets)} distinct budgets, "
+        f"{compilations} jit compilations"
+    )
     out = Path(__file__).parent / "results" / f"{args.tag}.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
