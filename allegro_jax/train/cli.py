@@ -14,7 +14,7 @@ def _train(args: argparse.Namespace) -> int:
     from allegro_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, parse_overrides(args.set))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -32,6 +32,25 @@ def _train(args: argparse.Namespace) -> int:
         return 4
     print(json.dumps({k: v for k, v in summary.items() if k != "best_validation"}, indent=2))
     return 0
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["key=value", ...]`` -> ``{key: yaml-parsed value}`` (``--set max_wall_time=600``)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
+    return out
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -65,6 +84,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("config", help="YAML training config")
     p.add_argument(
         "--workdir", help="run directory (default: the config's `workdir`, else runs/<config name>)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key (YAML value), e.g. --set max_wall_time=600; repeatable",
     )
     p.set_defaults(func=_train)
     return p

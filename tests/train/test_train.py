@@ -394,3 +394,14 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, data_fil
     template = store.restore(steps_before[-1], None)[0]
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(template["params"]))
     store.close()
+
+
+def test_cli_set_overrides_parse_yaml_values():
+    import pytest as _pytest
+
+    from allegro_jax.train.cli import parse_overrides
+
+    got = parse_overrides(["max_wall_time=600", "learning_rate=1e-3", "dataset_file_name=a.npz"])
+    assert got == {"max_wall_time": 600, "learning_rate": 1e-3, "dataset_file_name": "a.npz"}
+    with _pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["oops"])
