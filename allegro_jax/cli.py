@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    from .md.cli import add_md_parser
+
+    add_md_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,146 @@
+"""ASE calculator for Allegro models.
+
+``AllegroCalculator(config, params)`` (or ``AllegroCalculator.from_model_dir(path)`` for a
+trained model) computes ``energy``, ``free_energy`` (the same: no electronic entropy),
+``forces``, ``stress`` (Voigt order xx, yy, zz, yz, xz, xy, ASE sign convention
+``σ = (1/V) ∂E/∂ε``) and per-atom ``energies``.
+
+Graphs come from :func:`allegro_jax.data.padding.build_graph` (host neighbour list with
+image shifts, so any cell size works) padded to a bucketed :class:`Budget`: node and edge
+counts are rounded up on a geometric ladder (``steps_per_octave`` values per factor of
+two), so structures of similar size reuse one compiled function. The budget only grows:
+once a structure needs a larger bucket, smaller ones are padded to it as well, so an MD
+run or an optimisation compiles at most a handful of times (``n_compilations``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from ..config import AllegroConfig
+from ..data.graph import Structure
+from ..data.padding import Budget, build_graph, graph_inputs_from_structure, round_budget
+from ..nn.model import make_model
+
+Params = Any
+
+
+class AllegroCalculator(Calculator):
+    """ASE calculator running an Allegro model (see the module docstring).
+
+    Args:
+        config: the model configuration.
+        params: the model parameters.
+        steps_per_octave: resolution of the budget ladder (higher: less padding, more
+            compilations).
+        min_distance: coincident-atom threshold in Å passed to the neighbour list.
+        **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
+    """
+
+    implemented_properties: ClassVar[list[str]] = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "energies",
+    ]
+
+    def __init__(
+        self,
+        config: AllegroConfig,
+        params: Params,
+        *,
+        steps_per_octave: int = 4,
+        min_distance: float | None = 1e-6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.steps_per_octave = steps_per_octave
+        self.min_distance = min_distance
+        self.dtype = np.float64 if config.model_dtype == "float64" else np.float32
+        _, apply_fn = make_model(config)
+        self._apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
+        self._budget: Budget | None = None
+
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike, **kwargs: Any) -> AllegroCalculator:
+        """A calculator for a trained model (a run directory or its ``model/`` folder)."""
+        from ..train.export import load_model
+
+        config, params, _ = load_model(path)
+        return cls(config, params, **kwargs)
+
+    @property
+    def budget(self) -> Budget | None:
+        """The current padding budget (grows monotonically)."""
+        return self._budget
+
+    @property
+    def n_compilations(self) -> int:
+        """How many shapes the jitted model has been compiled for."""
+        return int(self._apply._cache_size())
+
+    def _graph(self, atoms: Any) -> tuple[Any, int]:
+        inputs = graph_inputs_from_structure(
+            Structure.from_ase(atoms),
+            self.config.type_names,
+            self.config.r_max,
+            min_distance=self.min_distance,
+        )
+        need = round_budget(
+            inputs.n_atoms, inputs.n_edges, 1, steps_per_octave=self.steps_per_octave
+        )
+        if self._budget is None:
+            self._budget = need
+        elif not self._budget.fits(inputs.n_atoms, inputs.n_edges, 1):
+            self._budget = Budget(
+                n_nodes=max(need.n_nodes, self._budget.n_nodes),
+                n_edges=max(need.n_edges, self._budget.n_edges),
+                n_graphs=max(need.n_graphs, self._budget.n_graphs),
+            )
+        graph = build_graph(
+            [inputs],
+            self.config.type_names,
+            self.config.r_max,
+            budget=self._budget,
+            dtype=self.dtype,
+        )
+        return graph, inputs.n_atoms
+
+    def calculate(
+        self,
+        atoms: Any = None,
+        properties: list[str] | tuple[str, ...] = ("energy",),
+        system_changes: list[str] = all_changes,
+    ) -> None:
+        """Compute the requested properties (all of them, stress if periodic and asked)."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        want_stress = "stress" in properties
+        if want_stress and not all(atoms.pbc):
+            raise PropertyNotImplementedError(
+                "stress needs a fully periodic cell (atoms.pbc all True); this structure has "
+                f"pbc={atoms.pbc.tolist()}"
+            )
+        graph, n = self._graph(atoms)
+        periodic = bool(all(atoms.pbc))
+        out = self._apply(self.params, graph, forces=True, stress=periodic)
+        out = jax.tree.map(np.asarray, out)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"][:n].astype(np.float64),
+            "energies": out["atomic_energies"][:n].astype(np.float64),
+        }
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].astype(np.float64))
