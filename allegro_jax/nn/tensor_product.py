@@ -178,33 +178,6 @@ def weighted_channels(basis: jax.Array, weights: jax.Array, irreps: Sequence[Irr
     return w[:, :, idx] * basis[:, None, :]
 
 
-def channelwise_tp(x1: jax.Array, x2: jax.Array, coupling: jax.Array) -> jax.Array:
-    """Weighted channel-wise tensor product, paths summed per output irrep.
-
-    ``out[z, u, k] = Σ_ij x1[z, u, i] x2[z, u, j] W[u, i, j, k]``, where
-    ``W[u] = Σ_p w[u, p] CG_p`` has been pre-contracted (or ``W[i, j, k]`` without channel
-    coupling).
-
-    Args:
-        x1: ``[n_edges, C, D1]``.
-        x2: ``[n_edges, C, D2]``.
-        coupling: ``[C, D1, D2, D_out]`` or ``[D1, D2, D_out]``.
-
-    Returns:
-        ``[n_edges, C, D_out]``.
-    """
-    n, c, d1 = x1.shape
-    d2 = x2.shape[-1]
-    outer = (x1[:, :, :, None] * x2[:, :, None, :]).reshape(n, c, d1 * d2)
-    if coupling.ndim == 4:
-        # one GEMM per channel: channel-major batched matmul is ~3x faster on CPU than
-        # letting XLA batch over the middle axis of [n, C, D1*D2]
-        w = coupling.reshape(c, d1 * d2, -1)
-        return jnp.matmul(outer.transpose(1, 0, 2), w).transpose(1, 0, 2)
-    w = coupling.reshape(d1 * d2, -1)
-    return (outer.reshape(n * c, d1 * d2) @ w).reshape(n, c, -1)
-
-
 @functools.lru_cache(maxsize=256)
 def _cached_coupling(spec: TPSpec) -> np.ndarray:
     w = path_coupling_tensor(spec.irreps1, spec.irreps2, spec.irreps_out, spec.paths)
@@ -291,7 +264,7 @@ def sparse_channelwise_tp(
     """Weighted channel-wise TP in the ``[n_edges, D, C]`` layout.
 
     ``out[z, k, u] = Σ_p w[u, p] Σ_ij CG_p[i, j, k] x1[z, i, u] x2[z, j, u]`` (or ``w[p]``
-    without channel coupling); equal to :func:`channelwise_tp` on transposed inputs.
+    without channel coupling).
 
     Args:
         x1: ``[n_edges, D1, C]``; x2: ``[n_edges, D2, C]``.
