@@ -268,8 +268,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
     patience = config.early_stopping_patiences.get("validation_loss")
     min_lr = config.early_stopping_lower_bounds.get("LR")
     stop_reason = None
+    # a resumed run that had already stopped for a final reason does not train again
     if epoch >= config.max_epochs:
         stop_reason = "max_epochs"
+    elif epoch > 0 and patience is not None and epoch - int(state.best_epoch) >= patience:
+        stop_reason = "early_stopping_patience"
+    elif epoch > 0 and min_lr is not None and float(state.plateau.lr) < min_lr:
+        stop_reason = "lr_below_min"
 
     def meta() -> dict:
         return {

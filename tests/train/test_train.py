@@ -405,3 +405,15 @@ def test_cli_set_overrides_parse_yaml_values():
     assert got == {"max_wall_time": 600, "learning_rate": 1e-3, "dataset_file_name": "a.npz"}
     with _pytest.raises(ValueError, match="key=value"):
         parse_overrides(["oops"])
+
+
+def test_finished_run_does_not_train_again(tmp_path, data_file):
+    """A run that stopped on lr < min_lr stays stopped when invoked again."""
+    cfg = yaml.safe_load(
+        _tiny_yaml(tmp_path, data_file, early_stopping_lower_bounds={"LR": 1.0}).read_text()
+    )
+    first = train_and_evaluate(TrainConfig.from_dict(cfg), tmp_path / "run")
+    assert first["stop_reason"] == "lr_below_min" and first["epochs"] == 1
+    again = train_and_evaluate(TrainConfig.from_dict(cfg), tmp_path / "run")
+    assert again["stop_reason"] == "lr_below_min"
+    assert again["steps"] == first["steps"] and again["epochs"] == first["epochs"]
