@@ -38,8 +38,11 @@ def test_bad_config_raises(kw, match):
 
 
 def test_per_type_forms_and_round_trip():
-    c = cfg(per_type_energy_shifts={"O": -2.0, "H": -1.0}, per_type_energy_scales=1.5,
-            avg_num_neighbors=[8.0, 12.0])
+    c = cfg(
+        per_type_energy_shifts={"O": -2.0, "H": -1.0},
+        per_type_energy_scales=1.5,
+        avg_num_neighbors=[8.0, 12.0],
+    )
     assert c.per_type_energy_shifts == (-1.0, -2.0)
     assert c.per_type_energy_scales == (1.5, 1.5)
     assert c.avg_num_neighbors_per_type() == (8.0, 12.0)

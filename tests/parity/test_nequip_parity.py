@@ -285,6 +285,7 @@ def trained_reference(tmp_path_factory):
     ase.io.write(work / "frames.xyz", frames, format="extxyz")
     (work / "train.yaml").write_text(NEQUIP_TRAIN_YAML.replace("FRAMES", str(work / "frames.xyz")))
     env = {**__import__("os").environ, "OMP_WAIT_POLICY": "PASSIVE"}
+
     def run(*cmd):
         return subprocess.run(
             cmd,
@@ -294,6 +295,7 @@ def trained_reference(tmp_path_factory):
             text=True,
             timeout=600,
         )
+
     r = run(exe("nequip-train"), "-cp", str(work), "-cn", "train.yaml", f"hydra.run.dir={work}/out")
     assert r.returncode == 0, r.stderr[-3000:]
     r = run(
