@@ -54,15 +54,15 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from allegro_jax.data.graph import Structure
+from allegro_jax.units import (  # noqa: F401  (re-exported for readers' users)
+    GPA_TO_EV_PER_A3,
+    HARTREE_TO_EV,
+    KBAR_TO_EV_PER_A3,
+    KCAL_PER_MOL_TO_EV,
+)
 
 # --- unit conversions -----------------------------------------------------------------------
 
-AVOGADRO = 6.02214076e23  # 1/mol, exact (SI 2019)
-ELEMENTARY_CHARGE = 1.602176634e-19  # C, i.e. J per eV, exact (SI 2019)
-KCAL_PER_MOL_TO_EV = 4184.0 / (AVOGADRO * ELEMENTARY_CHARGE)  # 0.043364104241800934
-HARTREE_TO_EV = 27.211386245988  # CODATA 2018
-GPA_TO_EV_PER_A3 = 1e9 * 1e-30 / ELEMENTARY_CHARGE  # 6.241509074460762e-3
-KBAR_TO_EV_PER_A3 = 0.1 * GPA_TO_EV_PER_A3
 
 STRESS_UNITS: Mapping[str, float] = MappingProxyType(
     {"eV/A^3": 1.0, "GPa": GPA_TO_EV_PER_A3, "kbar": KBAR_TO_EV_PER_A3}

@@ -17,20 +17,14 @@ from __future__ import annotations
 
 import math
 
-#: Unified atomic mass unit in kg (CODATA 2018).
-AMU_KG = 1.66053906660e-27
-#: Electron volt in J (exact since the 2019 SI).
-EV_J = 1.602176634e-19
-#: Ångström in m.
-ANGSTROM_M = 1e-10
-#: Boltzmann constant in eV/K (exact: 1.380649e-23 J/K / EV_J).
-KB_EV_PER_K = 1.380649e-23 / EV_J
+from ..units import AMU_KG, ANGSTROM_M, EV_J, KB_J_PER_K, PA_PER_EV_PER_A3
+
+#: Boltzmann constant in eV/K.
+KB_EV_PER_K = KB_J_PER_K / EV_J
 #: The internal time unit sqrt(amu Å² / eV) in femtoseconds (≈ 10.1805).
 TIME_UNIT_FS = math.sqrt(AMU_KG * ANGSTROM_M**2 / EV_J) * 1e15
 #: 1 eV/Å³ in bar (1 bar = 1e5 Pa); ≈ 1.602e6.
-BAR_PER_EV_PER_A3 = EV_J / ANGSTROM_M**3 / 1e5
-#: 1 eV/Å³ in GPa; ≈ 160.2.
-GPA_PER_EV_PER_A3 = EV_J / ANGSTROM_M**3 / 1e9
+BAR_PER_EV_PER_A3 = PA_PER_EV_PER_A3 / 1e5
 
 
 def fs_to_internal(t_fs: float) -> float:
