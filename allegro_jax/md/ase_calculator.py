@@ -26,7 +26,13 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..config import AllegroConfig
 from ..data.graph import Structure
-from ..data.padding import Budget, build_graph, graph_inputs_from_structure, round_budget
+from ..data.padding import (
+    Budget,
+    build_graph,
+    graph_inputs_from_structure,
+    max_budget,
+    round_budget,
+)
 from ..nn.model import make_model
 
 Params = Any
@@ -102,11 +108,7 @@ class AllegroCalculator(Calculator):
         if self._budget is None:
             self._budget = need
         elif not self._budget.fits(inputs.n_atoms, inputs.n_edges, 1):
-            self._budget = Budget(
-                n_nodes=max(need.n_nodes, self._budget.n_nodes),
-                n_edges=max(need.n_edges, self._budget.n_edges),
-                n_graphs=max(need.n_graphs, self._budget.n_graphs),
-            )
+            self._budget = max_budget([self._budget, need])  # buckets only grow
         graph = build_graph(
             [inputs],
             self.config.type_names,
