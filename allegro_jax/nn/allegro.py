@@ -45,6 +45,20 @@ def spherical_harmonics(vectors: jax.Array, l_max: int) -> jax.Array:
     ).array
 
 
+def masked_edges(
+    edge_vectors: jax.Array, edge_mask: jax.Array, r_max: float
+) -> tuple[jax.Array, jax.Array]:
+    """Edge vectors with padding edges moved to ``(2 r_max, 0, 0)``, and their lengths.
+
+    Padding edges are zero vectors (self-loops); replacing them before the norm keeps the
+    norm, the spherical harmonics and their gradients finite, and puts them beyond the
+    cutoff, where every feature vanishes.
+    """
+    safe = jnp.asarray([2.0 * r_max, 0.0, 0.0], edge_vectors.dtype)
+    vec = jnp.where(edge_mask[:, None], edge_vectors, safe)
+    return vec, jnp.sqrt(jnp.sum(vec * vec, axis=-1))
+
+
 def per_type_constant(values, species: jax.Array, dtype) -> jax.Array:
     """Look up a per-type constant tuple (or a scalar) for each node."""
     arr = jnp.asarray(np.asarray(values, dtype=np.float64), dtype=dtype)
@@ -112,9 +126,7 @@ class AllegroCurrent(nn.Module):
         sh_ir = sh_irreps(cfg.l_max)
 
         # ---- geometry (in the input dtype, as nequip does in float64) ----
-        safe = jnp.asarray([2.0 * cfg.r_max, 0.0, 0.0], gdt)
-        vec = jnp.where(edge_mask[:, None], edge_vectors, safe)  # [n_edges, 3]
-        r = jnp.sqrt(jnp.sum(vec * vec, axis=-1))  # [n_edges]
+        vec, r = masked_edges(edge_vectors, edge_mask, cfg.r_max)  # [n_edges, 3], [n_edges]
         x = r / cfg.r_max
         freqs = np.arange(1, cfg.num_bessels + 1, dtype=np.float64)
         if cfg.bessel_trainable:

@@ -30,7 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import AllegroConfig
-from .allegro import model_dtype, per_type_constant, scale_shift, spherical_harmonics
+from .allegro import (
+    masked_edges,
+    model_dtype,
+    per_type_constant,
+    scale_shift,
+    spherical_harmonics,
+)
 from .cutoff import polynomial_cutoff
 from .mlp import ScalarMLP
 from .radial import paper_bessel_basis, paper_bessel_normalization
@@ -75,9 +81,7 @@ class AllegroPaper(nn.Module):
         sh_ir = sh_irreps(cfg.l_max)
         specs = paper_tp_specs(cfg.l_max, cfg.parity, cfg.num_layers)
 
-        safe = jnp.asarray([2.0 * cfg.r_max, 0.0, 0.0], gdt)
-        vec = jnp.where(edge_mask[:, None], edge_vectors, safe)  # [n_edges, 3]
-        r = jnp.sqrt(jnp.sum(vec * vec, axis=-1))  # [n_edges]
+        vec, r = masked_edges(edge_vectors, edge_mask, cfg.r_max)  # [n_edges, 3], [n_edges]
         cut = polynomial_cutoff(r / cfg.r_max, cfg.polynomial_cutoff_p)
         cut = (cut * edge_mask).astype(dt)[:, None]  # [n_edges, 1]
         w_init = np.pi * np.arange(1, cfg.num_bessels + 1)
