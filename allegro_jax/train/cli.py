@@ -30,6 +30,9 @@ def _train(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 4
+    except ValueError as err:  # e.g. resuming with another ensemble_size
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "best_validation"}, indent=2))
     return 0
 
@@ -98,7 +101,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``evaluate --model RUN_DIR --data FILE [--output JSON]``."""
     p = subparsers.add_parser(
-        "evaluate", help="energy/force/stress MAE and RMSE of a trained model on a data file"
+        "evaluate",
+        help="energy/force/stress MAE and RMSE of a trained model on a data file (for an "
+        "ensemble: of the mean prediction, plus the force standard deviation)",
     )
     p.add_argument("--model", required=True, help="run directory or model directory")
     p.add_argument("--data", required=True, help="data file (rMD17 npz, extxyz, ...)")

@@ -29,6 +29,7 @@ from allegro_jax.config import AllegroConfig
 _MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(AllegroConfig))
 _OPTIMIZERS = ("Adam", "AMSGrad")
 _SCHEDULERS = ("ReduceLROnPlateau", "none")
+_PATH_KEYS = ("dataset_file_name", "validation_dataset_file_name", "test_dataset_file_name")
 _LOSS_KEYS = {"total_energy": "PerAtomMSELoss", "forces": "MSELoss", "stress": "MSELoss"}
 
 
@@ -77,6 +78,13 @@ class TrainConfig:
         forces_key: forces label key for ASE files (``None``: default; ``"none"``: ignore).
         stress_key: stress label key for ASE files (``None``: default; ``"none"``: ignore).
         seed: seed of the parameter initialisation and the data order.
+        ensemble_size: number of models trained at once (one program, ``jax.vmap`` over
+            stacked train states, :mod:`allegro_jax.ensemble`). Member ``k`` is initialised
+            with seed ``seed + k`` (member 0 is the single-model run); every member sees the
+            same batches in the same order (the data order follows ``seed``).
+        ensemble_strategy: how the one program runs the members' train steps: ``"vmap"``
+            (vectorised; the natural choice on a GPU) or ``"map"`` (``jax.lax.map``: one
+            after the other, measured faster on CPU, ``benchmarks/ensemble.py``).
         batch_size: structures per training batch.
         validation_batch_size: structures per validation batch (default ``batch_size``).
         max_epochs: maximum number of epochs.
@@ -107,9 +115,13 @@ class TrainConfig:
         progress_bar: show a tqdm progress bar.
         tensorboard: also write the epoch metrics as TensorBoard scalars.
         prefetch: batches prepared ahead of the device by a host thread.
+        data_parallel: split every batch over ``num_devices`` devices with replicated
+            parameters (:mod:`allegro_jax.parallel.data_parallel`); one step equals the
+            single-device step on the whole batch. ``batch_size`` stays the global size.
+        num_devices: devices for ``data_parallel`` (``None``: all of ``jax.devices()``).
         workdir: default work directory (the CLI's ``--workdir`` overrides it).
         model: the model's keys (an :class:`AllegroConfig` dict, possibly incomplete).
-        source_dir: directory relative paths are also resolved against (the YAML's).
+        source_dir: the YAML file's folder: relative data paths resolve against it first.
     """
 
     dataset_file_name: str
@@ -123,6 +135,8 @@ class TrainConfig:
     forces_key: str | None = None
     stress_key: str | None = None
     seed: int = 0
+    ensemble_size: int = 1
+    ensemble_strategy: str = "vmap"
     batch_size: int = 5
     validation_batch_size: int | None = None
     max_epochs: int = 1_000_000
@@ -155,6 +169,8 @@ class TrainConfig:
     progress_bar: bool = True
     tensorboard: bool = True
     prefetch: int = 2
+    data_parallel: bool = False
+    num_devices: int | None = None
     workdir: str | None = None
     source_dir: str | None = None
 
@@ -172,6 +188,7 @@ class TrainConfig:
             "dataset_seed",
             "lr_scheduler_patience",
             "prefetch",
+            "ensemble_size",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -183,11 +200,18 @@ class TrainConfig:
             ("checkpoint_keep", 1),
             ("log_every", 1),
             ("prefetch", 1),
+            ("ensemble_size", 1),
             ("lr_scheduler_patience", 0),
         ):
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
-        for name in ("n_train", "validation_batch_size", "checkpoint_every"):
+        if self.ensemble_strategy not in ("vmap", "map"):
+            raise ValueError(
+                f"ensemble_strategy must be 'vmap' or 'map', got {self.ensemble_strategy!r}"
+            )
+        if not isinstance(self.data_parallel, bool):
+            raise ValueError(f"data_parallel must be true or false, got {self.data_parallel!r}")
+        for name in ("n_train", "validation_batch_size", "checkpoint_every", "num_devices"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int or null, got {v!r}")
@@ -252,20 +276,25 @@ class TrainConfig:
         return self.validation_batch_size or self.batch_size
 
     def resolve_path(self, path: str | os.PathLike) -> Path:
-        """A data path as given (relative to the working directory) or else relative to the
-        config file's directory.
+        """A data path: absolute as given; a relative one against the config file's folder
+        first (``source_dir``), then against the working directory.
 
         Raises:
-            FileNotFoundError: neither exists (naming both).
+            FileNotFoundError: no candidate exists (naming every path tried).
         """
         p = Path(path).expanduser()
         tried = [p]
-        if not p.is_absolute() and self.source_dir is not None:
-            tried.append(Path(self.source_dir) / p)
+        if not p.is_absolute():
+            tried = [Path(self.source_dir) / p] if self.source_dir is not None else []
+            tried.append(Path.cwd() / p)
         for candidate in tried:
             if candidate.exists():
                 return candidate.resolve()
-        raise FileNotFoundError("data file not found: " + " nor ".join(repr(str(t)) for t in tried))
+        raise FileNotFoundError(
+            f"data file {str(path)!r} not found; tried "
+            + " and ".join(repr(str(t)) for t in tried)
+            + (" (the config's folder, then the working directory)" if len(tried) == 2 else "")
+        )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -310,10 +339,12 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
     Args:
         path: the YAML file.
-        overrides: keys replacing those of the file.
+        overrides: keys replacing those of the file (relative data paths among them are
+            taken relative to the working directory).
 
     Returns:
-        The validated config; relative data paths also resolve against the file's folder.
+        The validated config; its relative data paths resolve against the file's folder
+        first, then the working directory (:meth:`TrainConfig.resolve_path`).
 
     Raises:
         FileNotFoundError: the config file does not exist.
@@ -326,7 +357,12 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         data = yaml.safe_load(f)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
-    data = {**data, **(overrides or {})}
+    overrides = dict(overrides or {})
+    for key in _PATH_KEYS:  # paths typed on the command line are relative to the cwd
+        value = overrides.get(key)
+        if isinstance(value, str | os.PathLike) and not Path(value).expanduser().is_absolute():
+            overrides[key] = str(Path.cwd() / Path(value).expanduser())
+    data = {**data, **overrides}
     try:
         return TrainConfig.from_dict(data, source_dir=str(path.resolve().parent))
     except (TypeError, ValueError) as err:

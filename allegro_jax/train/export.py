@@ -3,7 +3,9 @@
 Layout (``save_model``)::
 
     <model_dir>/config.json      {"format": 1, "model": AllegroConfig dict, "metadata": {...}}
-    <model_dir>/params.msgpack   flax.serialization bytes of the (EMA) parameters
+                                 (+ "ensemble_size": K for an ensemble)
+    <model_dir>/params.msgpack   flax.serialization bytes of the (EMA) parameters; for an
+                                 ensemble, every leaf has a leading member axis [K]
 
 A run directory of :func:`allegro_jax.train.loop.train_and_evaluate` holds the best model
 in ``<run_dir>/model``; :func:`load_model` accepts either directory.
@@ -25,6 +27,7 @@ from flax import serialization
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import AtomicGraph, Structure
 from allegro_jax.data.padding import build_graph
+from allegro_jax.ensemble import ensemble_size_of, make_ensemble_apply_fn
 from allegro_jax.nn.model import make_model
 
 FORMAT = 1
@@ -37,6 +40,8 @@ def save_model(
     config: AllegroConfig,
     params: Any,
     metadata: dict | None = None,
+    *,
+    ensemble_size: int = 1,
 ) -> Path:
     """Write config and parameters; the directory is replaced atomically.
 
@@ -45,6 +50,8 @@ def save_model(
         config: the model config (with its statistics filled in).
         params: the parameters (a pytree of arrays).
         metadata: JSON-serialisable extras (e.g. epoch, validation metrics).
+        ensemble_size: K > 1: ``params`` are K members stacked on a leading axis
+            (:func:`allegro_jax.ensemble.stack_members`).
 
     Returns:
         The directory.
@@ -54,9 +61,13 @@ def save_model(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    doc = {"format": FORMAT, "model": config.to_dict(), "metadata": metadata or {}}
-    (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
     params = jax.tree.map(np.asarray, params)
+    doc = {"format": FORMAT, "model": config.to_dict(), "metadata": metadata or {}}
+    if ensemble_size != 1:
+        if ensemble_size < 1 or ensemble_size_of(params) != ensemble_size:
+            raise ValueError(f"params are not a stacked ensemble of {ensemble_size} members")
+        doc["ensemble_size"] = int(ensemble_size)
+    (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
     (tmp / PARAMS_FILE).write_bytes(serialization.to_bytes(params))
     old = model_dir.with_name(model_dir.name + ".old")
     if model_dir.exists():
@@ -80,13 +91,22 @@ def _model_dir(path: str | os.PathLike) -> Path:
     )
 
 
-def read_model_config(path: str | os.PathLike) -> AllegroConfig:
-    """The model config of a run or model directory (without loading the parameters)."""
+def _read_doc(path: str | os.PathLike) -> dict:
     model_dir = _model_dir(path)
     doc = json.loads((model_dir / CONFIG_FILE).read_text())
     if doc.get("format") != FORMAT:
         raise ValueError(f"{model_dir / CONFIG_FILE}: unknown model format {doc.get('format')!r}")
-    return AllegroConfig.from_dict(doc["model"])
+    return doc
+
+
+def read_model_config(path: str | os.PathLike) -> AllegroConfig:
+    """The model config of a run or model directory (without loading the parameters)."""
+    return AllegroConfig.from_dict(_read_doc(path)["model"])
+
+
+def read_ensemble_size(path: str | os.PathLike) -> int:
+    """1 for a single model, K for an ensemble of K (without loading the parameters)."""
+    return int(_read_doc(path).get("ensemble_size", 1))
 
 
 def load_model(
@@ -105,17 +125,31 @@ def load_model(
         (a list of such dicts, computed in one batch). A float64 model needs
         ``jax.config.update("jax_enable_x64", True)`` first.
 
+        For an ensemble (:func:`read_ensemble_size` > 1) ``params`` are stacked
+        (leading member axis) and the function predicts the members' MEAN energy, forces
+        (and stress), plus ``energy_std`` (eV), ``forces_std`` (``[n_atoms]``, the per-atom
+        σ_i = sqrt(mean_k ‖F_ik − F̄_i‖²) in eV/Å), ``member_energy`` ``[K]`` and
+        ``member_forces`` ``[K, n_atoms, 3]``; for an :class:`AtomicGraph` it returns the
+        dict of :func:`allegro_jax.ensemble.make_ensemble_apply_fn`.
+
     Raises:
         FileNotFoundError: no model there.
         ValueError: an unknown format or an unreadable parameter file.
     """
     model_dir = _model_dir(path)
     config = read_model_config(model_dir)
+    n_members = read_ensemble_size(model_dir)
     _, apply_fn = make_model(config)
     try:
         params = serialization.msgpack_restore((model_dir / PARAMS_FILE).read_bytes())
     except ValueError as err:
         raise ValueError(f"{model_dir / PARAMS_FILE} is not a parameter file: {err}") from err
+    if n_members > 1:
+        if ensemble_size_of(params) != n_members:
+            raise ValueError(
+                f"{model_dir / PARAMS_FILE} does not hold {n_members} stacked ensemble members"
+            )
+        apply_fn = make_ensemble_apply_fn(apply_fn)
     apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
     np_dtype = np.float64 if config.model_dtype == "float64" else np.float32
 
@@ -135,6 +169,11 @@ def load_model(
             }
             if stress:
                 r["stress"] = out["stress"][g]
+            if n_members > 1:
+                r["energy_std"] = float(out["energy_std"][g])
+                r["forces_std"] = out["forces_std"][start : start + s.n_atoms]
+                r["member_energy"] = out["member_energy"][:, g]
+                r["member_forces"] = out["member_forces"][:, start : start + s.n_atoms]
             results.append(r)
             start += s.n_atoms
         return results[0] if single else results

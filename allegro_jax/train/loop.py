@@ -8,13 +8,16 @@ Files in ``workdir``:
   and RMSE in meV, meV/Å, meV/Å^3, learning rate, times); ``tensorboard/``: the same as
   TensorBoard scalars (:mod:`.tensorboard`, step = epoch).
 * ``checkpoints/``, ``checkpoints_best/``: orbax states (:mod:`.checkpoint`).
-* ``model/``: the best model (EMA weights), :func:`allegro_jax.train.export.load_model`.
-* ``summary.json`` and, with a test file, ``test_metrics.json``.
+* ``model/``: the best model (EMA weights; for an ensemble each member's best),
+  :func:`allegro_jax.train.export.load_model`.
+* ``summary.json`` and, with a test file, ``test_metrics.json`` (written when the run has
+  finished; see :func:`train_and_evaluate` for clock stops).
 
 Resume determinism: everything that influences the future lives in the checkpointed
 :class:`~allegro_jax.train.state.TrainState` (parameters, optimiser and EMA state, the
-plateau scheduler, the PRNG key, the partial error sums of the current epoch, the best
-validation loss), and the data order of epoch ``e`` is a function of ``(seed, e)`` only.
+plateau scheduler, the PRNG key, the partial error sums of the current epoch; the best
+validation loss, in float64, in the checkpoint's JSON metadata), and the data order of
+epoch ``e`` is a function of ``(seed, e)`` only.
 A restarted run restores the newest checkpoint, drops the metric rows of later epochs,
 and continues at batch ``step - epoch · n_batches`` of the same permutation, so its metric
 rows equal those of an uninterrupted run bit for bit (on the same machine and software).
@@ -40,10 +43,17 @@ from ase.data import chemical_symbols
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.datasets import random_split, read_dataset
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
+from allegro_jax.ensemble import member, stack_members
 from allegro_jax.nn.model import make_model
 from allegro_jax.train.checkpoint import CheckpointStore
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.data import SplitData, epoch_permutation, prefetch
+from allegro_jax.train.ensemble import (
+    evaluate_ensemble_split,
+    make_ensemble_eval_step,
+    make_ensemble_train_step,
+    summarize_uncertainty,
+)
 from allegro_jax.train.export import save_model
 from allegro_jax.train.loss import ErrorSums, summarize
 from allegro_jax.train.optimizer import make_optimizer, plateau_update
@@ -182,8 +192,78 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _first(x: Any) -> Any:
+    """The first element of a (possibly stacked, ``[K]``) state scalar."""
+    return np.asarray(x).reshape(-1)[0]
+
+
+def _full_like(x: Any, value: Any, dtype: Any) -> jax.Array:
+    """``value`` in the shape of ``x`` (``()`` for one model, ``[K]`` for an ensemble)."""
+    return jnp.full(np.shape(x), value, dtype)
+
+
+def _losses_to_json(values: np.ndarray) -> list[float | None]:
+    return [None if not math.isfinite(v) else float(v) for v in values]
+
+
+def _losses_from_json(values: Any) -> np.ndarray:
+    values = values if isinstance(values, list) else [values]
+    return np.asarray([math.inf if v is None else float(v) for v in values], np.float64)
+
+
+def _exported_losses(model_dir: Path, n_members: int) -> tuple[np.ndarray, Any]:
+    """Validation losses recorded in an exported model (inf where unknown) and its params."""
+    inf = np.full(n_members, np.inf)
+    try:
+        doc = json.loads((model_dir / "config.json").read_text())
+        meta = doc.get("metadata", {})
+        entries = meta.get("members") if n_members > 1 else [meta]
+        losses = np.asarray(
+            [e.get("validation", {}).get("loss", math.inf) for e in entries], np.float64
+        )
+        if losses.shape != (n_members,):
+            return inf, None
+        params = None
+        if n_members > 1:
+            from flax import serialization
+
+            params = serialization.msgpack_restore((model_dir / "params.msgpack").read_bytes())
+        return losses, params
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return inf, None
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Train (or resume training) a model; write metrics, checkpoints and the best model.
+    """Train (or resume training) a model or an ensemble; write metrics, checkpoints, model.
+
+    Stopping and the exported model:
+
+    * An epoch ends with a validation of the EMA weights, the plateau scheduler, a metrics
+      row and the stop checks (``max_epochs``, early stopping, ``lr`` below its bound, the
+      wall clock).
+    * ``model/`` always holds the lowest-validation-loss EMA weights of every validation
+      made so far. Besides the epoch ends, a run stopped by ``max_wall_time`` in the
+      middle of an epoch validates the current EMA weights (the partial epoch's updates)
+      once more and exports them if they are better (``metadata.partial_epoch``); that
+      extra validation changes neither the checkpointed state nor the loss curve, so a
+      resumed run still reproduces an uninterrupted one.
+    * The test file (``test_dataset_file_name``) is evaluated once the run has really
+      finished (``max_epochs``, early stopping or ``lr`` below its bound), not at a
+      clock stop (``allegro-jax evaluate`` does it on demand), and again only if the
+      model changed since ``test_metrics.json`` was written.
+
+    Ensembles (``ensemble_size: K > 1``): the K train states are stacked (a leading member
+    axis on every leaf) and ONE jitted ``jax.vmap`` of the train step updates them on the
+    same batch (``ensemble_strategy: map``: a ``jax.lax.map`` instead). Each member keeps
+    its own optimiser, EMA, plateau scheduler and best validation loss, so member ``k``
+    trains as a single run with seed ``seed + k`` would (same data order); the run stops
+    on ``max_epochs``, when NO member improved for ``early_stopping_patiences`` epochs, or
+    when EVERY member's rate fell below its bound.
+    ``model/`` holds each member's own best EMA weights (stacked). ``metrics.csv`` then has
+    ``member<k>_*`` columns (each member's ``lr``, training and validation metrics);
+    ``validation_*`` are the errors of the ENSEMBLE-MEAN prediction plus its spread
+    (``validation_force_std_mean_mev_per_a``, ...; :mod:`allegro_jax.train.ensemble`);
+    ``train_*`` and ``lr`` are the means of the members' values.
 
     Args:
         config: the training config.
@@ -196,6 +276,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
     Raises:
         NonFiniteLossError: the loss became NaN/inf (checkpoints stay as they were).
         FileNotFoundError: a data file is missing.
+        ValueError: resuming a run with a different ``ensemble_size``.
         allegro_jax.train.checkpoint.CheckpointError: every checkpoint is damaged.
     """
     t_start = time.perf_counter()
@@ -204,17 +285,20 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
     if config.model.get("model_dtype") == "float64":
         jax.config.update("jax_enable_x64", True)
     np_dtype = np.float64 if config.model.get("model_dtype") == "float64" else np.float32
+    n_members = config.ensemble_size
+    ensemble = n_members > 1
 
     # ---- data and statistics ------------------------------------------------------------
     train_structs, val_structs = load_splits(config)
     model_config_path = workdir / "model_config.json"
     if model_config_path.exists():  # resume: the statistics of the first start
+        _check_ensemble_size(workdir / "train_config.yaml", n_members)
         model_config = AllegroConfig.from_dict(json.loads(model_config_path.read_text()))
         _warn_config_changes(workdir / "train_config.yaml", config)
     else:
         model_config, stats = complete_model_config(config.model, train_structs)
         _atomic_write(workdir / "statistics.json", stats.to_json(indent=2))
-        _atomic_write(workdir / "train_config.yaml", yaml.safe_dump(config.to_dict()))
+        _atomic_write(workdir / "train_config.yaml", yaml.safe_dump(_normalised_config(config)))
         _atomic_write(model_config_path, json.dumps(model_config.to_dict(), indent=2))
     types, r_max = model_config.type_names, model_config.r_max
     train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype)
@@ -223,8 +307,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
 
     # ---- model, optimiser, state --------------------------------------------------------
     init_fn, apply_fn = make_model(model_config)
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = jax.jit(init_fn)(init_key)  # jitted: faster than the eager init
+    init = jax.jit(init_fn)  # jitted: faster than the eager init
     tx = make_optimizer(
         config.learning_rate,
         amsgrad=config.amsgrad,
@@ -232,7 +315,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         eps=config.optimizer_eps,
         max_gradient_norm=config.max_gradient_norm,
     )
-    state = create_train_state(params, tx, config.learning_rate, state_key)
+
+    def member_state(k: int):
+        init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed + k))
+        return create_train_state(init(init_key), tx, config.learning_rate, state_key)
+
+    if ensemble:
+        state = stack_members([member_state(k) for k in range(n_members)])
+    else:
+        state = member_state(0)
     train_step = make_train_step(
         apply_fn,
         tx,
@@ -242,56 +333,88 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         ema_use_num_updates=config.ema_use_num_updates,
         stress=use_stress,
     )
-    eval_step = make_eval_step(apply_fn, forces=val.has_forces, stress=val.has_stress)
+    if ensemble:  # one program: the step vmapped over the members, the batch shared
+        train_step = make_ensemble_train_step(train_step, config.ensemble_strategy)
+        eval_step = make_ensemble_eval_step(apply_fn, forces=val.has_forces, stress=val.has_stress)
+    else:
+        eval_step = make_eval_step(apply_fn, forces=val.has_forces, stress=val.has_stress)
+    if config.data_parallel:  # each batch split over the devices, parameters replicated
+        from allegro_jax.parallel.data_parallel import setup_data_parallel
+
+        train, val, train_step, eval_step, state = setup_data_parallel(
+            config, apply_fn, tx, train, val, state, stress=use_stress
+        )
 
     store = CheckpointStore(workdir, keep=config.checkpoint_keep)
     restored = store.restore_latest(state)
     last_saved = None
+    # the best validation loss per member, float64 on the host (the state's float32 field
+    # is a copy; the exact value travels in the checkpoint's JSON metadata)
+    best_val = np.full(n_members, np.inf)
     if restored is not None:
         state, meta = restored
-        last_saved = int(state.step)
+        last_saved = int(_first(state.step))
+        if "best_val_loss" in meta:
+            best_val = _losses_from_json(meta["best_val_loss"])
+        else:  # a checkpoint of an older version
+            best_val = np.asarray(state.best_val_loss, np.float64).reshape(-1)
         print(
-            f"resuming from checkpoint step {int(state.step)} (epoch {int(state.epoch)}, "
-            f"meta {meta})",
+            f"resuming from checkpoint step {int(_first(state.step))} "
+            f"(epoch {int(_first(state.epoch))}, meta {meta})",
             flush=True,
         )
-    log = _MetricsLog(workdir, int(state.epoch))
+    # what model/ holds (its validation losses): it is only replaced by better weights
+    exported_val, exported_params = np.full(n_members, np.inf), None
+    if restored is not None:
+        exported_val, exported_params = _exported_losses(workdir / "model", n_members)
+    model_changed = False
+    log = _MetricsLog(workdir, int(_first(state.epoch)))
     writer = None
     if config.tensorboard:
         writer = SummaryWriter(
-            workdir / "tensorboard", restart_step=int(state.epoch) + 1 if restored else None
+            workdir / "tensorboard",
+            restart_step=int(_first(state.epoch)) + 1 if restored else None,
         )
 
     n_batches = train.num_batches
-    step, epoch = int(state.step), int(state.epoch)
-    wall0 = float(state.wall_time)
+    step, epoch = int(_first(state.step)), int(_first(state.epoch))
+    wall0 = float(_first(state.wall_time))
     patience = config.early_stopping_patiences.get("validation_loss")
     min_lr = config.early_stopping_lower_bounds.get("LR")
     stop_reason = None
+
+    def final_stop_reason() -> str | None:
+        """max_epochs / early stopping / lr bound (over all members for an ensemble)."""
+        if epoch >= config.max_epochs:
+            return "max_epochs"
+        last_improved = int(np.max(np.asarray(state.best_epoch)))
+        if epoch > 0 and patience is not None and epoch - last_improved >= patience:
+            return "early_stopping_patience"
+        if epoch > 0 and min_lr is not None and float(np.max(state.plateau.lr)) < min_lr:
+            return "lr_below_min"
+        return None
+
     # a resumed run that had already stopped for a final reason does not train again
-    if epoch >= config.max_epochs:
-        stop_reason = "max_epochs"
-    elif epoch > 0 and patience is not None and epoch - int(state.best_epoch) >= patience:
-        stop_reason = "early_stopping_patience"
-    elif epoch > 0 and min_lr is not None and float(state.plateau.lr) < min_lr:
-        stop_reason = "lr_below_min"
+    stop_reason = final_stop_reason()
 
     def meta() -> dict:
         return {
-            "step": int(state.step),
-            "epoch": int(state.epoch),
+            "step": int(_first(state.step)),
+            "epoch": int(_first(state.epoch)),
             "n_batches": n_batches,
             "seed": config.seed,
+            "ensemble_size": n_members,
+            "best_val_loss": _losses_to_json(best_val),
         }
 
     def save(best: bool = False) -> None:
         nonlocal last_saved
-        store.save(int(state.step), state, meta(), best=best)
+        store.save(int(_first(state.step)), state, meta(), best=best)
         if not best:
-            last_saved = int(state.step)
+            last_saved = int(_first(state.step))
 
     def check_finite(where: str) -> None:
-        bad = int(state.bad_step)
+        bad = int(np.max(np.asarray(state.bad_step)))
         if bad:
             last = (
                 "no checkpoint was written yet"
@@ -307,6 +430,61 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
 
     def elapsed() -> float:
         return time.perf_counter() - t_start
+
+    def stamp_wall_time() -> None:
+        nonlocal state
+        state = state.replace(wall_time=_full_like(state.wall_time, wall0 + elapsed(), jnp.float32))
+
+    def validate() -> tuple[list[dict], dict | None]:
+        """Validation metrics of the EMA weights: per member, and of the ensemble mean."""
+        if not ensemble:
+            sums = evaluate_split(eval_step, state.ema_params, val, config.prefetch)
+            return [summarize(sums, config.loss_coeffs)], None
+        member_sums, mean_sums, unc = evaluate_ensemble_split(
+            eval_step, state.ema_params, val, config.prefetch
+        )
+        members = [summarize(s, config.loss_coeffs) for s in member_sums]
+        return members, summarize(mean_sums, config.loss_coeffs) | summarize_uncertainty(unc)
+
+    def export(val_metrics: list[dict], info: dict) -> bool:
+        """Write model/ where a member's validation loss beats the exported one."""
+        nonlocal exported_val, exported_params, model_changed
+        losses = np.asarray([m["loss"] for m in val_metrics], np.float64)
+        better = losses < exported_val
+        if not better.any():
+            return False
+        if not ensemble:
+            save_model(
+                workdir / "model",
+                model_config,
+                state.ema_params,
+                info | {"validation": val_metrics[0]},
+            )
+        else:
+            ema = jax.tree.map(np.asarray, state.ema_params)
+            if exported_params is None:
+                exported_params = ema
+            else:  # keep the members that did not improve
+                mask = lambda x: better.reshape((-1,) + (1,) * (np.ndim(x) - 1))  # noqa: E731
+                exported_params = jax.tree.map(
+                    lambda new, old: np.where(mask(new), new, old), ema, exported_params
+                )
+            old_doc = _read_model_metadata(workdir / "model")
+            entries = old_doc.get("members") or [{} for _ in range(n_members)]
+            entries = [
+                info | {"validation": val_metrics[k]} if better[k] else entries[k]
+                for k in range(n_members)
+            ]
+            save_model(
+                workdir / "model",
+                model_config,
+                exported_params,
+                {"ensemble_size": n_members, "members": entries},
+                ensemble_size=n_members,
+            )
+        exported_val = np.where(better, losses, exported_val)
+        model_changed = True
+        return True
 
     try:
         from tqdm.auto import tqdm
@@ -337,8 +515,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
                     check_finite(f"epoch {epoch + 1}, batch {b + 1}/{n_batches}")
                     if bar is not None:
                         bar.set_postfix(
-                            loss=f"{float(metrics['loss']):.4g}",
-                            lr=f"{float(metrics['lr']):.3g}",
+                            loss=f"{float(np.mean(metrics['loss'])):.4g}",
+                            lr=f"{float(np.mean(metrics['lr'])):.3g}",
                             refresh=False,
                         )
                 if bar is not None:
@@ -348,7 +526,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
                         due = True
                     else:
                         check_finite(f"epoch {epoch + 1}, batch {b + 1}/{n_batches}")
-                        state = state.replace(wall_time=jnp.asarray(wall0 + elapsed(), jnp.float32))
+                        stamp_wall_time()
                         save()
                 if config.max_wall_time and elapsed() > config.max_wall_time and not last_batch:
                     stop_reason = "max_wall_time"
@@ -358,54 +536,83 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
                 bar.close()
             if stop_reason is not None:  # stopped mid-epoch by the clock
                 check_finite(f"epoch {epoch + 1}")
-                state = state.replace(wall_time=jnp.asarray(wall0 + elapsed(), jnp.float32))
+                stamp_wall_time()
                 save()
+                # validate the partial epoch's EMA weights; export them if they are better
+                val_metrics, ens_metrics = validate()
+                exported = export(
+                    val_metrics, {"epoch": epoch, "step": step, "partial_epoch": True}
+                )
+                shown = ens_metrics or val_metrics[0]
+                print(
+                    f"stopped by max_wall_time at step {step} (epoch {epoch + 1}, batch "
+                    f"{step - epoch * n_batches}/{n_batches}): val loss {shown['loss']:.4g}; "
+                    + ("exported to model/" if exported else "model/ kept (it is better)"),
+                    flush=True,
+                )
                 break
 
             # ---- end of epoch: validation with the EMA weights, scheduler, logs -------------
             check_finite(f"end of epoch {epoch + 1}")
-            train_metrics = summarize(state.train_sums, config.loss_coeffs)
-            val_metrics = summarize(
-                evaluate_split(eval_step, state.ema_params, val, config.prefetch),
-                config.loss_coeffs,
-            )
-            val_loss = val_metrics["loss"]
-            if not math.isfinite(val_loss):
+            train_metrics = [
+                summarize(
+                    member(state.train_sums, k) if ensemble else state.train_sums,
+                    config.loss_coeffs,
+                )
+                for k in range(n_members)
+            ]
+            val_metrics, ens_metrics = validate()
+            val_losses = np.asarray([m["loss"] for m in val_metrics], np.float64)
+            if not np.all(np.isfinite(val_losses)):
                 raise NonFiniteLossError(
                     f"non-finite validation loss after epoch {epoch + 1}; the last good "
                     f"checkpoint is step {last_saved}"
                 )
-            lr_used = float(state.plateau.lr)
+            lrs = np.asarray(state.plateau.lr, np.float64).reshape(-1)
             plateau = state.plateau
             if config.lr_scheduler_name == "ReduceLROnPlateau":
                 plateau = plateau_update(
                     plateau,
-                    val_loss,
+                    val_losses if ensemble else val_losses[0],
                     patience=config.lr_scheduler_patience,
                     factor=config.lr_scheduler_factor,
                     threshold=config.lr_scheduler_threshold,
                 )
-            improved = val_loss < float(state.best_val_loss)
+            improved = val_losses < best_val
+            best_val = np.where(improved, val_losses, best_val)
             epoch += 1
+            best_epoch = np.where(improved, epoch, np.asarray(state.best_epoch).reshape(-1))
+            shape = np.shape(state.epoch)
             state = state.replace(
-                epoch=jnp.asarray(epoch, jnp.int32),
+                epoch=_full_like(state.epoch, epoch, jnp.int32),
                 plateau=plateau,
-                train_sums=ErrorSums.zeros(state.train_sums.n_e.dtype),
-                best_val_loss=jnp.asarray(
-                    val_loss if improved else state.best_val_loss, jnp.float32
-                ),
-                best_epoch=jnp.asarray(epoch if improved else state.best_epoch, jnp.int32),
-                wall_time=jnp.asarray(wall0 + elapsed(), jnp.float32),
+                train_sums=jax.tree.map(jnp.zeros_like, state.train_sums),
+                best_val_loss=jnp.asarray(best_val.reshape(shape), jnp.float32),
+                best_epoch=jnp.asarray(best_epoch.reshape(shape), jnp.int32),
             )
+            stamp_wall_time()
             row = {
                 "epoch": epoch,
                 "step": step,
-                "lr": lr_used,
-                "wall_time_s": round(float(state.wall_time), 3),
+                "lr": float(np.mean(lrs)),
+                "wall_time_s": round(float(_first(state.wall_time)), 3),
                 "epoch_time_s": round(time.perf_counter() - t_epoch, 3),
             }
-            row |= {f"train_{k}": v for k, v in train_metrics.items()}
-            row |= {f"validation_{k}": v for k, v in val_metrics.items()}
+            if not ensemble:
+                row |= {f"train_{k}": v for k, v in train_metrics[0].items()}
+                row |= {f"validation_{k}": v for k, v in val_metrics[0].items()}
+                shown = val_metrics[0]
+            else:
+                row |= {
+                    f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
+                    for k in train_metrics[0]
+                }
+                row |= {f"validation_{k}": v for k, v in ens_metrics.items()}
+                for k in range(n_members):
+                    row[f"member{k}_lr"] = float(lrs[k])
+                    row |= {f"member{k}_train_{n}": v for n, v in train_metrics[k].items()}
+                    row |= {f"member{k}_validation_{n}": v for n, v in val_metrics[k].items()}
+                shown = ens_metrics
             log.append(row)
             if writer is not None:
                 writer.scalars(
@@ -416,51 +623,51 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
                     },
                     epoch,
                 )
-            f_mae = val_metrics.get("force_mae_mev_per_a", float("nan"))
-            e_mae = val_metrics.get("energy_mae_mev", float("nan"))
+            f_mae = shown.get("force_mae_mev_per_a", float("nan"))
+            e_mae = shown.get("energy_mae_mev", float("nan"))
             print(
-                f"epoch {epoch:4d}  step {step:7d}  lr {lr_used:.3g}  "
-                f"train loss {train_metrics['loss']:.4g}  val loss {val_loss:.4g}  "
-                f"val E MAE {e_mae:.2f} meV  F MAE {f_mae:.2f} meV/Å  "
-                f"({row['epoch_time_s']:.1f} s)",
+                f"epoch {epoch:4d}  step {step:7d}  lr {row['lr']:.3g}  "
+                f"train loss {row['train_loss']:.4g}  val loss {shown['loss']:.4g}  "
+                f"val E MAE {e_mae:.2f} meV  F MAE {f_mae:.2f} meV/Å"
+                + (
+                    f"  F std {shown['force_std_mean_mev_per_a']:.2f} meV/Å"
+                    if "force_std_mean_mev_per_a" in shown
+                    else ""
+                )
+                + f"  ({row['epoch_time_s']:.1f} s)",
                 flush=True,
             )
-            if improved:
-                save_model(
-                    workdir / "model",
-                    model_config,
-                    state.ema_params,
-                    {"epoch": epoch, "step": step, "validation": val_metrics},
-                )
+            export(val_metrics, {"epoch": epoch, "step": step})
+            if improved.any():
                 save(best=True)
 
-            if epoch >= config.max_epochs:
-                stop_reason = "max_epochs"
-            elif patience is not None and epoch - int(state.best_epoch) >= patience:
-                stop_reason = "early_stopping_patience"
-            elif min_lr is not None and float(state.plateau.lr) < min_lr:
-                stop_reason = "lr_below_min"
-            elif config.max_wall_time and elapsed() > config.max_wall_time:
+            stop_reason = final_stop_reason()
+            if stop_reason is None and config.max_wall_time and elapsed() > config.max_wall_time:
                 stop_reason = "max_wall_time"
             if due or config.checkpoint_every is None or stop_reason is not None:
                 save()
 
-        if last_saved != int(state.step):
+        if last_saved != int(_first(state.step)):
             save()
     finally:
         store.close()
         if writer is not None:
             writer.close()
+    best_epochs = [int(e) for e in np.asarray(state.best_epoch).reshape(-1)]
     summary = {
         "stop_reason": stop_reason,
-        "epochs": int(state.epoch),
-        "steps": int(state.step),
-        "best_epoch": int(state.best_epoch),
-        "best_validation_loss": float(state.best_val_loss),
-        "best_validation": next((r for r in log.rows if r["epoch"] == int(state.best_epoch)), None),
-        "train_wall_time_s": float(state.wall_time),
+        "epochs": int(_first(state.epoch)),
+        "steps": int(_first(state.step)),
+        "best_epoch": best_epochs if ensemble else best_epochs[0],
+        "best_validation_loss": (
+            _losses_to_json(best_val) if ensemble else _losses_to_json(best_val)[0]
+        ),
+        "best_validation": (
+            None if ensemble else next((r for r in log.rows if r["epoch"] == best_epochs[0]), None)
+        ),
+        "train_wall_time_s": float(_first(state.wall_time)),
         "invocation_time_s": elapsed(),
-        "n_params": _count_params(state.params),
+        "n_params": _count_params(member(state.params, 0) if ensemble else state.params),
         "n_train": len(train),
         "n_val": len(val),
         "train_budget": vars(train.budget) if hasattr(train.budget, "__dict__") else None,
@@ -468,18 +675,30 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         "compiled_eval_shapes": _cache_size(eval_step),
         "backend": jax.default_backend(),
     }
-    if config.test_dataset_file_name and (workdir / "model").exists():
-        from allegro_jax.train.evaluate import evaluate_model
+    if ensemble:
+        summary["ensemble_size"] = n_members
+    test_path = workdir / "test_metrics.json"
+    finished = stop_reason in ("max_epochs", "early_stopping_patience", "lr_below_min")
+    if config.test_dataset_file_name and (workdir / "model").exists() and finished:
+        if model_changed or not test_path.exists():
+            from allegro_jax.train.evaluate import evaluate_model
 
-        test_metrics = evaluate_model(
-            workdir,
-            config.resolve_path(config.test_dataset_file_name),
-            read_fn=lambda p: read_structures(config, str(p)),
-        )
-        _atomic_write(workdir / "test_metrics.json", json.dumps(test_metrics, indent=2))
-        summary["test"] = test_metrics
+            test_metrics = evaluate_model(
+                workdir,
+                config.resolve_path(config.test_dataset_file_name),
+                read_fn=lambda p: read_structures(config, str(p)),
+            )
+            _atomic_write(test_path, json.dumps(test_metrics, indent=2))
+        summary["test"] = json.loads(test_path.read_text())
     _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _read_model_metadata(model_dir: Path) -> dict:
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("metadata", {})
+    except (OSError, ValueError):
+        return {}
 
 
 # keys that may change between a run and its resumption without breaking reproducibility
@@ -498,14 +717,56 @@ _RESUMABLE_CHANGES = frozenset(
         "early_stopping_lower_bounds",
     }
 )
+_PATH_KEYS = ("dataset_file_name", "validation_dataset_file_name", "test_dataset_file_name")
 
 
-def _warn_config_changes(saved_path: Path, config: TrainConfig) -> None:
-    """Warn when a resumed run's config differs from the first start's in a relevant key."""
+def _normalised_config(config: TrainConfig) -> dict[str, Any]:
+    """``config.to_dict()`` with the data paths that exist resolved to absolute paths."""
+    d = config.to_dict()
+    for key in _PATH_KEYS:
+        if d.get(key):
+            try:
+                d[key] = str(config.resolve_path(d[key]))
+            except FileNotFoundError:
+                pass
+    return yaml.safe_load(yaml.safe_dump(d))  # YAML's types (lists, not tuples)
+
+
+def _check_ensemble_size(saved_path: Path, n_members: int) -> None:
+    """Refuse to resume a run with a different ensemble size (its checkpoints cannot fit)."""
     if not saved_path.exists():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    current = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    before = int(saved.get("ensemble_size", 1))
+    if before != n_members:
+        raise ValueError(
+            f"this run directory was started with ensemble_size {before} ({saved_path}); "
+            f"resuming it with ensemble_size {n_members} is not possible: use a new --workdir"
+        )
+
+
+def _warn_config_changes(saved_path: Path, config: TrainConfig) -> None:
+    """Warn when a resumed run's config differs from the first start's in a relevant key.
+
+    Values are compared after normalisation: defaults filled in, numbers as numbers, and
+    data paths as the files they resolve to (a relative path in an older
+    ``train_config.yaml`` is taken relative to the working directory).
+    """
+    if not saved_path.exists():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = _normalised_config(config)
+    try:  # fill the defaults of keys an older version did not write
+        filled = TrainConfig.from_dict(saved).to_dict()
+        saved = yaml.safe_load(
+            yaml.safe_dump({**filled, **{k: saved[k] for k in _PATH_KEYS if k in saved}})
+        )
+    except (TypeError, ValueError):
+        pass
+    for key in _PATH_KEYS:
+        value = saved.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and Path(value).exists():
+            saved[key] = str(Path(value).resolve())
     changed = sorted(
         k
         for k in set(saved) | set(current)

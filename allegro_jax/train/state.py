@@ -27,7 +27,8 @@ class TrainState:
         rng: PRNG key, split once per step (for stochastic extensions; the model is
             deterministic).
         train_sums: error sums of the current epoch's training batches so far.
-        best_val_loss: best validation loss so far.
+        best_val_loss: best validation loss so far (a float32 copy; the training loop keeps
+            the float64 value in the checkpoint's metadata and decides with that).
         best_epoch: epoch of ``best_val_loss`` (0: none yet).
         bad_step: 0, or the step whose loss or gradient was not finite (that update was
             not applied).

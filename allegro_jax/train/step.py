@@ -23,6 +23,7 @@ def make_train_step(
     ema_decay: float = 0.99,
     ema_use_num_updates: bool = True,
     stress: bool = False,
+    grad_fn: Callable | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Build the jitted ``train_step(state, batch) -> (state, metrics)``.
 
@@ -40,6 +41,9 @@ def make_train_step(
         ema_decay: the EMA decay.
         ema_use_num_updates: use the warm-up.
         stress: compute the stress (only needed when it has a positive weight).
+        grad_fn: ``(params, batch) -> ((loss, sums), grads)`` replacing the single-device
+            loss and gradient (the data-parallel one of
+            :mod:`allegro_jax.parallel.data_parallel`).
 
     Returns:
         The jitted step; ``metrics`` has ``loss``, ``grad_norm`` and ``lr``.
@@ -47,14 +51,17 @@ def make_train_step(
     coeffs = dict(loss_coeffs)
     forces = coeffs.get("forces", 0.0) > 0
 
-    def loss_fn(params, batch):
+    def single_device_loss(params, batch):
         pred = apply_fn(params, batch.graph, forces=forces, stress=stress)
         sums = error_sums(pred, batch)
         return loss_from_sums(sums, coeffs), sums
 
+    if grad_fn is None:
+        grad_fn = jax.value_and_grad(single_device_loss, has_aux=True)
+
     @jax.jit
     def train_step(state: TrainState, batch: Batch):
-        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        (loss, sums), grads = grad_fn(state.params, batch)
         opt_state = set_learning_rate(state.opt_state, state.plateau.lr)
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
