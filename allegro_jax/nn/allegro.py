@@ -26,14 +26,15 @@ import numpy as np
 from ..config import AllegroConfig
 from .cutoff import polynomial_cutoff
 from .mlp import ScalarMLP, uniform_unit_variance
-from .radial import bessel_basis
+from .radial import bessel_basis, bessel_basis_integer
 from .tensor_product import (
     TPSpec,
+    channel_major_columns,
     irrep_str,
     layer_irreps,
     sh_irreps,
-    sparse_channelwise_tp,
-    weighted_channels_dc,
+    sparse_channelwise_tp_slabs,
+    weighted_channels_slabs,
 )
 
 
@@ -131,9 +132,9 @@ class AllegroCurrent(nn.Module):
         freqs = np.arange(1, cfg.num_bessels + 1, dtype=np.float64)
         if cfg.bessel_trainable:
             freqs = self.param("bessel_frequencies", lambda k: jnp.asarray(freqs, dt))
+            basis = bessel_basis(x, freqs).astype(dt)  # [n_edges, B]
         else:
-            freqs = jnp.asarray(freqs, gdt)
-        basis = bessel_basis(x, freqs).astype(dt)  # [n_edges, B]
+            basis = bessel_basis_integer(x, cfg.num_bessels).astype(dt)  # [n_edges, B]
         cut = polynomial_cutoff(x, cfg.polynomial_cutoff_p).astype(dt)  # [n_edges]
         cut = cut * edge_mask.astype(dt)
         basis = basis * cut[:, None]
@@ -158,43 +159,47 @@ class AllegroCurrent(nn.Module):
             name="scalar_embed_mlp",
         )(h)  # [n_edges, S]
 
+        # The tensor track is a list of D slabs [n_edges, C] (see tensor_product.py);
+        # weights laid out (channel, irrep) are read per irrep straight from the matmuls.
+        env_cols = channel_major_columns(S, C, n_sh)  # per irrep, after the S latents
         # ---- two-body tensor embedding ----
-        w0 = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(h)
-        # tensor track in the [n_edges, D, C] layout (channels minor, contiguous slabs)
-        features = weighted_channels_dc(sh, w0, sh_ir)  # [n_edges, D, C]
+        w0 = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(
+            h, out_columns=channel_major_columns(0, C, n_sh)
+        )
+        features = weighted_channels_slabs(sh, w0, sh_ir)  # D x [n_edges, C]
 
         # ---- Allegro layers ----
-        proj = ScalarMLP((S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection")(h)
-        latents = [proj[:, :S]]
-        env_w = proj[:, S:]
+        x0, *env_w = ScalarMLP(
+            (S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection"
+        )(h, out_columns=[slice(0, S)] + env_cols)
+        latents = [x0]
         norm = 1.0 / np.sqrt(np.asarray(cfg.avg_num_neighbors_per_type()))
         node_norm = per_type_constant(norm, species, dt)[:, None, None]  # [n_nodes, 1, 1]
         lat_hidden = (cfg.allegro_mlp_hidden_layers_width,) * cfg.allegro_mlp_hidden_layers_depth
         for layer, spec in enumerate(specs):
-            env_edges = weighted_channels_dc(sh, env_w, sh_ir)  # [n_edges, D, C]
+            env_edges = jnp.stack(weighted_channels_slabs(sh, env_w, sh_ir), axis=1)
             env = jax.ops.segment_sum(env_edges, edge_center, num_segments=n_nodes)
-            env = env * node_norm  # [n_nodes, D, C]
+            env = (env * node_norm)[edge_center]  # [n_edges, D, C]
             tp_shape = (C, spec.num_paths) if cfg.tp_path_channel_coupling else (spec.num_paths,)
             tp_w = self.param(f"tp_{layer}", uniform_unit_variance, tp_shape, dt)
-            features = sparse_channelwise_tp(features, env[edge_center], tp_w, spec)
-            scalars = features[:, 0, :]  # [n_edges, C] (0e is first)
+            env_slabs = [env[:, m, :] for m in range(env.shape[1])]
+            features = sparse_channelwise_tp_slabs(features, env_slabs, tp_w, spec)
+            scalars = features[0]  # [n_edges, C] (0e is first)
             last = layer == cfg.num_layers - 1
             out_dim = S + (0 if last else C * n_sh)
-            y = ScalarMLP(
+            y, *env_w = ScalarMLP(
                 lat_hidden + (out_dim,),
                 cfg.allegro_mlp_nonlinearity,
                 param_dtype=dt,
                 name=f"latent_{layer}",
-            )(jnp.concatenate(latents + [scalars], axis=-1))
-            latents.append(y[:, :S])
-            if not last:
-                env_w = y[:, S:]
+            )(latents + [scalars], out_columns=[slice(0, S)] + ([] if last else env_cols))
+            latents.append(y)
 
         # ---- readout ----
         ro_hidden = (cfg.readout_mlp_hidden_layers_width,) * cfg.readout_mlp_hidden_layers_depth
         e_edge = ScalarMLP(
             ro_hidden + (1,), cfg.readout_mlp_nonlinearity, param_dtype=dt, name="readout"
-        )(jnp.concatenate(latents, axis=-1))[:, 0]
+        )(latents)[:, 0]
         e_edge = jnp.where(edge_mask, e_edge, 0.0)
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes)
         e_atom = e_atom * node_norm[:, 0, 0] / np.sqrt(2.0)

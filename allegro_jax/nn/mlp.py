@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SQRT3 = math.sqrt(3.0)
 # second moment normalisation of SiLU under N(0, 1) inputs: 1/sqrt(E[silu(x)^2])
@@ -56,11 +57,29 @@ class ScalarMLP(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [..., fan_in] -> [..., features[-1]]
+    def __call__(
+        self,
+        x: jax.Array | Sequence[jax.Array],
+        out_columns: Sequence[np.ndarray | slice] | None = None,
+    ) -> jax.Array | tuple[jax.Array, ...]:
+        """Apply the MLP.
+
+        Args:
+            x: ``[..., fan_in]``, or a list of arrays ``[..., d_k]`` that stand for their
+                concatenation along the last axis (multiplied block by block, so the
+                concatenation is never built).
+            out_columns: if given, return one array per entry instead of the whole
+                output: the output columns it selects (an index array or a slice), each
+                computed by its own matmul (so no slices of the output are copied).
+
+        Returns:
+            ``[..., features[-1]]``, or a tuple of ``[..., len(columns)]``.
+        """
         act = NONLINEARITIES[self.nonlinearity]
         n = len(self.features)
+        xs = list(x) if isinstance(x, list | tuple) else [x]
         for layer, width in enumerate(self.features):
-            fan_in = x.shape[-1]
+            fan_in = sum(xi.shape[-1] for xi in xs)
             w = self.param(
                 f"weight_{layer}", uniform_unit_variance, (fan_in, width), self.param_dtype
             )
@@ -68,7 +87,22 @@ class ScalarMLP(nn.Module):
                 g = 1.0
             else:
                 g = math.sqrt(2.0) if self.gain == "current" else SILU_2MOM
-            x = x @ (w * (g / math.sqrt(fan_in))).astype(x.dtype)
+            w = (w * (g / math.sqrt(fan_in))).astype(xs[0].dtype)
+            if layer == n - 1 and out_columns is not None:
+                return tuple(_block_matmul(xs, w[:, cols]) for cols in out_columns)
+            y = _block_matmul(xs, w)
             if act is not None and layer < n - 1:
-                x = act(x)
-        return x
+                y = act(y)
+            xs = [y]
+        return xs[0]
+
+
+def _block_matmul(xs: Sequence[jax.Array], w: jax.Array) -> jax.Array:
+    """``concatenate(xs, -1) @ w`` as a sum of block products."""
+    out, row = None, 0
+    for xi in xs:
+        d = xi.shape[-1]
+        t = xi @ w[row : row + d]
+        out = t if out is None else out + t
+        row += d
+    return out

@@ -25,6 +25,35 @@ def bessel_basis(x: jax.Array, frequencies: jax.Array) -> jax.Array:
     return jnp.sinc(x[:, None] * w[None, :]) * w[None, :]
 
 
+def bessel_basis_integer(x: jax.Array, num_basis: int) -> jax.Array:
+    r""":func:`bessel_basis` with the fixed frequencies ``ω_n = n = 1 … num_basis``.
+
+    .. math:: b_n(x) = \frac{\sin(n \pi x)}{\pi x}
+
+    ``sin(nθ)`` from one ``sin`` and one ``cos`` by the Chebyshev recurrence
+    ``sin((n+1)θ) = 2 cos θ sin(nθ) − sin((n−1)θ)`` (two transcendentals per edge instead
+    of ``num_basis``); at ``x = 0`` the limit ``b_n = n``.
+
+    Args:
+        x: normalised distances ``r / r_max``, ``[n_edges]``.
+        num_basis: number of basis functions.
+
+    Returns:
+        ``[n_edges, num_basis]``.
+    """
+    theta = jnp.pi * x
+    s, c2 = jnp.sin(theta), 2.0 * jnp.cos(theta)
+    sines = [s]
+    prev, cur = jnp.zeros_like(s), s
+    for _ in range(num_basis - 1):
+        prev, cur = cur, c2 * cur - prev
+        sines.append(cur)
+    zero = theta == 0
+    inv = 1.0 / jnp.where(zero, 1.0, theta)
+    limit = jnp.arange(1, num_basis + 1, dtype=x.dtype)
+    return jnp.where(zero[:, None], limit[None, :], jnp.stack(sines, axis=-1) * inv[:, None])
+
+
 def paper_bessel_basis(r: jax.Array, frequencies: jax.Array, r_max: float) -> jax.Array:
     r"""Un-normalised Bessel basis of the paper (allegro 0.2 / nequip 0.5), Methods eq. (8).
 

@@ -285,3 +285,96 @@ def weighted_channels_dc(
     w = weights.reshape(weights.shape[0], -1, n_ir)  # [n, C, n_irreps]
     idx = np.repeat(np.arange(n_ir), [2 * l + 1 for l, _ in irreps])
     return jnp.swapaxes(w, 1, 2)[:, idx, :] * basis[:, :, None]
+
+
+# ---------------------------------------------------------------------------------------
+# The same tensor product on "slabs": a tensor feature held as a list of D arrays
+# ``[n_edges, C]`` (one per irrep component) instead of one ``[n_edges, D, C]`` array.
+# Nothing has to be stacked, sliced or transposed between the tensor products, the
+# weighted channels and the scalar readout; XLA fuses each output slab's sum of products
+# into one loop (the model's hot path on CPU).
+# ---------------------------------------------------------------------------------------
+
+
+def _sparse_bilinear_slabs_impl(a, b, w, ia, ib, io, n_out):
+    outs: list = [None] * n_out
+    for n, (i, j, k) in enumerate(zip(ia, ib, io, strict=True)):
+        t = a[i] * b[j] * w[n]
+        outs[k] = t if outs[k] is None else outs[k] + t
+    zero = jnp.zeros_like(a[0])
+    return [zero if o is None else o for o in outs]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def sparse_bilinear_slabs(a, b, w, ia, ib, io, n_out):
+    """:func:`sparse_bilinear` on slab lists.
+
+    Args:
+        a: list of ``Da`` arrays ``[n, C]``; b: list of ``Db`` arrays ``[n, C]``;
+        w: ``[nnz, C]`` or ``[nnz, 1]``; ia, ib, io: static index tuples; n_out: output
+        dimension.
+
+    Returns:
+        List of ``n_out`` arrays ``[n, C]``:
+        ``out[io_n] += w[n] * a[ia_n] * b[ib_n]``.
+    """
+    return _sparse_bilinear_slabs_impl(a, b, w, ia, ib, io, n_out)
+
+
+def _sbs_fwd(a, b, w, ia, ib, io, n_out):
+    return _sparse_bilinear_slabs_impl(a, b, w, ia, ib, io, n_out), (a, b, w)
+
+
+def _sbs_bwd(ia, ib, io, n_out, res, g):
+    a, b, w = res
+    da = sparse_bilinear_slabs(g, b, w, io, ib, ia, len(a))
+    db = sparse_bilinear_slabs(g, a, w, io, ia, ib, len(b))
+    dw = jnp.stack(
+        [jnp.sum(g[k] * a[i] * b[j], axis=0) for i, j, k in zip(ia, ib, io, strict=True)]
+    )  # [nnz, C]
+    if w.shape[-1] == 1 and dw.shape[-1] != 1:
+        dw = jnp.sum(dw, axis=-1, keepdims=True)
+    return list(da), list(db), dw.astype(w.dtype)
+
+
+sparse_bilinear_slabs.defvjp(_sbs_fwd, _sbs_bwd)
+
+
+def sparse_channelwise_tp_slabs(
+    x1: list[jax.Array], x2: list[jax.Array], weights: jax.Array, spec: TPSpec
+) -> list[jax.Array]:
+    """:func:`sparse_channelwise_tp` on slab lists (``D1`` and ``D2`` arrays ``[n, C]``)."""
+    i, j, k, values = sparse_entries(spec)
+    dtype = x1[0].dtype
+    vals = jnp.asarray(values.T, dtype)  # [nnz, P]
+    ww = vals @ weights.astype(dtype).T if weights.ndim == 2 else (vals @ weights)[:, None]
+    return sparse_bilinear_slabs(list(x1), list(x2), ww, i, j, k, spec.dims[2])
+
+
+def weighted_channels_slabs(
+    basis: jax.Array, weights: Sequence[jax.Array], irreps: Sequence[Irrep]
+) -> list[jax.Array]:
+    """:func:`weighted_channels` as slabs: ``out[m] = weights[irrep(m)] * basis[:, m]``.
+
+    Args:
+        basis: ``[n, D]``.
+        weights: one ``[n, C]`` array per irrep.
+        irreps: the irreps of ``basis``.
+
+    Returns:
+        ``D`` arrays ``[n, C]``.
+    """
+    out = []
+    for ir, (l, _) in enumerate(irreps):
+        o = irreps_offsets(irreps)[ir]
+        out += [weights[ir] * basis[:, m : m + 1] for m in range(o, o + 2 * l + 1)]
+    return out
+
+
+def channel_major_columns(offset: int, channels: int, n_irreps: int) -> list[np.ndarray]:
+    """Columns of each irrep's ``[C]`` weights in a channel-major ``[C * n_irreps]`` block.
+
+    A block laid out as ``(channel, irrep)`` (allegro ``MakeWeightedChannels``) at column
+    ``offset`` holds irrep ``ir``'s weights at ``offset + ir + n_irreps * arange(C)``.
+    """
+    return [offset + ir + n_irreps * np.arange(channels) for ir in range(n_irreps)]
