@@ -1,5 +1,13 @@
-"""Molecular dynamics: jax-md energy functions, integrators, ASE calculator, gradients."""
+"""Molecular dynamics: jax-md energy functions, integrators, ASE calculator, gradients,
+trajectory analysis."""
 
+from .analysis import (
+    diffusion_coefficient,
+    mean_squared_displacement,
+    rdf,
+    remove_center_of_mass_drift,
+    unwrap,
+)
 from .ase_calculator import AllegroCalculator
 from .differentiable import (
     Trajectory,
@@ -8,7 +16,15 @@ from .differentiable import (
     mean_potential_energy,
     observable_and_grad,
 )
-from .integrate import MDState, Thermo, make_simulation, make_system, positions_angstrom
+from .integrate import (
+    MDState,
+    Thermo,
+    make_simulation,
+    make_system,
+    positions_angstrom,
+    state_from_arrays,
+    state_to_arrays,
+)
 from .jax_md import (
     box_from_cell,
     make_atomic_energy_fn,
@@ -23,6 +39,7 @@ __all__ = [
     "Thermo",
     "Trajectory",
     "box_from_cell",
+    "diffusion_coefficient",
     "make_atomic_energy_fn",
     "make_energy_fn",
     "make_neighbor_fn",
@@ -32,6 +49,12 @@ __all__ = [
     "make_stress_fn",
     "make_system",
     "mean_potential_energy",
+    "mean_squared_displacement",
     "observable_and_grad",
     "positions_angstrom",
+    "rdf",
+    "remove_center_of_mass_drift",
+    "state_from_arrays",
+    "state_to_arrays",
+    "unwrap",
 ]

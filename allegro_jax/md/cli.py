@@ -1,15 +1,36 @@
 """``allegro-jax md``: run MD from a trained model and a structure file.
 
-Writes ``OUT/trajectory.extxyz`` (one frame per chunk: positions, velocities in Å/fs, cell,
-energy), ``OUT/thermo.csv`` (step, time_fs, T_K, E_pot, E_kin, E_tot, conserved,
-pressure_bar, volume) and ``OUT/checkpoint.npz`` (positions, velocities, cell, step) after
-every chunk; ``--restart`` continues from that checkpoint (velocities restored, the
-thermostat/barostat chain variables restart from zero).
+Writes, after every chunk (``log_every * logs_per_chunk`` steps):
+
+* ``OUT/thermo.csv``: step, time_fs, T_K, E_pot, E_kin, E_tot, conserved, pressure_bar,
+  volume, one row per ``log_every`` steps;
+* ``OUT/trajectory.extxyz``: one frame per chunk (positions, velocities in Å/fs, cell,
+  energy, step);
+* ``OUT/timing.jsonl``: one line per invocation (steps, wall time, steps/s after the first
+  chunk, i.e. without compilation, load average);
+* ``OUT/checkpoint.npz``: the full integrator state (positions, momenta, forces,
+  Nosé–Hoover chain variables, Langevin PRNG key, NPT box and barostat, neighbour list,
+  step) plus the settings it belongs to, written atomically.
+
+``--restart`` continues from that checkpoint exactly: the continued trajectory is the one an
+uninterrupted run would have produced (bit for bit unless the neighbour list had been
+reallocated). Rows and frames written after the checkpoint (a run killed between the two)
+are dropped first. If the ensemble, temperature, pressure, timestep or thermostat/barostat
+time constants changed, only positions and velocities are taken over and the
+thermostat/barostat start afresh. ``--until-step N`` runs until step N (so the same
+command resumes a run to its end), ``--max-wall-time`` stops cleanly after a chunk.
+
+Progress: a tqdm bar on a terminal; otherwise one line every ``--log-interval`` seconds
+(``--progress none`` for silence).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -26,16 +47,89 @@ THERMO_FIELDS = (
     "pressure_bar",
     "volume",
 )
+CHECKPOINT_FORMAT = 2
+# settings the saved thermostat/barostat state belongs to
+_STATE_SETTINGS = ("ensemble", "dt", "temperature", "pressure", "tau_t", "tau_p", "dtype")
+
+
+def _save_checkpoint(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a temporary file, then an atomic rename (a kill leaves the old one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _truncate_logs(thermo_path: Path, traj_path: Path, last_step: int) -> None:
+    """Drop thermo rows and trajectory frames after ``last_step`` (written after the
+    checkpoint by a run that was then killed)."""
+    if thermo_path.exists():
+        lines = thermo_path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [
+            ln for ln in lines[1:] if ln.strip() and int(ln.split(",")[0]) <= last_step
+        ]
+        if len(keep) != len(lines):
+            thermo_path.write_text("".join(keep))
+    if traj_path.exists():
+        lines = traj_path.read_text().splitlines(keepends=True)
+        out, i = [], 0
+        while i < len(lines):
+            n = int(lines[i])
+            m = re.search(r"\bstep=(\d+)", lines[i + 1])
+            if m and int(m.group(1)) > last_step:
+                break
+            out.extend(lines[i : i + n + 2])
+            i += n + 2
+        if len(out) != len(lines):
+            traj_path.write_text("".join(out))
+
+
+class _Progress:
+    """tqdm bar on a TTY, a line every ``interval`` seconds otherwise, or nothing."""
+
+    def __init__(self, mode: str, total: int, initial: int, interval: float):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode, self.total, self.interval = mode, total, interval
+        self.t0 = self.t_last = time.perf_counter()
+        self.initial = initial
+        self.bar = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, n: int, temperature: float, e_tot: float, force: bool = False):
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(T=f"{temperature:.1f} K", E_tot=f"{e_tot:.4f} eV", refresh=False)
+            return
+        now = time.perf_counter()
+        if self.mode == "log" and (force or now - self.t_last >= self.interval):
+            self.t_last = now
+            rate = (step - self.initial) / max(now - self.t0, 1e-9)
+            print(
+                f"md step {step}/{self.total}  T {temperature:.1f} K  E_tot {e_tot:.6f} eV  "
+                f"{rate:.2f} steps/s  elapsed {now - self.t0:.0f} s",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _run_md(args: argparse.Namespace) -> int:
     import ase.io
     import jax
+    import jax.numpy as jnp
     from jax_md import simulate
 
     from ..train.export import load_model
     from . import units
-    from .integrate import make_simulation, positions_angstrom
+    from .integrate import make_simulation, positions_angstrom, state_from_arrays, state_to_arrays
 
     # 64-bit JAX on: float64 models need it; float32 models still run in float32
     jax.config.update("jax_enable_x64", True)
@@ -44,12 +138,35 @@ def _run_md(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atoms = ase.io.read(args.structure, index=args.index)
     checkpoint = out / "checkpoint.npz"
-    start_step, velocities = 0, None
+    thermo_path, traj_path = out / "thermo.csv", out / "trajectory.extxyz"
+    settings = {
+        "format": CHECKPOINT_FORMAT,
+        "ensemble": args.ensemble,
+        "dt": args.dt,
+        "temperature": args.temperature,
+        "pressure": args.pressure,
+        "tau_t": args.tau_t,
+        "tau_p": args.tau_p,
+        "dtype": config.model_dtype,
+        "n_atoms": len(atoms),
+    }
+    ck, start_step, velocities = None, 0, None
     if args.restart:
-        ck = np.load(checkpoint)
-        atoms.set_positions(ck["positions"])
+        if not checkpoint.exists():
+            print(f"error: --restart: no checkpoint at {checkpoint}", file=sys.stderr)
+            return 2
+        ck = dict(np.load(checkpoint, allow_pickle=False))
+        if len(ck["positions"]) != len(atoms):
+            print(
+                f"error: {checkpoint} has {len(ck['positions'])} atoms, {args.structure} "
+                f"has {len(atoms)}",
+                file=sys.stderr,
+            )
+            return 2
         atoms.set_cell(ck["cell"], scale_atoms=False)
+        atoms.set_positions(ck["positions"])
         velocities, start_step = ck["velocities"], int(ck["step"])
+        _truncate_logs(thermo_path, traj_path, start_step)
     species = np.array([config.type_names.index(s) for s in atoms.get_chemical_symbols()])
     periodic = bool(all(atoms.pbc))
     chunk = args.log_every * args.logs_per_chunk
@@ -63,6 +180,8 @@ def _run_md(args: argparse.Namespace) -> int:
         temperature_K=args.temperature,
         pressure_bar=args.pressure,
         friction_per_fs=args.friction,
+        tau_t_fs=args.tau_t,
+        tau_p_fs=args.tau_p,
         skin=args.skin,
         log_every=args.log_every,
         logs_per_chunk=args.logs_per_chunk,
@@ -73,23 +192,34 @@ def _run_md(args: argparse.Namespace) -> int:
 
         _, rotation = box_from_cell(np.array(atoms.cell))
     state = init_fn(jax.random.PRNGKey(args.seed), atoms.positions, velocities)
-    thermo_path = out / "thermo.csv"
+    if ck is not None:
+        saved = json.loads(str(ck.get("meta", "{}")))
+        changed = [k for k in _STATE_SETTINGS if saved.get(k) != settings[k]]
+        arrays = {k[len("state") :]: v for k, v in ck.items() if k.startswith("state.")}
+        if changed or not arrays:
+            why = f"{', '.join(changed)} changed" if changed else "an old checkpoint format"
+            print(f"restart: {why}; taking over positions and velocities only")
+            state = state.replace(step=jnp.asarray(start_step, state.step.dtype))
+        else:
+            state = state_from_arrays(state, arrays)
+    steps = args.steps if args.until_step is None else args.until_step - start_step
+    steps -= steps % args.log_every
     mode = "a" if args.restart and thermo_path.exists() else "w"
-    t0, done = time.perf_counter(), 0
-    with open(thermo_path, mode) as thermo, open(out / "trajectory.extxyz", mode) as traj:
+    progress = _Progress(args.progress, start_step + max(steps, 0), start_step, args.log_interval)
+    t0, done, stopped = time.perf_counter(), 0, False
+    t_first, done_first = None, 0  # after the first chunk (compilation) for the speed
+    with open(thermo_path, mode) as thermo, open(traj_path, mode) as traj:
         if mode == "w":
             thermo.write(",".join(THERMO_FIELDS) + "\n")
-        while done < args.steps:
-            n = min(chunk, args.steps - done)
-            n -= n % args.log_every
-            if n == 0:
+        while done < steps:
+            if args.max_wall_time is not None and time.perf_counter() - t0 > args.max_wall_time:
+                stopped = True
                 break
+            n = min(chunk, steps - done)
             state, log = apply_fn(state, n)
             done += n
             for row in zip(*(np.asarray(getattr(log, f)) for f in THERMO_FIELDS), strict=True):
-                row = (int(row[0]) + start_step, float(row[1]) + start_step * args.dt, *row[2:])
-                thermo.write(",".join(f"{v:.10g}" for v in row) + "\n")
-            thermo.flush()
+                thermo.write(",".join(f"{v:.10g}" for v in (int(row[0]), *row[1:])) + "\n")
             pos = np.asarray(positions_angstrom(state)) @ rotation.T
             vel = np.asarray(state.sim.momentum / state.sim.mass) / units.TIME_UNIT_FS
             vel = vel @ rotation.T
@@ -98,25 +228,52 @@ def _run_md(args: argparse.Namespace) -> int:
             if args.ensemble == "npt_nose_hoover":
                 frame.set_cell(np.asarray(simulate.npt_box(state.sim)).T @ rotation.T)
             frame.info["energy"] = float(np.asarray(log.potential_energy)[-1])
-            frame.info["step"] = int(state.step) + start_step
+            frame.info["step"] = int(state.step)
             frame.arrays["velocities_A_per_fs"] = vel
+            _save_checkpoint(
+                checkpoint,
+                settings,
+                {
+                    "positions": pos,
+                    "velocities": vel,
+                    "cell": np.array(frame.cell),
+                    "step": np.asarray(int(state.step)),
+                    **{f"state{k}": v for k, v in state_to_arrays(state).items()},
+                },
+            )
+            thermo.flush()
             ase.io.write(traj, frame, format="extxyz")
             traj.flush()
-            np.savez(
-                checkpoint,
-                positions=pos,
-                velocities=vel,
-                cell=np.array(frame.cell),
-                step=int(state.step) + start_step,
+            if t_first is None:
+                t_first, done_first = time.perf_counter(), done
+            progress.update(
+                int(state.step),
+                n,
+                float(log.temperature_K[-1]),
+                float(log.total_energy[-1]),
+                force=done >= steps,
             )
-            rate = done / (time.perf_counter() - t0)
-            print(
-                f"\r[{done}/{args.steps}] T {float(log.temperature_K[-1]):7.1f} K  "
-                f"E_tot {float(log.total_energy[-1]):.6f} eV  {rate:.1f} steps/s",
-                end="",
-                flush=True,
-            )
-    print()
+    progress.close()
+    wall = time.perf_counter() - t0
+    rate = done / max(wall, 1e-9)
+    steady = None
+    if t_first is not None and done > done_first:
+        steady = (done - done_first) / max(time.perf_counter() - t_first, 1e-9)
+    timing = {
+        "steps": done,
+        "wall_s": wall,
+        "first_chunk_s": None if t_first is None else t_first - t0,
+        "steps_per_s_after_first_chunk": steady,
+        "n_atoms": len(atoms),
+        "end_step": int(state.step),
+        "load_average": list(os.getloadavg()),
+    }
+    with open(out / "timing.jsonl", "a") as f:
+        f.write(json.dumps(timing) + "\n")
+    msg = f"md: {done} steps ({rate:.2f} steps/s), now at step {int(state.step)}"
+    if stopped:
+        msg += f"; stopped after --max-wall-time {args.max_wall_time} s, continue with --restart"
+    print(msg, flush=True)
     return 0
 
 
@@ -132,15 +289,35 @@ def add_md_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         default="nvt_langevin",
         choices=("nve", "nvt_langevin", "nvt_nose_hoover", "npt_nose_hoover"),
     )
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1000, help="steps to run (this invocation)")
+    p.add_argument(
+        "--until-step", type=int, default=None, help="run until this step (overrides --steps)"
+    )
     p.add_argument("--dt", type=float, default=0.5, help="timestep in fs")
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--pressure", type=float, default=1.0, help="bar (NPT)")
     p.add_argument("--friction", type=float, default=0.01, help="Langevin, 1/fs")
+    p.add_argument(
+        "--tau-t", type=float, default=None, help="Nosé–Hoover thermostat time, fs (100 dt)"
+    )
+    p.add_argument("--tau-p", type=float, default=None, help="NPT barostat time, fs (1000 dt)")
     p.add_argument("--skin", type=float, default=1.0, help="Å")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--logs-per-chunk", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument(
+        "--max-wall-time",
+        type=float,
+        default=None,
+        help="stop (checkpointed) after the chunk that passes this many seconds",
+    )
+    p.add_argument(
+        "--progress",
+        default="auto",
+        choices=("auto", "bar", "log", "none"),
+        help="auto: a bar on a terminal, else a line every --log-interval seconds",
+    )
+    p.add_argument("--log-interval", type=float, default=60.0, help="seconds (--progress log)")
     p.set_defaults(func=_run_md)
     return p

@@ -241,6 +241,83 @@ def positions_angstrom(state: MDState) -> Array:
     return pos @ state.reference_box.T  # identity for free space
 
 
+# static neighbour-list sizes that depend on the allocation (saved as arrays, -1 for None)
+_NEIGHBOR_STATIC = ("max_occupancy", "cell_list_capacity")
+
+
+def state_to_arrays(state: MDState) -> dict[str, np.ndarray]:
+    """Every array of a state as ``{path: array}``, for a restart checkpoint.
+
+    Includes the integrator (positions, momenta, forces, masses), the Nosé–Hoover chain
+    variables, the Langevin PRNG key, the NPT box and barostat, the neighbour list (indices,
+    reference positions and its allocated capacities) and the step. Paths are
+    :func:`jax.tree_util.keystr` of the leaves (``".sim.chain.momentum"``, ``".sim.rng"``,
+    ``".neighbor.idx"``, ...) and ``".neighbor#max_occupancy"``-style entries for the list's
+    static sizes. Python scalars (chain constants such as ``tau``) are left out: they come
+    from the simulation's settings.
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if isinstance(leaf, jax.Array | np.ndarray):
+            out[jax.tree_util.keystr(path)] = np.asarray(leaf)
+    for name in _NEIGHBOR_STATIC:
+        value = getattr(state.neighbor, name)
+        out[f".neighbor#{name}"] = np.asarray(-1 if value is None else int(value))
+    return out
+
+
+def state_from_arrays(template: MDState, arrays: dict[str, np.ndarray]) -> MDState:
+    """Restore a state saved by :func:`state_to_arrays` into a template of the same kind.
+
+    The template is any state of the same simulation (same ``make_simulation`` settings and
+    atoms), e.g. ``init_fn(key, positions)``. Every saved array replaces the template's leaf
+    of the same path and the neighbour list gets the saved capacities, so the integrator,
+    thermostat chain, barostat, Langevin key, neighbour list and step continue exactly: the
+    continued run is bit for bit the uninterrupted one.
+
+    Args:
+        template: a state of the same simulation.
+        arrays: ``{path: array}`` from :func:`state_to_arrays`.
+
+    Returns:
+        The restored state.
+
+    Raises:
+        ValueError: an array is missing or has another shape (another ensemble or system).
+    """
+    nbr_static = {}
+    for name in _NEIGHBOR_STATIC:
+        key = f".neighbor#{name}"
+        if key not in arrays:
+            raise ValueError(f"the saved state has no {key!r}; not a state_to_arrays dict")
+        value = int(arrays[key])
+        nbr_static[name] = None if value < 0 else value
+    neighbor = dataclasses.replace(template.neighbor, **nbr_static)
+    if neighbor.max_occupancy != template.neighbor.max_occupancy:
+        # placeholder of the saved capacity; the saved indices replace it below
+        neighbor = neighbor.set(idx=jnp.zeros((2, neighbor.max_occupancy), neighbor.idx.dtype))
+    template = template.replace(neighbor=neighbor)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    new = []
+    for path, leaf in leaves:
+        if not isinstance(leaf, jax.Array | np.ndarray):
+            new.append(leaf)
+            continue
+        key = jax.tree_util.keystr(path)
+        if key not in arrays:
+            raise ValueError(
+                f"the saved state has no {key!r} (it has {sorted(arrays)}); it is from another "
+                "ensemble or simulation"
+            )
+        value = np.asarray(arrays[key])
+        if value.shape != leaf.shape:
+            raise ValueError(
+                f"saved {key!r} has shape {value.shape}, this simulation needs {leaf.shape}"
+            )
+        new.append(jnp.asarray(value, dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
 def make_simulation(
     config: AllegroConfig,
     params: Params,

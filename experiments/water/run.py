@@ -1,0 +1,465 @@
+"""Liquid water with Allegro: train, NVT molecular dynamics, RDF and diffusion analysis.
+
+Subcommands (run from the repository root; outputs under experiments/water/runs/):
+
+    python experiments/water/run.py train                 # ≤ 14 min on one core
+    python experiments/water/run.py md --size 64 --ps 25  # NVT 300 K, 192 atoms
+    python experiments/water/run.py nve-check             # 2 ps NVE from the md64 state
+    python experiments/water/run.py md --size 512 --ps 25 --max-wall-time 2700
+    python experiments/water/run.py analyse               # results.json, rdf.png, msd.png
+
+``md`` resumes from its checkpoint when run again (``--ps`` is the total length), so a later
+(GPU) session extends the 512-molecule run with the same command and a larger ``--ps``.
+For a single-core run set ``taskset -c 1`` and
+``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"
+DATA = HERE.parents[2] / "shared" / "data" / "water"
+TRAIN_FILE, VALID_FILE = DATA / "water_train.extxyz", DATA / "water_valid.extxyz"
+DT_FS = 1.0
+TEMPERATURE_K = 300.0
+TAU_T_FS = 100.0
+SKIN = 0.5
+LOG_EVERY, LOGS_PER_CHUNK = 10, 10  # a thermo row every 10 fs, a frame every 100 fs
+EQUILIBRATION_PS = 5.0
+MSD_FIT_PS = (1.0, 4.0)  # window of the Einstein fit (lag times, ≤ half the production)
+RDF_R_MAX, RDF_BINS = 6.0, 120
+
+
+def _cli(args: list[str]) -> int:
+    from allegro_jax.cli import main
+
+    print("allegro-jax " + " ".join(args), flush=True)
+    return main(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return _cli(["train", str(HERE / "train.yaml"), "--workdir", str(RUNS / "train")])
+
+
+def _start_structure(size: int) -> Path:
+    import ase.io
+
+    path = RUNS / f"start_{size}.extxyz"
+    if not path.exists():
+        atoms = ase.io.read(TRAIN_FILE, index=0)
+        if size == 512:
+            atoms = atoms.repeat((2, 2, 2))
+        elif size != 64:
+            raise ValueError(f"--size must be 64 or 512, got {size}")
+        atoms.info = {}
+        atoms.calc = None
+        atoms.arrays.pop("forces", None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ase.io.write(path, atoms)
+    return path
+
+
+def _md_args(out: Path, structure: Path, ensemble: str, until_step: int) -> list[str]:
+    return [
+        "md",
+        "--model",
+        str(RUNS / "train"),
+        "--structure",
+        str(structure),
+        "--out",
+        str(out),
+        "--ensemble",
+        ensemble,
+        "--dt",
+        str(DT_FS),
+        "--temperature",
+        str(TEMPERATURE_K),
+        "--tau-t",
+        str(TAU_T_FS),
+        "--skin",
+        str(SKIN),
+        "--log-every",
+        str(LOG_EVERY),
+        "--logs-per-chunk",
+        str(LOGS_PER_CHUNK),
+        "--until-step",
+        str(until_step),
+        "--progress",
+        "log",
+    ]
+
+
+def cmd_md(args: argparse.Namespace) -> int:
+    out = RUNS / f"md{args.size}"
+    cli = _md_args(
+        out, _start_structure(args.size), "nvt_nose_hoover", round(args.ps * 1000 / DT_FS)
+    )
+    if (out / "checkpoint.npz").exists():
+        cli.append("--restart")
+    if args.max_wall_time:
+        cli += ["--max-wall-time", str(args.max_wall_time)]
+    return _cli(cli)
+
+
+def cmd_nve_check(args: argparse.Namespace) -> int:
+    """NVE, dt 1 fs, from the 64-molecule NVT frame at ``--from-ps`` (positions, velocities)."""
+    import ase.io
+
+    out = RUNS / "nve64"
+    if not (out / "checkpoint.npz").exists():
+        frames = ase.io.read(RUNS / "md64" / "trajectory.extxyz", index=":")
+        frame = min(frames, key=lambda f: abs(f.info["step"] * DT_FS - args.from_ps * 1000))
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(  # positions and velocities only: the NVE run starts its own state
+            out / "checkpoint.npz",
+            positions=frame.positions,
+            velocities=frame.arrays["velocities_A_per_fs"],
+            cell=np.array(frame.cell),
+            step=np.asarray(frame.info["step"]),
+        )
+    start = int(np.load(out / "checkpoint.npz")["step"])
+    if (out / "thermo.csv").exists():
+        start = int(np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)["step"][0]) - 10
+    steps = round(args.ps * 1000 / DT_FS)
+    return _cli([*_md_args(out, _start_structure(64), "nve", start + steps), "--restart"])
+
+
+def _frames(run: Path, skip_ps: float):
+    import ase.io
+
+    frames = ase.io.read(run / "trajectory.extxyz", index=":")
+    frames = [f for f in frames if f.info["step"] * DT_FS >= skip_ps * 1000]
+    return frames
+
+
+def first_broken_frame(frames) -> int | None:
+    """Index of the first frame whose molecules are not intact water (every O with exactly
+    two H within 1.25 Å and every H within 1.25 Å of an O; true in all 400 DFT frames, whose
+    largest H-to-nearest-O distance is 1.14 Å), or ``None``."""
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    for k, f in enumerate(frames):
+        s = np.array(f.get_chemical_symbols())
+        o, h = f.positions[s == "O"], f.positions[s == "H"]
+        d = np.linalg.norm(minimum_image_vectors(h[None] - o[:, None], np.array(f.cell)), axis=-1)
+        close = d < 1.25
+        if not (np.all(close.sum(1) == 2) and np.all(close.sum(0) == 1)):
+            return k
+    return None
+
+
+def _speed(run: Path) -> dict | None:
+    if not (run / "timing.jsonl").exists():  # a run killed before it finished
+        return None
+    rows = [json.loads(ln) for ln in (run / "timing.jsonl").read_text().splitlines() if ln]
+    steps = sum(r["steps"] for r in rows)
+    wall = sum(r["wall_s"] for r in rows)
+    steady = [r for r in rows if r["steps_per_s_after_first_chunk"]]
+    rate = (
+        sum(r["steps_per_s_after_first_chunk"] * r["steps"] for r in steady)
+        / sum(r["steps"] for r in steady)
+        if steady
+        else steps / wall
+    )
+    n_atoms = rows[-1]["n_atoms"]
+    return {
+        "steps_per_s": rate,
+        "atom_steps_per_s": rate * n_atoms,
+        "ns_per_day": rate * DT_FS * 1e-6 * 86400,
+        "total_steps": steps,
+        "total_wall_s": wall,
+        "load_average_1min": [r["load_average"][0] for r in rows],
+    }
+
+
+def _plot_rdf(r, dft, md, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, pair in zip(axes, ("O-O", "O-H", "H-H"), strict=True):
+        ax.plot(r, dft[pair], "k-", lw=2, label="DFT frames (400)")
+        for label, g in md.items():
+            ax.plot(r, g[pair], lw=1.2, label=label)
+        ax.set_title(f"g(r) {pair}")
+        ax.set_xlabel("r (Å)")
+        ax.set_xlim(0.5, r[-1])
+    axes[0].set_ylabel("g(r)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_msd(curves: dict, fits: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, (t, msd) in curves.items():
+        ax.plot(t, msd, label=label)
+        slope, intercept = fits[label]
+        window = (t >= MSD_FIT_PS[0]) & (t <= MSD_FIT_PS[1])
+        ax.plot(t[window], slope * t[window] + intercept, "k--", lw=1)
+    ax.axvspan(*MSD_FIT_PS, color="0.9", zorder=0, label="fit window")
+    ax.set_xlabel("lag time (ps)")
+    ax.set_ylabel("O MSD (Å²)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _observables(frames, rdfs, g_dft, r):
+    """RDF differences to DFT and the O self-diffusion coefficient of a list of frames."""
+    from allegro_jax.md.analysis import (
+        diffusion_coefficient,
+        mean_squared_displacement,
+        remove_center_of_mass_drift,
+        unwrap,
+    )
+
+    g = rdfs(frames)
+    info: dict = {"rdf_max_abs_diff": {k: float(np.max(np.abs(g[k] - g_dft[k]))) for k in g}}
+    peak = (r > 2.4) & (r < 3.3)
+    info["rdf_OO_first_peak"] = {
+        "max_abs_diff": float(np.max(np.abs(g["O-O"][peak] - g_dft["O-O"][peak]))),
+        "md_height": float(g["O-O"][peak].max()),
+        "dft_height": float(g_dft["O-O"][peak].max()),
+        "md_position_A": float(r[peak][np.argmax(g["O-O"][peak])]),
+        "dft_position_A": float(r[peak][np.argmax(g_dft["O-O"][peak])]),
+    }
+    cell = np.array(frames[0].cell)
+    pos = unwrap(np.stack([f.positions for f in frames]), cell)
+    pos = remove_center_of_mass_drift(pos, frames[0].get_masses())
+    oxygen = np.array(frames[0].get_chemical_symbols()) == "O"
+    dt_frame_ps = (frames[1].info["step"] - frames[0].info["step"]) * DT_FS / 1000
+    lags, msd = mean_squared_displacement(pos[:, oxygen], max_lag=len(frames) // 2)
+    t = lags * dt_frame_ps
+    if t[-1] < MSD_FIT_PS[1]:
+        info["diffusion_O_cm2_per_s"] = None
+        info["diffusion_note"] = f"production too short for the {MSD_FIT_PS} ps window"
+        return info, g, None
+    d, slope, intercept = diffusion_coefficient(t, msd, MSD_FIT_PS)
+    info["diffusion_O_cm2_per_s"] = d
+    return info, g, ((t, msd), (slope, intercept))
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    import ase.io
+
+    from allegro_jax.md.analysis import (
+        rdf,
+    )
+
+    edges = np.linspace(0.0, RDF_R_MAX, RDF_BINS + 1)
+    r = 0.5 * (edges[1:] + edges[:-1])
+    pairs = {"O-O": ("O", "O"), "O-H": ("O", "H"), "H-H": ("H", "H")}
+
+    def rdfs(frames):
+        symbols = np.array(frames[0].get_chemical_symbols())
+        pos = np.stack([f.positions for f in frames])
+        cell = np.array(frames[0].cell)
+        return {
+            name: rdf(pos, cell, symbols == a, symbols == b, edges)
+            for name, (a, b) in pairs.items()
+        }
+
+    dft_frames = ase.io.read(TRAIN_FILE, index=":") + ase.io.read(VALID_FILE, index=":")
+    g_dft = rdfs(dft_frames)
+    results: dict = {
+        "date": "2026-11-23",
+        "hardware": f"2-core CPU, shared box ({_cpu_model()}); MD pinned to one core",
+        "versions": _versions(),
+        "dt_fs": DT_FS,
+        "ensemble": f"NVT Nosé–Hoover chain, {TEMPERATURE_K} K, tau {TAU_T_FS} fs",
+        "equilibration_discarded_ps": EQUILIBRATION_PS,
+        "rdf": {"r_max": RDF_R_MAX, "bins": RDF_BINS, "dft_frames": len(dft_frames)},
+        "msd_fit_window_ps": list(MSD_FIT_PS),
+        "runs": {},
+    }
+    train_summary = RUNS / "train" / "metrics.csv"
+    if train_summary.exists():
+        import csv
+
+        rows = list(csv.DictReader(open(train_summary)))
+        best = min(rows, key=lambda row: float(row["validation_loss"]))
+        results["training"] = {
+            "epochs": len(rows),
+            "wall_s": float(rows[-1]["wall_time_s"]),
+            "best_epoch": int(best["epoch"]),
+            "validation_energy_per_atom_mae_mev": float(best["validation_energy_per_atom_mae_mev"]),
+            "validation_force_mae_mev_per_a": float(best["validation_force_mae_mev_per_a"]),
+            "validation_force_rmse_mev_per_a": float(best["validation_force_rmse_mev_per_a"]),
+        }
+    md_curves, md_rdfs, fits = {}, {}, {}
+    for name in args.runs:
+        run = RUNS / name
+        if not (run / "trajectory.extxyz").exists():
+            continue
+        size = len(ase.io.read(run / "trajectory.extxyz", index=0)) // 3
+        all_frames = _frames(run, 0.0)
+        thermo = np.genfromtxt(run / "thermo.csv", delimiter=",", names=True)
+        broken = first_broken_frame(all_frames)
+        end_fs = thermo["time_fs"][-1]
+        if broken is not None:  # production ends at the last intact frame
+            end_fs = all_frames[max(broken - 1, 0)].info["step"] * DT_FS
+        frames = [
+            f for f in all_frames if EQUILIBRATION_PS * 1000 <= f.info["step"] * DT_FS <= end_fs
+        ]
+        prod = (thermo["time_fs"] >= EQUILIBRATION_PS * 1000) & (thermo["time_fs"] <= end_fs)
+        info: dict = {
+            "n_molecules": size,
+            "n_atoms": len(all_frames[0]),
+            "simulated_ps": float(thermo["time_fs"][-1] / 1000),
+            "molecules_intact_until_ps": None
+            if broken is None
+            else float(all_frames[broken].info["step"] * DT_FS / 1000),
+            "production_ps": float(max(end_fs - EQUILIBRATION_PS * 1000, 0) / 1000),
+            "production_frames": len(frames),
+            "mean_temperature_K": float(np.mean(thermo["temperature_K"][prod]))
+            if prod.any()
+            else None,
+            "speed": _speed(run),
+        }
+        label = f"{name}: {size} H2O ({info['production_ps']:.1f} ps)"
+        if len(frames) >= 2:
+            part, g, curve = _observables(frames, rdfs, g_dft, r)
+            info.update(part)
+            md_rdfs[label] = g
+            if curve is not None:
+                md_curves[label], fits[label] = curve
+        if broken is not None:  # sensitivity: the whole run after equilibration, defects incl.
+            tail = [f for f in all_frames if f.info["step"] * DT_FS >= EQUILIBRATION_PS * 1000]
+            part, _, _ = _observables(tail, rdfs, g_dft, r)
+            part["production_ps"] = float(
+                (tail[-1].info["step"] - tail[0].info["step"]) * DT_FS / 1000
+            )
+            info["whole_run_including_defects"] = part
+        results["runs"][name] = info
+    for nve_name in ("nve64", "nve64_model1"):
+        nve = RUNS / nve_name / "thermo.csv"
+        if not nve.exists():
+            continue
+        th = np.genfromtxt(nve, delimiter=",", names=True)
+        e = th["total_energy"]
+        t_ps = (th["time_fs"] - th["time_fs"][0]) / 1000
+        slope = np.polyfit(t_ps, e, 1)[0]
+        results[nve_name] = {
+            "dt_fs": DT_FS,
+            "length_ps": float(t_ps[-1]),
+            "max_abs_drift_eV": float(np.max(np.abs(e - e[0]))),
+            "max_abs_drift_meV_per_atom": float(np.max(np.abs(e - e[0])) / 192 * 1000),
+            "linear_drift_meV_per_atom_per_ps": float(slope / 192 * 1000),
+            "relative_drift": float(np.max(np.abs(e - e[0])) / abs(e[0])),
+            "E_tot_std_meV_per_atom": float(np.std(e) / 192 * 1000),
+            "mean_temperature_K": float(np.mean(th["temperature_K"])),
+        }
+    if md_rdfs:
+        _plot_rdf(r, g_dft, md_rdfs, HERE / "rdf.png")
+    if md_curves:
+        _plot_msd(md_curves, fits, HERE / "msd.png")
+    np.savez(RUNS / "rdf_curves.npz", r=r, **{f"dft_{k}": v for k, v in g_dft.items()})
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    print(markdown_table(results))
+    return 0
+
+
+def markdown_table(results: dict) -> str:
+    """The README's results table from ``results.json``."""
+    head = (
+        "| run | molecules | production (ps) | intact until (ps) | ⟨T⟩ (K) | O–O peak max abs Δg "
+        "| O–O peak height MD / DFT (position, Å) | max abs Δg O–O / O–H / H–H "
+        "| D_O (10⁻⁵ cm²/s) | steps/s | atom-steps/s | ns/day (1 fs) | load avg |\n"
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|\n"
+    )
+    rows = []
+    for name, r in results["runs"].items():
+        pk, g, sp = r.get("rdf_OO_first_peak"), r.get("rdf_max_abs_diff"), r.get("speed")
+        d = r.get("diffusion_O_cm2_per_s")
+        rows.append(
+            f"| {name} | {r['n_molecules']} | {r['production_ps']:.1f} "
+            f"| {r['molecules_intact_until_ps'] or '—'} "
+            f"| {r['mean_temperature_K']:.1f} "
+            + (
+                f"| {pk['max_abs_diff']:.2f} | {pk['md_height']:.2f} / {pk['dft_height']:.2f} "
+                f"({pk['md_position_A']:.3f} / {pk['dft_position_A']:.3f}) "
+                f"| {g['O-O']:.2f} / {g['O-H']:.2f} / {g['H-H']:.2f} "
+                if pk
+                else "| — | — | — "
+            )
+            + (f"| {d * 1e5:.2f} " if d else "| — ")
+            + (
+                f"| {sp['steps_per_s']:.2f} | {sp['atom_steps_per_s']:.0f} "
+                f"| {sp['ns_per_day']:.2f} "
+                f"| {', '.join(f'{x:.1f}' for x in sp['load_average_1min'])} |"
+                if sp
+                else "| — | — | — | — |"
+            )
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "jax-md", "e3nn-jax", "flax", "ase", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("train").set_defaults(func=cmd_train)
+    p = sub.add_parser("md")
+    p.add_argument("--size", type=int, choices=(64, 512), default=64, help="water molecules")
+    p.add_argument("--ps", type=float, default=25.0, help="total length (incl. equilibration)")
+    p.add_argument("--max-wall-time", type=float, default=None, help="seconds, this call")
+    p.set_defaults(func=cmd_md)
+    p = sub.add_parser("nve-check")
+    p.add_argument("--ps", type=float, default=2.0)
+    p.add_argument("--from-ps", type=float, default=5.0, help="start frame of the md64 run")
+    p.set_defaults(func=cmd_nve_check)
+    p = sub.add_parser("analyse")
+    p.add_argument("--runs", nargs="+", default=["md64", "md512"], help="run folders")
+    p.set_defaults(func=cmd_analyse)
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    rc = args.func(args)
+    print(f"[{args.cmd}] done in {time.time() - t0:.0f} s, rc {rc}", flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
