@@ -473,6 +473,12 @@ def markdown(rep: dict) -> str:
             ]
     if rep.get("plot"):
         lines += [f"Time per atom vs atoms (Si ladder): `{rep['plot']}`.", ""]
+    lines += [
+        "Multi-device scaling (1–8 devices, `benchmarks/scaling.py`): [SCALING.md](SCALING.md);",
+        "ensembles (K=4 in one program vs 4 runs, `benchmarks/ensemble.py`):",
+        "`results/ensemble.json`; what each speed change gained: [NOTES.md](NOTES.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -3,7 +3,9 @@
 Writes, after every chunk (``log_every * logs_per_chunk`` steps):
 
 * ``OUT/thermo.csv``: step, time_fs, T_K, E_pot, E_kin, E_tot, conserved, pressure_bar,
-  volume, one row per ``log_every`` steps;
+  volume, one row per ``log_every`` steps; for an ensemble model (``ensemble_size`` > 1)
+  the dynamics follow the members' mean and two more columns, ``force_std_max`` and
+  ``force_std_mean`` (eV/Å), give the members' force standard deviation as an uncertainty;
 * ``OUT/trajectory.extxyz``: one frame per chunk (positions, velocities in Å/fs, cell,
   energy, step);
 * ``OUT/timing.jsonl``: one line per invocation (steps, wall time, steps/s after the first
@@ -47,6 +49,9 @@ THERMO_FIELDS = (
     "pressure_bar",
     "volume",
 )
+# extra thermo.csv columns of an ensemble model (eV/Å): max and mean over atoms of the
+# members' force standard deviation, an uncertainty estimate
+ENSEMBLE_FIELDS = ("force_std_max", "force_std_mean")
 CHECKPOINT_FORMAT = 2
 # settings the saved thermostat/barostat state belongs to
 _STATE_SETTINGS = ("ensemble", "dt", "temperature", "pressure", "tau_t", "tau_p", "dtype")
@@ -127,7 +132,7 @@ def _run_md(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from jax_md import simulate
 
-    from ..train.export import load_model
+    from ..train.export import load_model, read_ensemble_size
     from . import units
     from .integrate import make_simulation, positions_angstrom, state_from_arrays, state_to_arrays
 
@@ -170,6 +175,21 @@ def _run_md(args: argparse.Namespace) -> int:
     species = np.array([config.type_names.index(s) for s in atoms.get_chemical_symbols()])
     periodic = bool(all(atoms.pbc))
     chunk = args.log_every * args.logs_per_chunk
+    fields = THERMO_FIELDS
+    system = force_std_fn = None
+    if read_ensemble_size(args.model) > 1:
+        # dynamics on the ensemble mean; the members' force spread is logged
+        from ..ensemble import make_ensemble_system
+
+        system, force_std_fn = make_ensemble_system(
+            config,
+            params,
+            species,
+            cell=np.array(atoms.cell) if periodic else None,
+            skin=args.skin,
+            real_coordinates=args.ensemble == "npt_nose_hoover",
+        )
+        fields = THERMO_FIELDS + ENSEMBLE_FIELDS
     init_fn, apply_fn = make_simulation(
         config,
         params,
@@ -185,6 +205,8 @@ def _run_md(args: argparse.Namespace) -> int:
         skin=args.skin,
         log_every=args.log_every,
         logs_per_chunk=args.logs_per_chunk,
+        system=system,
+        force_std_fn=force_std_fn,
     )
     rotation = np.eye(3)
     if periodic:
@@ -210,7 +232,7 @@ def _run_md(args: argparse.Namespace) -> int:
     t_first, done_first = None, 0  # after the first chunk (compilation) for the speed
     with open(thermo_path, mode) as thermo, open(traj_path, mode) as traj:
         if mode == "w":
-            thermo.write(",".join(THERMO_FIELDS) + "\n")
+            thermo.write(",".join(fields) + "\n")
         while done < steps:
             if args.max_wall_time is not None and time.perf_counter() - t0 > args.max_wall_time:
                 stopped = True
@@ -218,7 +240,7 @@ def _run_md(args: argparse.Namespace) -> int:
             n = min(chunk, steps - done)
             state, log = apply_fn(state, n)
             done += n
-            for row in zip(*(np.asarray(getattr(log, f)) for f in THERMO_FIELDS), strict=True):
+            for row in zip(*(np.asarray(getattr(log, f)) for f in fields), strict=True):
                 thermo.write(",".join(f"{v:.10g}" for v in (int(row[0]), *row[1:])) + "\n")
             pos = np.asarray(positions_angstrom(state)) @ rotation.T
             vel = np.asarray(state.sim.momentum / state.sim.mass) / units.TIME_UNIT_FS

@@ -106,6 +106,9 @@ class Thermo:
         pressure_bar: instantaneous pressure incl. the kinetic term (NaN for free space).
         volume: Å³ (NaN for free space).
         n_rebuilds: neighbour-list rebuilds since the previous row.
+        force_std_max: ensembles (``force_std_fn`` given): max over atoms of the
+            members' force standard deviation ``σ_i``, eV/Å; NaN otherwise.
+        force_std_mean: the mean over atoms of ``σ_i``, eV/Å; NaN otherwise.
     """
 
     step: Array
@@ -118,6 +121,8 @@ class Thermo:
     pressure_bar: Array
     volume: Array
     n_rebuilds: Array
+    force_std_max: Array
+    force_std_mean: Array
 
 
 class Simulation(NamedTuple):
@@ -339,6 +344,7 @@ def make_simulation(
     max_retries: int = 5,
     log_pressure: bool = True,
     system: MDSystem | None = None,
+    force_std_fn: Callable[..., Array] | None = None,
 ) -> Simulation:
     """Build an MD simulation of one system.
 
@@ -364,6 +370,10 @@ def make_simulation(
         log_pressure: compute the pressure for the log (a virial per logged step; NaN if
             off or for free space).
         system: reuse an :class:`MDSystem` from :func:`make_system`.
+        force_std_fn: an ensemble's per-atom force standard deviation
+            ``(R, neighbor, **box_kwargs) -> [n_atoms]`` (from
+            :func:`allegro_jax.ensemble.make_ensemble_system`, which also gives the
+            ``system`` driven by the ensemble mean): logged as ``force_std_max``/``_mean``.
 
     Returns:
         ``Simulation(init_fn, apply_fn)``, see the module docstring.
@@ -526,6 +536,11 @@ def make_simulation(
         else:
             vol = volume(box) if periodic else jnp.full_like(e_pot, jnp.nan)
             p = jnp.full_like(e_pot, jnp.nan)
+        if force_std_fn is not None:
+            sigma_i = force_std_fn(sim.position, nbr, **kw)
+            std_max, std_mean = jnp.max(sigma_i), jnp.mean(sigma_i)
+        else:
+            std_max = std_mean = jnp.full_like(e_pot, jnp.nan)
         return Thermo(
             step=state.step,
             time_fs=state.step * timestep_fs,
@@ -537,6 +552,8 @@ def make_simulation(
             pressure_bar=p,
             volume=vol,
             n_rebuilds=n_rebuilds,
+            force_std_max=std_max,
+            force_std_mean=std_mean,
         )
 
     def log_block(state: MDState, _: None) -> tuple[MDState, Thermo]:
