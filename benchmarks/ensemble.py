@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -34,18 +33,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from allegro_jax.runinfo import cpu_model
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time(fn, args_list, n: int) -> tuple[float, list[float]]:
@@ -163,7 +154,7 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "command": "python benchmarks/ensemble.py "
         + f"--config {os.path.relpath(args.config, REPO)} --members {k} --steps {args.steps}",
-        "hardware": f"{_cpu_model()}, {os.cpu_count()} cores; shared box"
+        "hardware": f"{cpu_model()}, {os.cpu_count()} cores; shared box"
         if jax.default_backend() == "cpu"
         else jax.devices()[0].device_kind,
         "backend": jax.default_backend(),

@@ -71,14 +71,9 @@ def make_config(data_dir: Path, budget_minutes: float):
 def environment() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from allegro_jax.runinfo import cpu_model
+
+    model = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     out = {"python": platform.python_version()}
     for pkg in ("allegro-jax", "jax", "jaxlib", "flax", "optax", "e3nn-jax"):
@@ -162,14 +157,10 @@ def render_table(results: dict[str, Any]) -> str:
 
 
 def update_readme(results: dict[str, Any]) -> None:
-    if not README.exists():
-        return
-    text = README.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
-        text = text.rstrip() + f"\n\n{TABLE_START}\n{TABLE_END}\n"
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    README.write_text(f"{head}{TABLE_START}\n{render_table(results)}\n{TABLE_END}{tail}")
+    from allegro_jax.runinfo import splice_block
+
+    if README.exists():
+        splice_block(README, TABLE_START, TABLE_END, render_table(results))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from allegro_jax.data.datasets import RMD17_MOLECULES
+from allegro_jax.runinfo import cpu_model, splice_block
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -67,14 +68,7 @@ def hardware() -> str:
     dev = jax.devices()[0]
     if dev.platform != "cpu":
         return f"{dev.device_kind} ({jax.device_count()}x {dev.platform})"
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{model}, {cores} cores (CPU)"
 
@@ -254,13 +248,7 @@ def render_table(results: dict[str, Any]) -> str:
 
 
 def update_readme(results: dict[str, Any]) -> None:
-    block = f"{TABLE_START}\n{render_table(results)}\n{TABLE_END}"
-    text = README.read_text() if README.exists() else f"# rMD17\n\n{TABLE_START}\n{TABLE_END}\n"
-    if TABLE_START not in text or TABLE_END not in text:
-        text = text.rstrip() + f"\n\n{TABLE_START}\n{TABLE_END}\n"
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    README.write_text(head + block + tail)
+    splice_block(README, TABLE_START, TABLE_END, render_table(results), "# rMD17\n")
 
 
 # ---- CLI --------------------------------------------------------------------------------

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from allegro_jax import runinfo
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
@@ -283,7 +284,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     g_dft = rdfs(dft_frames)
     results: dict = {
         "date": "2026-11-23",
-        "hardware": f"2-core CPU, shared box ({_cpu_model()}); MD pinned to one core",
+        "hardware": f"2-core CPU, shared box ({runinfo.cpu_model()}); MD pinned to one core",
         "versions": _versions(),
         "dt_fs": DT_FS,
         "ensemble": f"NVT Nosé–Hoover chain, {TEMPERATURE_K} K, tau {TAU_T_FS} fs",
@@ -413,17 +414,6 @@ def markdown_table(results: dict) -> str:
             )
         )
     return head + "\n".join(rows) + "\n"
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _versions() -> dict:
