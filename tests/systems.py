@@ -41,3 +41,30 @@ def random_periodic(rng: np.random.Generator, n: int = 5, numbers=(14, 8), min_d
             frac.append(f)
     numbers = np.array([numbers[i % len(numbers)] for i in range(n)])
     return Structure(numbers=numbers, positions=np.array(frac) @ cell, cell=cell, pbc=True)
+
+
+ASPIRIN = SHARED_DATA / "rmd17" / "rmd17_aspirin_train_01.npz"
+# metrics columns that differ between two runs of the same training
+TIME_COLUMNS = frozenset({"wall_time_s", "epoch_time_s"})
+
+
+def write_aspirin_subset(path: Path, start: int = 0, n: int = 20) -> Path:
+    """Frames ``start:start+n`` of rMD17 aspirin as an rMD17-style npz at ``path``
+    (the caller checks that ``ASPIRIN`` exists)."""
+    with np.load(ASPIRIN) as d:
+        np.savez(
+            path,
+            nuclear_charges=d["nuclear_charges"],
+            coords=d["coords"][start : start + n],
+            energies=d["energies"][start : start + n],
+            forces=d["forces"][start : start + n],
+        )
+    return path
+
+
+def metrics_curve(run_dir: Path) -> list[dict]:
+    """A run's ``metrics.jsonl`` rows without the wall-clock columns."""
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]

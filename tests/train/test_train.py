@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from systems import ASPIRIN, metrics_curve, write_aspirin_subset
 
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import Structure
@@ -35,8 +36,6 @@ from allegro_jax.train.tensorboard import crc32c, read_scalars
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
-ASPIRIN = REPO.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
-TIME_COLUMNS = {"wall_time_s", "epoch_time_s"}
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -45,15 +44,7 @@ TIME_COLUMNS = {"wall_time_s", "epoch_time_s"}
 def _write_data(path: Path, n_frames: int = 20) -> Path:
     """A small training file: 20 aspirin frames, or generated EMT molecules without data."""
     if ASPIRIN.is_file():
-        with np.load(ASPIRIN) as d:
-            np.savez(
-                path.with_suffix(".npz"),
-                nuclear_charges=d["nuclear_charges"],
-                coords=d["coords"][:n_frames],
-                energies=d["energies"][:n_frames],
-                forces=d["forces"][:n_frames],
-            )
-        return path.with_suffix(".npz")
+        return write_aspirin_subset(path.with_suffix(".npz"), n=n_frames)
     import ase.build
     import ase.io
     from ase.calculators.emt import EMT
@@ -94,11 +85,6 @@ def _run_cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProce
         text=True,
         timeout=timeout,
     )
-
-
-def _curve(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +211,7 @@ def test_config_errors(tmp_path, data_file):
 
 
 def test_tiny_run_decreases_loss_and_compiles_once(reference_run):
-    rows = _curve(reference_run)
+    rows = metrics_curve(reference_run)
     assert len(rows) == 6
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["validation_loss"] < rows[0]["validation_loss"]
@@ -273,12 +259,12 @@ def test_sigkill_and_resume_reproduces_the_loss_curve(tmp_path, data_file, refer
         if proc.poll() is None:
             proc.kill()
     assert not (run / "summary.json").exists()
-    killed_at = len(_curve(run)) if (run / "metrics.jsonl").exists() else 0
+    killed_at = len(metrics_curve(run)) if (run / "metrics.jsonl").exists() else 0
     assert killed_at < 6
     resumed = _run_cli(["train", str(config), "--workdir", str(run)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from checkpoint step" in resumed.stdout
-    assert _curve(run) == _curve(reference_run)
+    assert metrics_curve(run) == metrics_curve(reference_run)
 
 
 def test_evaluate_cli_and_load_model(reference_run, data_file, tmp_path):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from systems import ASPIRIN, metrics_curve, write_aspirin_subset
 
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.datasets import read_dataset
@@ -28,35 +29,19 @@ from allegro_jax.train.loop import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
-ASPIRIN = REPO.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
-TIME_COLUMNS = {"wall_time_s", "epoch_time_s"}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     if not ASPIRIN.is_file():
         pytest.skip("rMD17 aspirin is not available")
-    path = tmp_path_factory.mktemp("data") / "d.npz"
-    with np.load(ASPIRIN) as d:
-        np.savez(
-            path,
-            **{
-                k: d[k][:20] if k != "nuclear_charges" else d[k]
-                for k in ("nuclear_charges", "coords", "energies", "forces")
-            },
-        )
-    return path
+    return write_aspirin_subset(tmp_path_factory.mktemp("data") / "d.npz")
 
 
 def _config(data: Path, **overrides) -> TrainConfig:
     cfg = yaml.safe_load(TEST_YAML.read_text())
     cfg.update({"dataset_file_name": str(data), "ensemble_size": 2, "max_epochs": 2} | overrides)
     return TrainConfig.from_dict(cfg)
-
-
-def _curve(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +55,7 @@ def test_ensemble_trains_k_members_in_one_program(ensemble_run):
     run, summary = ensemble_run
     assert summary["ensemble_size"] == 2 and summary["stop_reason"] == "max_epochs"
     assert summary["compiled_train_shapes"] == 1 and summary["compiled_eval_shapes"] == 1
-    rows = _curve(run)
+    rows = metrics_curve(run)
     assert len(rows) == 2
     for row in rows:
         # different seeds: different members; the ensemble has a spread
@@ -144,7 +129,7 @@ def test_ensemble_resume_after_a_clock_stop_reproduces_the_curve(ensemble_run, d
     assert doc["ensemble_size"] == 2 and all(m["partial_epoch"] for m in doc["metadata"]["members"])
     done = train_and_evaluate(_config(data), run)
     assert done["stop_reason"] == "max_epochs"
-    assert _curve(run) == _curve(reference)
+    assert metrics_curve(run) == metrics_curve(reference)
     with pytest.raises(ValueError, match="ensemble_size 2.*ensemble_size 3"):
         train_and_evaluate(_config(data, ensemble_size=3), run)
     store = CheckpointStore(run)  # the refused resume left the checkpoints alone

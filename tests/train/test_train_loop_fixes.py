@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from flax import serialization
+from systems import ASPIRIN, write_aspirin_subset
 
 from allegro_jax.train.checkpoint import CheckpointStore
 from allegro_jax.train.config import TrainConfig, load_config
@@ -26,21 +27,12 @@ from allegro_jax.train.loop import _normalised_config, _warn_config_changes, tra
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
-ASPIRIN = REPO.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_train_01.npz"
 
 
 def _npz(path: Path, start: int = 0, n: int = 20) -> Path:
     if not ASPIRIN.is_file():
         pytest.skip("rMD17 aspirin is not available")
-    with np.load(ASPIRIN) as d:
-        np.savez(
-            path,
-            nuclear_charges=d["nuclear_charges"],
-            coords=d["coords"][start : start + n],
-            energies=d["energies"][start : start + n],
-            forces=d["forces"][start : start + n],
-        )
-    return path
+    return write_aspirin_subset(path, start, n)
 
 
 def _config(data: Path, **overrides) -> TrainConfig:
