@@ -49,7 +49,8 @@ def _cli(args: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return _cli(["train", str(HERE / "train.yaml"), "--workdir", str(RUNS / "train")])
+    overrides = [arg for kv in args.set for arg in ("--set", kv)]
+    return _cli(["train", str(HERE / "train.yaml"), "--workdir", str(RUNS / "train"), *overrides])
 
 
 def _start_structure(size: int) -> Path:
@@ -257,6 +258,17 @@ def _observables(frames, rdfs, g_dft, r):
         return info, g, None
     d, slope, intercept = diffusion_coefficient(t, msd, MSD_FIT_PS)
     info["diffusion_O_cm2_per_s"] = d
+    # Spread over independent time blocks, each long enough for the same fit window.
+    n_blocks = int(len(frames) * dt_frame_ps // (2 * MSD_FIT_PS[1]))
+    if n_blocks >= 2:
+        per_block = []
+        for block in np.array_split(np.arange(len(frames)), n_blocks):
+            lags_b, msd_b = mean_squared_displacement(pos[block][:, oxygen], len(block) // 2)
+            per_block.append(diffusion_coefficient(lags_b * dt_frame_ps, msd_b, MSD_FIT_PS)[0])
+        info["diffusion_O_blocks_cm2_per_s"] = per_block
+        info["diffusion_O_standard_error_cm2_per_s"] = float(
+            np.std(per_block, ddof=1) / np.sqrt(n_blocks)
+        )
     return info, g, ((t, msd), (slope, intercept))
 
 
@@ -283,7 +295,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     dft_frames = ase.io.read(TRAIN_FILE, index=":") + ase.io.read(VALID_FILE, index=":")
     g_dft = rdfs(dft_frames)
     results: dict = {
-        "date": "2026-11-23",
+        "date": time.strftime("%Y-%m-%d"),
         "hardware": f"2-core CPU, shared box ({runinfo.cpu_model()}); MD pinned to one core",
         "versions": _versions(),
         "dt_fs": DT_FS,
@@ -308,7 +320,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             "validation_force_rmse_mev_per_a": float(best["validation_force_rmse_mev_per_a"]),
         }
     md_curves, md_rdfs, fits = {}, {}, {}
-    for name in args.runs:
+    for name in [*args.runs, *args.compare]:
         run = RUNS / name
         if not (run / "trajectory.extxyz").exists():
             continue
@@ -341,9 +353,10 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         if len(frames) >= 2:
             part, g, curve = _observables(frames, rdfs, g_dft, r)
             info.update(part)
-            md_rdfs[label] = g
-            if curve is not None:
-                md_curves[label], fits[label] = curve
+            if name in args.runs:  # --compare runs are tabulated, not plotted
+                md_rdfs[label] = g
+                if curve is not None:
+                    md_curves[label], fits[label] = curve
         if broken is not None:  # sensitivity: the whole run after equilibration, defects incl.
             tail = [f for f in all_frames if f.info["step"] * DT_FS >= EQUILIBRATION_PS * 1000]
             part, _, _ = _observables(tail, rdfs, g_dft, r)
@@ -352,7 +365,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             )
             info["whole_run_including_defects"] = part
         results["runs"][name] = info
-    for nve_name in ("nve64", "nve64_model1"):
+    for nve_name in ("nve64", "model2/nve64", "nve64_model1"):
         nve = RUNS / nve_name / "thermo.csv"
         if not nve.exists():
             continue
@@ -404,7 +417,11 @@ def markdown_table(results: dict) -> str:
                 if pk
                 else "| — | — | — "
             )
-            + (f"| {d * 1e5:.2f} " if d else "| — ")
+            + (
+                f"| {d * 1e5:.2f} ± {se * 1e5:.2f} "
+                if d and (se := r.get("diffusion_O_standard_error_cm2_per_s"))
+                else (f"| {d * 1e5:.2f} " if d else "| — ")
+            )
             + (
                 f"| {sp['steps_per_s']:.2f} | {sp['atom_steps_per_s']:.0f} "
                 f"| {sp['ns_per_day']:.2f} "
@@ -431,7 +448,15 @@ def _versions() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("train").set_defaults(func=cmd_train)
+    p = sub.add_parser("train", help="train (or resume) runs/train from train.yaml")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to allegro-jax train (repeatable)",
+    )
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("md")
     p.add_argument("--size", type=int, choices=(64, 512), default=64, help="water molecules")
     p.add_argument("--ps", type=float, default=25.0, help="total length (incl. equilibration)")
@@ -443,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_nve_check)
     p = sub.add_parser("analyse")
     p.add_argument("--runs", nargs="+", default=["md64", "md512"], help="run folders")
+    p.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        help="more run folders (e.g. earlier models) for the table and results.json, not plots",
+    )
     p.set_defaults(func=cmd_analyse)
     args = parser.parse_args(argv)
     t0 = time.time()
