@@ -2,15 +2,16 @@
 
 Subcommands (run from the repository root; outputs under experiments/water/runs/):
 
-    python experiments/water/run.py train                 # ≤ 14 min on one core
+    python experiments/water/run.py train [--set key=value ...]  # resumes runs/train
     python experiments/water/run.py md --size 64 --ps 25  # NVT 300 K, 192 atoms
     python experiments/water/run.py nve-check             # 2 ps NVE from the md64 state
-    python experiments/water/run.py md --size 512 --ps 25 --max-wall-time 2700
+    python experiments/water/run.py md --size 512 --ps 25  # 55 min on one CPU core
     python experiments/water/run.py analyse               # results.json, rdf.png, msd.png
 
-``md`` resumes from its checkpoint when run again (``--ps`` is the total length), so a later
-(GPU) session extends the 512-molecule run with the same command and a larger ``--ps``.
-For a single-core run set ``taskset -c 1`` and
+``train --config C --run R`` trains another model into ``runs/R``; ``md --model R --out O
+--temperature T`` runs it (e.g. a hotter stability test). ``md`` resumes from its checkpoint
+when run again (``--ps`` is the total length), so a longer run is the same command with a
+larger ``--ps``. For a single-core run set ``taskset -c 1`` and
 ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``.
 """
 
@@ -50,7 +51,8 @@ def _cli(args: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = [arg for kv in args.set for arg in ("--set", kv)]
-    return _cli(["train", str(HERE / "train.yaml"), "--workdir", str(RUNS / "train"), *overrides])
+    config = Path(args.config) if args.config else HERE / "train.yaml"
+    return _cli(["train", str(config), "--workdir", str(RUNS / args.run), *overrides])
 
 
 def _start_structure(size: int) -> Path:
@@ -71,11 +73,18 @@ def _start_structure(size: int) -> Path:
     return path
 
 
-def _md_args(out: Path, structure: Path, ensemble: str, until_step: int) -> list[str]:
+def _md_args(
+    out: Path,
+    structure: Path,
+    ensemble: str,
+    until_step: int,
+    model: str = "train",
+    temperature: float = TEMPERATURE_K,
+) -> list[str]:
     return [
         "md",
         "--model",
-        str(RUNS / "train"),
+        str(RUNS / model),
         "--structure",
         str(structure),
         "--out",
@@ -85,7 +94,7 @@ def _md_args(out: Path, structure: Path, ensemble: str, until_step: int) -> list
         "--dt",
         str(DT_FS),
         "--temperature",
-        str(TEMPERATURE_K),
+        str(temperature),
         "--tau-t",
         str(TAU_T_FS),
         "--skin",
@@ -102,9 +111,14 @@ def _md_args(out: Path, structure: Path, ensemble: str, until_step: int) -> list
 
 
 def cmd_md(args: argparse.Namespace) -> int:
-    out = RUNS / f"md{args.size}"
+    out = RUNS / (args.out or f"md{args.size}")
     cli = _md_args(
-        out, _start_structure(args.size), "nvt_nose_hoover", round(args.ps * 1000 / DT_FS)
+        out,
+        _start_structure(args.size),
+        "nvt_nose_hoover",
+        round(args.ps * 1000 / DT_FS),
+        model=args.model,
+        temperature=args.temperature,
     )
     if (out / "checkpoint.npz").exists():
         cli.append("--restart")
@@ -456,11 +470,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="config override passed to allegro-jax train (repeatable)",
     )
+    p.add_argument("--config", default=None, help="training config (default train.yaml)")
+    p.add_argument("--run", default="train", help="run folder under runs/ (default train)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("md")
     p.add_argument("--size", type=int, choices=(64, 512), default=64, help="water molecules")
     p.add_argument("--ps", type=float, default=25.0, help="total length (incl. equilibration)")
     p.add_argument("--max-wall-time", type=float, default=None, help="seconds, this call")
+    p.add_argument("--model", default="train", help="trained run folder under runs/")
+    p.add_argument("--out", default=None, help="output folder under runs/ (default mdN)")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE_K, help="K")
     p.set_defaults(func=cmd_md)
     p = sub.add_parser("nve-check")
     p.add_argument("--ps", type=float, default=2.0)
