@@ -124,6 +124,8 @@ def cmd_md(args: argparse.Namespace) -> int:
         cli.append("--restart")
     if args.max_wall_time:
         cli += ["--max-wall-time", str(args.max_wall_time)]
+    if args.seed is not None:
+        cli += ["--seed", str(args.seed)]
     return _cli(cli)
 
 
@@ -480,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="train", help="trained run folder under runs/")
     p.add_argument("--out", default=None, help="output folder under runs/ (default mdN)")
     p.add_argument("--temperature", type=float, default=TEMPERATURE_K, help="K")
+    p.add_argument("--seed", type=int, default=None, help="velocity seed (default 0)")
     p.set_defaults(func=cmd_md)
     p = sub.add_parser("nve-check")
     p.add_argument("--ps", type=float, default=2.0)
