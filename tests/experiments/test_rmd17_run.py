@@ -5,11 +5,11 @@ No training here (the training loop has its own tests in tests/train).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import systems
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "experiments" / "rmd17" / "run.py"
@@ -17,10 +17,7 @@ RUN_PY = REPO / "experiments" / "rmd17" / "run.py"
 
 @pytest.fixture(scope="module")
 def run():
-    spec = importlib.util.spec_from_file_location("rmd17_run", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return systems.load_script("rmd17_run", RUN_PY)
 
 
 @pytest.mark.parametrize("variant", ["cpu", "full"])

@@ -10,11 +10,11 @@ forces for a molecule.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+import systems
 
 REPO = Path(__file__).resolve().parents[2]
 STATS = {
@@ -24,21 +24,14 @@ STATS = {
 }
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sbs():
-    return _load("side_by_side_run", REPO / "experiments" / "side_by_side" / "run.py")
+    return systems.load_script("side_by_side_run", REPO / "experiments" / "side_by_side" / "run.py")
 
 
 @pytest.fixture(scope="module")
 def acac():
-    return _load("acac_ood_run", REPO / "experiments" / "acac_ood" / "run.py")
+    return systems.load_script("acac_ood_run", REPO / "experiments" / "acac_ood" / "run.py")
 
 
 @pytest.fixture

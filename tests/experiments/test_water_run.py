@@ -3,12 +3,12 @@ the command lines it hands to ``allegro-jax`` (no training or MD here)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import ase
 import numpy as np
 import pytest
+import systems
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "experiments" / "water" / "run.py"
@@ -16,10 +16,7 @@ RUN_PY = REPO / "experiments" / "water" / "run.py"
 
 @pytest.fixture(scope="module")
 def run():
-    spec = importlib.util.spec_from_file_location("water_run", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return systems.load_script("water_run", RUN_PY)
 
 
 def _water_box(n_side: int = 3, spacing: float = 3.1, step: int = 0) -> ase.Atoms:
