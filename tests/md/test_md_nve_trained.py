@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from md_helpers import species_of
+from md_helpers import small_config, species_of
 from systems import SHARED_DATA
 
 from allegro_jax.config import AllegroConfig
@@ -34,20 +34,16 @@ TYPES = ("H", "O")
 
 
 def _config(dtype: str, shift: float, scale: float, avg: float) -> AllegroConfig:
-    return AllegroConfig(
-        type_names=TYPES,
+    return small_config(
+        dtype,
         r_max=3.0,
-        l_max=1,
-        num_layers=1,
-        num_scalar_features=16,
-        num_tensor_features=4,
+        type_names=TYPES,
         scalar_embed_mlp_hidden_layers_width=16,
         allegro_mlp_hidden_layers_width=16,
         readout_mlp_hidden_layers_width=8,
         avg_num_neighbors=avg,
         per_type_energy_shifts=(shift, shift),
         per_type_energy_scales=scale,
-        model_dtype=dtype,
     )
 
 
