@@ -55,6 +55,82 @@ def _per_type(value, type_names: tuple[str, ...], name: str) -> tuple[float, ...
     return out
 
 
+_MORSE_KEYS = ("types", "D", "a", "r0", "r_cut")
+
+
+@dataclasses.dataclass(frozen=True)
+class MorsePair:
+    """A Morse pair term between atoms of types ``types`` (unordered).
+
+    Attributes:
+        types: the two chemical symbols (may be equal).
+        D: well depth, eV (> 0).
+        a: width parameter, 1/Å (> 0).
+        r0: equilibrium distance, Å (> 0).
+        r_cut: where the envelope brings the term to zero, Å (``r0 < r_cut <= r_max``).
+    """
+
+    types: tuple[str, str]
+    D: float
+    a: float
+    r0: float
+    r_cut: float
+
+
+def parse_pair_potential(value, type_names: Sequence[str], r_max: float) -> tuple[MorsePair, ...]:
+    """Validate ``pair_potential`` (a list of mappings or :class:`MorsePair`) into a tuple.
+
+    Each mapping needs ``kind: morse`` (the only kind so far) and the :class:`MorsePair`
+    fields. Errors name the offending entry.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, Mapping | MorsePair) or isinstance(value, str):
+        value = [value]
+    out = []
+    seen = set()
+    for k, item in enumerate(value):
+        where = f"pair_potential[{k}]"
+        if isinstance(item, MorsePair):
+            item = dataclasses.asdict(item) | {"kind": "morse"}
+        if not isinstance(item, Mapping):
+            raise TypeError(f"{where} must be a mapping with kind: morse, got {item!r}")
+        item = dict(item)
+        kind = item.pop("kind", "morse")
+        if kind != "morse":
+            raise ValueError(f"{where}: unknown kind {kind!r}; supported: 'morse'")
+        missing = [key for key in _MORSE_KEYS if key not in item]
+        extra = sorted(set(item) - set(_MORSE_KEYS))
+        if missing or extra:
+            raise ValueError(f"{where}: missing keys {missing}, unknown keys {extra}")
+        types = item["types"]
+        if isinstance(types, str) or len(types) != 2:
+            raise ValueError(f"{where}: types must be two chemical symbols, got {types!r}")
+        types = tuple(str(t) for t in types)
+        unknown = [t for t in types if t not in type_names]
+        if unknown:
+            raise ValueError(f"{where}: types {unknown} are not in type_names {list(type_names)}")
+        nums = {}
+        for key in ("D", "a", "r0", "r_cut"):
+            v = item[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"{where}: {key} must be a finite number, got {v!r}")
+            if v <= 0:
+                raise ValueError(f"{where}: {key} must be > 0, got {v}")
+            nums[key] = float(v)
+        if not nums["r0"] < nums["r_cut"] <= r_max:
+            raise ValueError(
+                f"{where}: need r0 < r_cut <= r_max ({r_max} Å), got r0 = {nums['r0']}, "
+                f"r_cut = {nums['r_cut']}"
+            )
+        key = frozenset(types)
+        if key in seen:
+            raise ValueError(f"{where}: a second term for the pair {sorted(key)}")
+        seen.add(key)
+        out.append(MorsePair(types=types, **nums))
+    return tuple(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class AllegroConfig:
     """Hyper-parameters of an Allegro model.
@@ -74,6 +150,9 @@ class AllegroConfig:
         avg_num_neighbors: N_avg for edge-sum normalisation; a number or one per type.
         per_type_energy_scales: σ_t (number, per-type sequence or {symbol: value}).
         per_type_energy_shifts: μ_t (same forms).
+        pair_potential: fixed pair terms added to the learned energy
+            (:mod:`allegro_jax.nn.pair`): a list of ``{kind: morse, types: [A, B], D, a, r0,
+            r_cut}`` mappings or :class:`MorsePair`.
         model_dtype: ``"float32"`` or ``"float64"`` for parameters and features.
     """
 
@@ -112,6 +191,7 @@ class AllegroConfig:
     per_type_energy_shifts: Any = None
     per_type_energy_scales_trainable: bool = False
     per_type_energy_shifts_trainable: bool = False
+    pair_potential: tuple[MorsePair, ...] = ()
     model_dtype: str = "float32"
 
     def __post_init__(self):
@@ -206,6 +286,8 @@ class AllegroConfig:
             "per_type_energy_shifts",
             _per_type(self.per_type_energy_shifts, self.type_names, "per_type_energy_shifts"),
         )
+        pairs = parse_pair_potential(self.pair_potential, self.type_names, self.r_max)
+        set_("pair_potential", pairs)
 
     # ---- derived quantities -------------------------------------------------------------
     @property

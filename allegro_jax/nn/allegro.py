@@ -26,6 +26,7 @@ import numpy as np
 from ..config import AllegroConfig
 from .cutoff import polynomial_cutoff
 from .mlp import ScalarMLP, uniform_unit_variance
+from .pair import pair_atomic_energies
 from .radial import bessel_basis, bessel_basis_integer
 from .tensor_product import (
     TPSpec,
@@ -204,4 +205,7 @@ class AllegroCurrent(nn.Module):
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes)
         e_atom = e_atom * node_norm[:, 0, 0] / np.sqrt(2.0)
         e_atom = scale_shift(cfg, self, e_atom.astype(gdt), species)
+        e_atom = e_atom + pair_atomic_energies(
+            cfg, r, species, edge_center, edge_neighbor, edge_mask
+        )
         return jnp.where(node_mask, e_atom, 0.0)

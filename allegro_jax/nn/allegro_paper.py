@@ -39,6 +39,7 @@ from .allegro import (
 )
 from .cutoff import polynomial_cutoff
 from .mlp import ScalarMLP
+from .pair import pair_atomic_energies
 from .radial import paper_bessel_basis, paper_bessel_normalization
 from .tensor_product import TPSpec, irreps_offsets, layer_irreps, sh_irreps, weighted_channels
 
@@ -151,6 +152,9 @@ class AllegroPaper(nn.Module):
         e_edge = jnp.where(edge_mask, e_edge, 0.0)
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes) * node_norm
         e_atom = scale_shift(cfg, self, e_atom.astype(gdt), species)
+        e_atom = e_atom + pair_atomic_energies(
+            cfg, r, species, edge_center, edge_neighbor, edge_mask
+        )
         return jnp.where(node_mask, e_atom, 0.0)
 
     def _mix(self, outs, spec: TPSpec, C: int, dt, layer: int) -> jax.Array:

@@ -12,7 +12,8 @@ molecule) gets a zero stress rather than nequip's NaN, so that outputs stay fini
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -20,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import AllegroConfig
-from ..data.graph import AtomicGraph
-from .allegro import AllegroCurrent
+from ..data.graph import AtomicGraph, Structure
+from .allegro import AllegroCurrent, masked_edges
 from .allegro_paper import AllegroPaper
+from .pair import pair_atomic_energies
 
 Params = Any
 
@@ -153,3 +155,41 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
         return out
 
     return init_fn, apply_fn
+
+
+def subtract_pair_potential(config: AllegroConfig, structures: Sequence[Structure]) -> list:
+    """The structures with ``config.pair_potential``'s energy and forces taken off their labels.
+
+    What the network has to learn: the training statistics (energy shifts, force scale) are
+    computed from these residual labels. Returns the input list when there is no pair term.
+    """
+    if not config.pair_potential:
+        return list(structures)
+    from ..data.padding import build_graph
+
+    @jax.jit
+    def energy_forces(g):
+        def energy(pos):
+            _, r = masked_edges(edge_vectors(g, pos), g.edge_mask, config.r_max)
+            e = pair_atomic_energies(
+                config, r, g.species, g.edge_center, g.edge_neighbor, g.edge_mask
+            )
+            return jnp.sum(jnp.where(g.node_mask, e, 0.0))
+
+        e, grad = jax.value_and_grad(energy)(g.positions)
+        return e, -grad
+
+    dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    out = []
+    for s in structures:
+        g = build_graph([s], config.type_names, config.r_max, dtype=dtype)
+        e, f = (np.asarray(x, np.float64) for x in energy_forces(g))
+        n = len(s.numbers)
+        out.append(
+            dataclasses.replace(
+                s,
+                energy=None if s.energy is None else s.energy - float(e),
+                forces=None if s.forces is None else np.asarray(s.forces) - f[:n],
+            )
+        )
+    return out

@@ -44,7 +44,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.datasets import random_split, read_dataset
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
 from allegro_jax.ensemble import member, stack_members
-from allegro_jax.nn.model import make_model
+from allegro_jax.nn.model import make_model, subtract_pair_potential
 from allegro_jax.train.checkpoint import CheckpointStore
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.data import SplitData, epoch_permutation, prefetch
@@ -110,12 +110,16 @@ def complete_model_config(
     ``avg_num_neighbors`` ← mean number of neighbours of the training set;
     ``per_type_energy_shifts`` ← least-squares per-type shifts (the per-atom mean for a type
     without atoms); ``per_type_energy_scales`` ← RMS of the force components (or the
-    per-atom energy residual RMS without forces).
+    per-atom energy residual RMS without forces). With a ``pair_potential``, energies and
+    forces are those left after subtracting it: what the network learns.
     """
     model = dict(model)
     if "type_names" not in model:
         z = sorted({int(n) for s in train for n in np.unique(s.numbers)})
         model["type_names"] = [chemical_symbols[n] for n in z]
+    if model.get("pair_potential"):  # statistics of what the network learns
+        probe = AllegroConfig.from_dict({**model, "avg_num_neighbors": 1.0})
+        train = subtract_pair_potential(probe, train)
     stats = compute_statistics(train, model["type_names"], model["r_max"])
     model.setdefault("avg_num_neighbors", stats.avg_num_neighbors)
     if "per_type_energy_shifts" not in model and stats.per_type_energy_shifts is not None:
