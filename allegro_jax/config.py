@@ -55,12 +55,11 @@ def _per_type(value, type_names: tuple[str, ...], name: str) -> tuple[float, ...
     return out
 
 
-_MORSE_KEYS = ("types", "D", "a", "r0", "r_cut")
-
-
 @dataclasses.dataclass(frozen=True)
 class MorsePair:
     """A Morse pair term between atoms of types ``types`` (unordered).
+
+    ``V(r) = D [(1 - exp(-a (r - r0)))² - 1] · u(r / r_cut)``.
 
     Attributes:
         types: the two chemical symbols (may be equal).
@@ -77,32 +76,76 @@ class MorsePair:
     r_cut: float
 
 
-def parse_pair_potential(value, type_names: Sequence[str], r_max: float) -> tuple[MorsePair, ...]:
-    """Validate ``pair_potential`` (a list of mappings or :class:`MorsePair`) into a tuple.
+@dataclasses.dataclass(frozen=True)
+class BarrierPair:
+    """A smooth repulsive barrier between atoms of types ``types``, zero outside
+    ``(r_lo, r_hi)``: ``V(r) = height · (1 - t²)³`` with ``t = (2r - r_lo - r_hi) /
+    (r_hi - r_lo)``, peaking at the midpoint; ``V``, ``V'`` and ``V''`` vanish at both ends.
 
-    Each mapping needs ``kind: morse`` (the only kind so far) and the :class:`MorsePair`
+    Attributes:
+        types: the two chemical symbols (may be equal).
+        height: eV (> 0).
+        r_lo, r_hi: the interval, Å (``0 < r_lo < r_hi <= r_max``).
+    """
+
+    types: tuple[str, str]
+    height: float
+    r_lo: float
+    r_hi: float
+
+
+_PAIR_KINDS = {"morse": MorsePair, "barrier": BarrierPair}
+
+
+def pair_term_dict(term: MorsePair | BarrierPair) -> dict:
+    """A pair term as the mapping a config file gives (``kind`` first)."""
+    kind = next(k for k, cls in _PAIR_KINDS.items() if isinstance(term, cls))
+    return {"kind": kind, **dataclasses.asdict(term)}
+
+
+def _pair_order_problem(kind: str, nums: dict, r_max: float) -> str | None:
+    """The ordering constraint of a pair term's distances, or ``None`` when it holds."""
+    if kind == "morse" and not nums["r0"] < nums["r_cut"] <= r_max:
+        return (
+            f"need r0 < r_cut <= r_max ({r_max} Å), got r0 = {nums['r0']}, r_cut = {nums['r_cut']}"
+        )
+    if kind == "barrier" and not nums["r_lo"] < nums["r_hi"] <= r_max:
+        return (
+            f"need r_lo < r_hi <= r_max ({r_max} Å), got r_lo = {nums['r_lo']}, "
+            f"r_hi = {nums['r_hi']}"
+        )
+    return None
+
+
+def parse_pair_potential(value, type_names: Sequence[str], r_max: float) -> tuple:
+    """Validate ``pair_potential`` (a list of mappings, :class:`MorsePair` or
+    :class:`BarrierPair`) into a tuple of those dataclasses.
+
+    Each mapping has ``kind`` (``morse``, the default, or ``barrier``) and that kind's
     fields. Errors name the offending entry.
     """
     if value is None:
         return ()
-    if isinstance(value, Mapping | MorsePair) or isinstance(value, str):
+    if isinstance(value, Mapping | str | MorsePair | BarrierPair):
         value = [value]
     out = []
     seen = set()
     for k, item in enumerate(value):
         where = f"pair_potential[{k}]"
-        if isinstance(item, MorsePair):
-            item = dataclasses.asdict(item) | {"kind": "morse"}
+        if isinstance(item, MorsePair | BarrierPair):
+            item = pair_term_dict(item)
         if not isinstance(item, Mapping):
-            raise TypeError(f"{where} must be a mapping with kind: morse, got {item!r}")
+            raise TypeError(f"{where} must be a mapping with a kind, got {item!r}")
         item = dict(item)
         kind = item.pop("kind", "morse")
-        if kind != "morse":
-            raise ValueError(f"{where}: unknown kind {kind!r}; supported: 'morse'")
-        missing = [key for key in _MORSE_KEYS if key not in item]
-        extra = sorted(set(item) - set(_MORSE_KEYS))
+        if kind not in _PAIR_KINDS:
+            raise ValueError(f"{where}: unknown kind {kind!r}; supported: {sorted(_PAIR_KINDS)}")
+        cls = _PAIR_KINDS[kind]
+        keys = [f.name for f in dataclasses.fields(cls)]
+        missing = [key for key in keys if key not in item]
+        extra = sorted(set(item) - set(keys))
         if missing or extra:
-            raise ValueError(f"{where}: missing keys {missing}, unknown keys {extra}")
+            raise ValueError(f"{where} ({kind}): missing keys {missing}, unknown keys {extra}")
         types = item["types"]
         if isinstance(types, str) or len(types) != 2:
             raise ValueError(f"{where}: types must be two chemical symbols, got {types!r}")
@@ -111,23 +154,21 @@ def parse_pair_potential(value, type_names: Sequence[str], r_max: float) -> tupl
         if unknown:
             raise ValueError(f"{where}: types {unknown} are not in type_names {list(type_names)}")
         nums = {}
-        for key in ("D", "a", "r0", "r_cut"):
+        for key in keys[1:]:
             v = item[key]
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ValueError(f"{where}: {key} must be a finite number, got {v!r}")
             if v <= 0:
                 raise ValueError(f"{where}: {key} must be > 0, got {v}")
             nums[key] = float(v)
-        if not nums["r0"] < nums["r_cut"] <= r_max:
-            raise ValueError(
-                f"{where}: need r0 < r_cut <= r_max ({r_max} Å), got r0 = {nums['r0']}, "
-                f"r_cut = {nums['r_cut']}"
-            )
-        key = frozenset(types)
+        problem = _pair_order_problem(kind, nums, r_max)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+        key = (kind, frozenset(types))
         if key in seen:
-            raise ValueError(f"{where}: a second term for the pair {sorted(key)}")
+            raise ValueError(f"{where}: a second {kind} term for the pair {sorted(key[1])}")
         seen.add(key)
-        out.append(MorsePair(types=types, **nums))
+        out.append(cls(types=types, **nums))
     return tuple(out)
 
 
@@ -152,7 +193,7 @@ class AllegroConfig:
         per_type_energy_shifts: μ_t (same forms).
         pair_potential: fixed pair terms added to the learned energy
             (:mod:`allegro_jax.nn.pair`): a list of ``{kind: morse, types: [A, B], D, a, r0,
-            r_cut}`` mappings or :class:`MorsePair`.
+            r_cut}`` or ``{kind: barrier, types: [A, B], height, r_lo, r_hi}`` mappings.
         model_dtype: ``"float32"`` or ``"float64"`` for parameters and features.
     """
 
@@ -191,7 +232,7 @@ class AllegroConfig:
     per_type_energy_shifts: Any = None
     per_type_energy_scales_trainable: bool = False
     per_type_energy_shifts_trainable: bool = False
-    pair_potential: tuple[MorsePair, ...] = ()
+    pair_potential: tuple = ()
     model_dtype: str = "float32"
 
     def __post_init__(self):
@@ -313,7 +354,9 @@ class AllegroConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["pair_potential"] = [pair_term_dict(term) for term in self.pair_potential]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> AllegroConfig:

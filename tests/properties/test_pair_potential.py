@@ -1,4 +1,4 @@
-"""The fixed Morse pair baseline (``pair_potential``): values, forces, config, statistics."""
+"""Fixed pair terms (``pair_potential``: Morse, barrier): values, forces, config, statistics."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from allegro_jax.train.export import load_model, save_model
 from allegro_jax.train.loop import complete_model_config
 
 OH = dict(kind="morse", types=["O", "H"], D=4.4834, a=2.287, r0=0.981, r_cut=3.0)
+BARRIER = dict(kind="barrier", types=["H", "O"], height=1.0, r_lo=1.1, r_hi=1.36)
 R_MAX = 3.5
 
 
@@ -34,7 +35,7 @@ def config(generation="current", **kw) -> AllegroConfig:
         latent_mlp_latent_dimensions=(8,),
         edge_eng_mlp_latent_dimensions=(8,),
         model_dtype="float64",
-        pair_potential=[OH],
+        pair_potential=[OH, BARRIER],
     )
     return AllegroConfig(**(base | kw))
 
@@ -44,6 +45,11 @@ def morse_times_envelope(r, D, a, r0, r_cut, **_):
     x = r / r_cut
     u = 1 - 28 * x**6 + 48 * x**7 - 21 * x**8 if x < 1 else 0.0
     return D * ((1 - np.exp(-a * (r - r0))) ** 2 - 1) * u
+
+
+def barrier(r, height, r_lo, r_hi, **_):
+    t = (2 * r - r_lo - r_hi) / (r_hi - r_lo)
+    return height * (1 - t * t) ** 3 if abs(t) < 1 else 0.0
 
 
 def energy(cfg, params, structures, forces=False):
@@ -62,14 +68,15 @@ def test_dimer_energy_is_the_formula(generation):
     without = with_pair.replace(pair_potential=())
     params = make_model(with_pair)[0](jax.random.PRNGKey(0))
     for numbers, expect_pair in (([8, 1], True), ([1, 1], False), ([8, 8], False)):
-        for r in (0.8, 0.981, 1.4, 2.2, 2.99, 3.2):
+        for r in (0.8, 0.981, 1.1, 1.15, 1.23, 1.3, 1.4, 2.2, 2.99, 3.2):
             s = Structure(numbers=np.array(numbers), positions=np.array([[0, 0, 0], [r, 0, 0.0]]))
             (e1,), _ = energy(with_pair, params, [s])
             (e0,), _ = energy(without, params, [s])
-            want = morse_times_envelope(r, **OH) if expect_pair else 0.0
+            want = morse_times_envelope(r, **OH) + barrier(r, **BARRIER) if expect_pair else 0.0
             np.testing.assert_allclose(e1 - e0, want, rtol=1e-10, atol=1e-12)
-    # the well: -D at r0 up to the envelope's (small) factor
+    # the well: -D at r0 up to the envelope's (small) factor; the barrier's top at mid-range
     assert morse_times_envelope(0.981, **OH) == pytest.approx(-4.4834, rel=0.02)
+    assert barrier(1.23, **BARRIER) == pytest.approx(1.0)
 
 
 def test_forces_are_minus_gradient_with_pair_term():
@@ -98,6 +105,7 @@ def test_forces_are_minus_gradient_with_pair_term():
         (dict(D=-1.0), "D must be > 0"),
         (dict(a=float("nan")), "a must be a finite number"),
         (dict(kind="lj"), "unknown kind 'lj'"),
+        (dict(kind="barrier"), r"\(barrier\): missing keys \['height', 'r_lo', 'r_hi'\]"),
         (dict(depth=1.0), r"unknown keys \['depth'\]"),
     ],
 )
@@ -105,10 +113,12 @@ def test_bad_pair_potential_is_named(change, match):
     with pytest.raises((ValueError, TypeError), match=match):
         config(pair_potential=[OH | change])
     bad = {k: v for k, v in OH.items() if k != "r0"}
-    with pytest.raises(ValueError, match=r"pair_potential\[0\]: missing keys \['r0'\]"):
+    with pytest.raises(ValueError, match=r"pair_potential\[0\] \(morse\): missing keys \['r0'\]"):
         config(pair_potential=[bad])
-    with pytest.raises(ValueError, match=r"pair_potential\[1\]: a second term"):
+    with pytest.raises(ValueError, match=r"pair_potential\[1\]: a second morse term"):
         config(pair_potential=[OH, OH | dict(types=["H", "O"])])
+    with pytest.raises(ValueError, match=r"need r_lo < r_hi <= r_max"):
+        config(pair_potential=[BARRIER | dict(r_lo=1.4)])
 
 
 def test_config_and_saved_model_round_trip(tmp_path):
