@@ -7,6 +7,8 @@ Subcommands (run from the repository root; outputs under experiments/water/runs/
     python experiments/water/run.py nve-check             # 2 ps NVE from the md64 state
     python experiments/water/run.py md --size 512 --ps 25  # 55 min on one CPU core
     python experiments/water/run.py analyse               # results.json, rdf.png, msd.png
+    python experiments/water/run.py stretch --models train  # bond-stretch probes -> stretch.json
+    python experiments/water/run.py augment  # synthetic stretched-bond frames (README, attempt E)
 
 ``train --config C --run R`` trains another model into ``runs/R``; ``md --model R --out O
 --temperature T`` runs it (e.g. a hotter stability test). ``md`` resumes from its checkpoint
@@ -52,7 +54,76 @@ def _cli(args: list[str]) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = [arg for kv in args.set for arg in ("--set", kv)]
     config = Path(args.config) if args.config else HERE / "train.yaml"
+    names_augmented = config.exists() and AUGMENTED_FILE.name in config.read_text()
+    if names_augmented and not AUGMENTED_FILE.exists():
+        augment()
     return _cli(["train", str(config), "--workdir", str(RUNS / args.run), *overrides])
+
+
+# Synthetic stretched-bond frames (``augment``): the O–H Morse bond of the flexible
+# TIP4P/2005f water model (González & Abascal, J. Chem. Phys. 135, 224516 (2011):
+# D_r = 432.581 kJ/mol, beta = 22.87 /nm), with r0 the mean O–H bond of the DFT frames.
+MORSE_D_EV, MORSE_A_PER_A, MORSE_R0_A = 4.4834, 2.287, 0.981
+STRETCH_RANGE_A = (1.15, 2.2)  # O–H distance of the moved H (DFT frames: <= 1.138 Å)
+STRETCH_MIN_OTHER_O_A, STRETCH_MIN_H_A = 1.5, 1.3  # keep the moved H clear of other atoms
+STRETCH_LABEL_CAP_EV = 1.0  # label: DFT energy + min(Morse energy change, this)
+AUGMENTED_FILE = RUNS / "augmented" / "water_train_plus_stretched.extxyz"
+
+
+def morse_oh(r):
+    return MORSE_D_EV * ((1.0 - np.exp(-MORSE_A_PER_A * (r - MORSE_R0_A))) ** 2 - 1.0)
+
+
+def stretched_frame(atoms, rng: np.random.Generator, energy: float):
+    """A copy of a DFT frame with one H moved to 1.15–2.2 Å from its O (direction: the bond
+    direction plus an isotropic perturbation), labelled ``energy + min(ΔV_Morse, cap)`` and
+    no forces; ``None`` when 100 tries find no placement clear of the other atoms."""
+    import ase
+
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    cell = np.array(atoms.cell)
+    is_o = atoms.numbers == 8
+    for _ in range(100):
+        h = rng.choice(np.flatnonzero(atoms.numbers == 1))
+        oh = minimum_image_vectors(atoms.positions[h] - atoms.positions[is_o], cell)
+        dist = np.linalg.norm(oh, axis=1)
+        k = np.argmin(dist)
+        direction = oh[k] / dist[k] + rng.normal(scale=0.5, size=3)
+        d = rng.uniform(*STRETCH_RANGE_A)
+        new = atoms.positions[is_o][k] + d * direction / np.linalg.norm(direction)
+        to_all = np.linalg.norm(minimum_image_vectors(new - atoms.positions, cell), axis=1)
+        to_all[h] = np.inf
+        other_o = np.delete(to_all[is_o], k)
+        if other_o.min() < STRETCH_MIN_OTHER_O_A or to_all[~is_o].min() < STRETCH_MIN_H_A:
+            continue
+        positions = atoms.positions.copy()
+        positions[h] = new
+        out = ase.Atoms(atoms.numbers, positions=positions, cell=cell, pbc=True)
+        cost = min(morse_oh(d) - morse_oh(dist[k]), STRETCH_LABEL_CAP_EV)
+        out.info["energy"] = energy + cost
+        out.info["synthetic"] = f"H {h} moved {dist[k]:.3f} -> {d:.3f} A from O"
+        return out
+    return None
+
+
+def augment(every: int = 2, seed: int = 0) -> Path:
+    """DFT training frames + one synthetic stretched-bond frame per ``every`` of them."""
+    import ase.io
+
+    frames = ase.io.read(TRAIN_FILE, index=":")
+    rng = np.random.default_rng(seed)
+    extra = []
+    for atoms in frames[::every]:
+        made = stretched_frame(atoms, rng, atoms.get_potential_energy())
+        if made is not None:
+            extra.append(made)
+    AUGMENTED_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = AUGMENTED_FILE.with_suffix(".tmp.extxyz")
+    ase.io.write(tmp, frames + extra, format="extxyz")
+    tmp.replace(AUGMENTED_FILE)
+    print(f"wrote {AUGMENTED_FILE}: {len(frames)} DFT + {len(extra)} synthetic frames")
+    return AUGMENTED_FILE
 
 
 def _start_structure(size: int) -> Path:
@@ -174,6 +245,109 @@ def first_broken_frame(frames) -> int | None:
         if not (np.all(close.sum(1) == 2) and np.all(close.sum(0) == 1)):
             return k
     return None
+
+
+STRETCH_DISTANCES = (0.98, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0)  # Å, O to moved H
+
+
+def stretch_profile(frames, calc, distances=STRETCH_DISTANCES, every: int = 8) -> np.ndarray:
+    """Energy change (eV) when one H is moved along its O→H direction to distance ``d`` from
+    its O, ``[n_probes, len(distances)]``; relative to the unmoved frame. Every ``every``-th H
+    of each frame is probed, one at a time. A physical model costs energy at every ``d`` past
+    the bond length (a water O–H bond is worth ~4.5 eV); a learned energy that falls there
+    has a hole that MD can find."""
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    rows = []
+    for frame in frames:
+        atoms = frame.copy()
+        atoms.calc = calc
+        e0 = atoms.get_potential_energy()
+        start = atoms.positions.copy()
+        is_o = atoms.numbers == 8
+        for h in np.flatnonzero(atoms.numbers == 1)[::every]:
+            oh = minimum_image_vectors(start[h] - start[is_o], np.array(atoms.cell))  # O→H
+            k = np.argmin(np.linalg.norm(oh, axis=1))
+            unit = oh[k] / np.linalg.norm(oh[k])
+            row = []
+            for d in distances:
+                moved = start.copy()
+                moved[h] = start[is_o][k] + d * unit
+                atoms.positions = moved
+                row.append(atoms.get_potential_energy() - e0)
+            rows.append(row)
+    return np.asarray(rows)
+
+
+APPROACH_DISTANCES = (1.8, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0)  # Å, H to acceptor O
+
+
+def approach_profile(frames, calc, distances=APPROACH_DISTANCES, every: int = 8) -> np.ndarray:
+    """Energy change (eV) when the molecule accepting an H's hydrogen bond (second-nearest O
+    within 2.2 Å, with its two nearest H) is moved rigidly along the H···O line until that
+    distance is ``d``, ``[n_probes, len(distances)]``. Below the 1.33 Å that no DFT frame
+    goes under, a physical model rises steeply (the molecules overlap); a fall is a path
+    for two molecules to collapse into each other."""
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    rows = []
+    for frame in frames:
+        atoms = frame.copy()
+        atoms.calc = calc
+        e0 = atoms.get_potential_energy()
+        start = atoms.positions.copy()
+        cell = np.array(atoms.cell)
+        o_idx, h_idx = np.flatnonzero(atoms.numbers == 8), np.flatnonzero(atoms.numbers == 1)
+        for h in h_idx[::every]:
+            to_o = minimum_image_vectors(start[o_idx] - start[h], cell)  # H→O
+            dist = np.linalg.norm(to_o, axis=1)
+            acceptor = np.argsort(dist)[1]
+            if dist[acceptor] > 2.2:
+                continue
+            unit = to_o[acceptor] / dist[acceptor]
+            o_a = o_idx[acceptor]
+            own_h = minimum_image_vectors(start[h_idx] - start[o_a], cell)
+            molecule = [o_a, *h_idx[np.argsort(np.linalg.norm(own_h, axis=1))[:2]]]
+            row = []
+            for d in distances:
+                moved = start.copy()
+                moved[molecule] += (d - dist[acceptor]) * unit
+                atoms.positions = moved
+                row.append(atoms.get_potential_energy() - e0)
+            rows.append(row)
+    return np.asarray(rows)
+
+
+def cmd_stretch(args: argparse.Namespace) -> int:
+    """Stretched-bond and approach profiles of trained models on validation frames ->
+    stretch.json and a printed table (median and minimum over the probes)."""
+    import ase.io
+
+    from allegro_jax import AllegroCalculator
+
+    frames = ase.io.read(VALID_FILE, index=f":{args.frames}")
+    out = {"frames": args.frames, "models": {}}
+    probes = {
+        "stretch": (stretch_profile, STRETCH_DISTANCES, "H moved to d from its O"),
+        "approach": (approach_profile, APPROACH_DISTANCES, "acceptor O moved to d from the H"),
+    }
+    for name in args.models:
+        calc = AllegroCalculator.from_model_dir(RUNS / name / "model")
+        out["models"][name] = {}
+        for probe, (fn, distances, what) in probes.items():
+            de = fn(frames, calc)
+            out["models"][name][probe] = {
+                "what": what,
+                "distances_A": list(distances),
+                "n_probes": len(de),
+                "median_eV": np.median(de, axis=0).tolist(),
+                "min_eV": de.min(axis=0).tolist(),
+            }
+            print(f"{probe} ({what}), d (Å): " + " ".join(f"{d:6.2f}" for d in distances))
+            for label, values in (("median", np.median(de, 0)), ("min", de.min(0))):
+                print(f"  {name:>16} {label:>6} " + " ".join(f"{v:6.2f}" for v in values))
+    (HERE / "stretch.json").write_text(json.dumps(out, indent=1) + "\n")
+    return 0
 
 
 def _speed(run: Path) -> dict | None:
@@ -497,6 +671,12 @@ def main(argv: list[str] | None = None) -> int:
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
     p.set_defaults(func=cmd_analyse)
+    p = sub.add_parser("augment", help="DFT + synthetic stretched-bond frames (attempt E)")
+    p.set_defaults(func=lambda args: 0 if augment() else 1)
+    p = sub.add_parser("stretch", help="stretched O-H bonds and approaching molecules")
+    p.add_argument("--models", nargs="+", default=["train"], help="trained run folders")
+    p.add_argument("--frames", type=int, default=4, help="validation frames to probe")
+    p.set_defaults(func=cmd_stretch)
     args = parser.parse_args(argv)
     t0 = time.time()
     rc = args.func(args)

@@ -107,3 +107,102 @@ def test_train_and_md_command_lines(run, monkeypatch):
     assert flag["--temperature"] == "350.0" and flag["--seed"] == "7"
     assert flag["--until-step"] == str(round(2000 / run.DT_FS))
     assert flag["--ensemble"] == "nvt_nose_hoover" and "--restart" not in args
+
+
+def test_stretch_profile_of_a_pure_morse_model(run, tmp_path):
+    """Network weights zero, so the energy is the O–H Morse term alone: the profile is the
+    formula's difference, for both H of a molecule that straddles the periodic boundary."""
+    import jax
+
+    from allegro_jax import AllegroCalculator, AllegroConfig, make_model
+    from allegro_jax.train.export import save_model
+
+    morse = dict(types=["O", "H"], D=4.5, a=2.3, r0=0.98, r_cut=3.0)
+    cfg = AllegroConfig(
+        type_names=("H", "O"),
+        r_max=3.5,
+        l_max=1,
+        num_layers=1,
+        num_scalar_features=8,
+        num_tensor_features=4,
+        pair_potential=[morse],
+    )
+    params = jax.tree.map(np.zeros_like, make_model(cfg)[0](jax.random.PRNGKey(0)))
+    save_model(tmp_path / "model", cfg, params)
+    calc = AllegroCalculator.from_model_dir(tmp_path / "model")
+    box = 12.0
+    mol = ase.Atoms(
+        "OHH",
+        positions=[[0.2, 6.0, 6.0], [-0.77, 6.0, 6.0], [0.44, 6.95, 6.0]],  # H0 wraps in x
+        cell=np.eye(3) * box,
+        pbc=True,
+    )
+    mol.wrap()
+
+    def pair(r):
+        x = r / 3.0
+        u = 1 - 28 * x**6 + 48 * x**7 - 21 * x**8 if x < 1 else 0.0
+        return 4.5 * ((1 - np.exp(-2.3 * (r - 0.98))) ** 2 - 1) * u
+
+    d = (1.0, 1.3, 1.8)
+    de = run.stretch_profile([mol], calc, distances=d, every=1)
+    start = (0.97, np.hypot(0.24, 0.95))  # O–H distances of the two H
+    want = [[pair(x) - pair(r0) for x in d] for r0 in start]
+    np.testing.assert_allclose(de, want, atol=2e-4)  # float32 model
+    assert np.all(de[:, 1:] > 1.0)  # a stretched bond costs energy
+
+
+def test_stretched_frames_move_one_h_clear_of_others_with_the_morse_label(run):
+    rng = np.random.default_rng(0)
+    box = _water_box(n_side=3, spacing=3.1)
+    for _ in range(20):
+        made = run.stretched_frame(box, rng, energy=-100.0)
+        assert made is not None
+        moved = np.flatnonzero(np.any(np.abs(made.positions - box.positions) > 1e-9, axis=1))
+        assert len(moved) == 1 and made.numbers[moved[0]] == 1
+        h = moved[0]
+        d_new = made.get_distances(h, range(len(made)), mic=True)
+        d_old = box.get_distances(h, range(len(box)), mic=True)
+        own = np.argmin(np.where(box.numbers == 8, d_old, np.inf))  # its O before the move
+        assert run.STRETCH_RANGE_A[0] <= d_new[own] <= run.STRETCH_RANGE_A[1]
+        others = np.delete(np.arange(len(made)), [h, own])
+        o, hh = others[made.numbers[others] == 8], others[made.numbers[others] == 1]
+        assert d_new[o].min() >= run.STRETCH_MIN_OTHER_O_A
+        assert d_new[hh].min() >= run.STRETCH_MIN_H_A
+        want = -100.0 + run.morse_oh(d_new[own]) - run.morse_oh(d_old[own])
+        want = -100.0 + min(want + 100.0, run.STRETCH_LABEL_CAP_EV)
+        assert made.info["energy"] == pytest.approx(want, abs=1e-9)
+        assert made.info["energy"] > -100.0 + 0.3  # stretching to >= 1.15 Å costs energy
+    assert run.morse_oh(run.MORSE_R0_A) == pytest.approx(-run.MORSE_D_EV)
+
+
+def test_approach_profile_moves_the_acceptor_molecule_rigidly_to_each_distance(run):
+    """A recording calculator: the acceptor O ends at d from the H, its molecule unchanged."""
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    seen = []
+
+    class Recorder(Calculator):
+        implemented_properties = ("energy",)
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            seen.append(atoms.positions.copy())
+            self.results = {"energy": 0.0}
+
+    box = _water_box(n_side=3, spacing=2.9)  # H-bond-like contacts below 2.2 Å
+    de = run.approach_profile([box], Recorder(), distances=(1.5, 1.2), every=1)
+    assert de.shape[0] > 0 and np.all(de == 0.0)
+    start, moved = seen[0], seen[1:]
+    cell = np.array(box.cell)
+    for positions, d in zip(moved, [1.5, 1.2] * len(de), strict=True):
+        shift = positions - start
+        changed = np.flatnonzero(np.linalg.norm(shift, axis=1) > 1e-9)
+        assert len(changed) == 3 and (box.numbers[changed] == [8, 1, 1]).all()
+        assert np.allclose(shift[changed], shift[changed[0]])  # rigid translation
+        o_a = changed[0]
+        h = [k for k in range(len(box)) if box.numbers[k] == 1 and k not in changed]
+        dist = np.linalg.norm(minimum_image_vectors(positions[h] - positions[o_a], cell), axis=1)
+        assert np.isclose(dist, d, atol=1e-9).any()
