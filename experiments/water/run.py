@@ -250,6 +250,25 @@ def first_broken_frame(frames) -> int | None:
 STRETCH_DISTANCES = (0.98, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0)  # Å, O to moved H
 
 
+def _energy_profile(frames, calc, distances, placements) -> np.ndarray:
+    """Energy changes (eV) relative to each unmoved frame, ``[n_probes, len(distances)]``.
+
+    ``placements(atoms, start)`` yields, per probe, a function ``d -> positions``."""
+    rows = []
+    for frame in frames:
+        atoms = frame.copy()
+        atoms.calc = calc
+        e0 = atoms.get_potential_energy()
+        start = atoms.positions.copy()
+        for place in placements(atoms, start):
+            row = []
+            for d in distances:
+                atoms.positions = place(d)
+                row.append(atoms.get_potential_energy() - e0)
+            rows.append(row)
+    return np.asarray(rows)
+
+
 def stretch_profile(frames, calc, distances=STRETCH_DISTANCES, every: int = 8) -> np.ndarray:
     """Energy change (eV) when one H is moved along its O→H direction to distance ``d`` from
     its O, ``[n_probes, len(distances)]``; relative to the unmoved frame. Every ``every``-th H
@@ -258,25 +277,21 @@ def stretch_profile(frames, calc, distances=STRETCH_DISTANCES, every: int = 8) -
     has a hole that MD can find."""
     from allegro_jax.md.analysis import minimum_image_vectors
 
-    rows = []
-    for frame in frames:
-        atoms = frame.copy()
-        atoms.calc = calc
-        e0 = atoms.get_potential_energy()
-        start = atoms.positions.copy()
+    def placements(atoms, start):
         is_o = atoms.numbers == 8
         for h in np.flatnonzero(atoms.numbers == 1)[::every]:
             oh = minimum_image_vectors(start[h] - start[is_o], np.array(atoms.cell))  # O→H
             k = np.argmin(np.linalg.norm(oh, axis=1))
             unit = oh[k] / np.linalg.norm(oh[k])
-            row = []
-            for d in distances:
+
+            def place(d, h=h, origin=start[is_o][k], unit=unit):
                 moved = start.copy()
-                moved[h] = start[is_o][k] + d * unit
-                atoms.positions = moved
-                row.append(atoms.get_potential_energy() - e0)
-            rows.append(row)
-    return np.asarray(rows)
+                moved[h] = origin + d * unit
+                return moved
+
+            yield place
+
+    return _energy_profile(frames, calc, distances, placements)
 
 
 APPROACH_DISTANCES = (1.8, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0)  # Å, H to acceptor O
@@ -290,12 +305,7 @@ def approach_profile(frames, calc, distances=APPROACH_DISTANCES, every: int = 8)
     for two molecules to collapse into each other."""
     from allegro_jax.md.analysis import minimum_image_vectors
 
-    rows = []
-    for frame in frames:
-        atoms = frame.copy()
-        atoms.calc = calc
-        e0 = atoms.get_potential_energy()
-        start = atoms.positions.copy()
+    def placements(atoms, start):
         cell = np.array(atoms.cell)
         o_idx, h_idx = np.flatnonzero(atoms.numbers == 8), np.flatnonzero(atoms.numbers == 1)
         for h in h_idx[::every]:
@@ -304,18 +314,19 @@ def approach_profile(frames, calc, distances=APPROACH_DISTANCES, every: int = 8)
             acceptor = np.argsort(dist)[1]
             if dist[acceptor] > 2.2:
                 continue
-            unit = to_o[acceptor] / dist[acceptor]
             o_a = o_idx[acceptor]
             own_h = minimum_image_vectors(start[h_idx] - start[o_a], cell)
             molecule = [o_a, *h_idx[np.argsort(np.linalg.norm(own_h, axis=1))[:2]]]
-            row = []
-            for d in distances:
+            unit = to_o[acceptor] / dist[acceptor]
+
+            def place(d, molecule=molecule, now=dist[acceptor], unit=unit):
                 moved = start.copy()
-                moved[molecule] += (d - dist[acceptor]) * unit
-                atoms.positions = moved
-                row.append(atoms.get_potential_energy() - e0)
-            rows.append(row)
-    return np.asarray(rows)
+                moved[molecule] += (d - now) * unit
+                return moved
+
+            yield place
+
+    return _energy_profile(frames, calc, distances, placements)
 
 
 def cmd_stretch(args: argparse.Namespace) -> int:
