@@ -151,7 +151,9 @@ def _md_args(
     until_step: int,
     model: str = "train",
     temperature: float = TEMPERATURE_K,
+    dt: float = DT_FS,
 ) -> list[str]:
+    log_every = round(LOG_EVERY * DT_FS / dt)  # a thermo row every 10 fs whatever the step
     return [
         "md",
         "--model",
@@ -163,7 +165,7 @@ def _md_args(
         "--ensemble",
         ensemble,
         "--dt",
-        str(DT_FS),
+        str(dt),
         "--temperature",
         str(temperature),
         "--tau-t",
@@ -171,7 +173,7 @@ def _md_args(
         "--skin",
         str(SKIN),
         "--log-every",
-        str(LOG_EVERY),
+        str(log_every),
         "--logs-per-chunk",
         str(LOGS_PER_CHUNK),
         "--until-step",
@@ -187,9 +189,10 @@ def cmd_md(args: argparse.Namespace) -> int:
         out,
         _start_structure(args.size),
         "nvt_nose_hoover",
-        round(args.ps * 1000 / DT_FS),
+        round(args.ps * 1000 / args.dt),
         model=args.model,
         temperature=args.temperature,
+        dt=args.dt,
     )
     if (out / "checkpoint.npz").exists():
         cli.append("--restart")
@@ -223,12 +226,21 @@ def cmd_nve_check(args: argparse.Namespace) -> int:
     return _cli([*_md_args(out, _start_structure(64), "nve", start + steps), "--restart"])
 
 
+def _dt_fs(run: Path) -> float:
+    """The run's timestep, from its thermo log (``time_fs / step``)."""
+    first = np.genfromtxt(run / "thermo.csv", delimiter=",", names=True, max_rows=1)
+    return float(first["time_fs"] / first["step"])
+
+
 def _frames(run: Path, skip_ps: float):
+    """The run's frames from ``skip_ps`` on, each with ``info["time_fs"]``."""
     import ase.io
 
+    dt = _dt_fs(run)
     frames = ase.io.read(run / "trajectory.extxyz", index=":")
-    frames = [f for f in frames if f.info["step"] * DT_FS >= skip_ps * 1000]
-    return frames
+    for f in frames:
+        f.info["time_fs"] = f.info["step"] * dt
+    return [f for f in frames if f.info["time_fs"] >= skip_ps * 1000]
 
 
 def first_broken_frame(frames) -> int | None:
@@ -378,7 +390,7 @@ def _speed(run: Path) -> dict | None:
     return {
         "steps_per_s": rate,
         "atom_steps_per_s": rate * n_atoms,
-        "ns_per_day": rate * DT_FS * 1e-6 * 86400,
+        "ns_per_day": rate * _dt_fs(run) * 1e-6 * 86400,
         "total_steps": steps,
         "total_wall_s": wall,
         "load_average_1min": [r["load_average"][0] for r in rows],
@@ -450,7 +462,7 @@ def _observables(frames, rdfs, g_dft, r):
     pos = unwrap(np.stack([f.positions for f in frames]), cell)
     pos = remove_center_of_mass_drift(pos, frames[0].get_masses())
     oxygen = np.array(frames[0].get_chemical_symbols()) == "O"
-    dt_frame_ps = (frames[1].info["step"] - frames[0].info["step"]) * DT_FS / 1000
+    dt_frame_ps = (frames[1].info["time_fs"] - frames[0].info["time_fs"]) / 1000
     lags, msd = mean_squared_displacement(pos[:, oxygen], max_lag=len(frames) // 2)
     t = lags * dt_frame_ps
     if t[-1] < MSD_FIT_PS[1]:
@@ -531,18 +543,17 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         broken = first_broken_frame(all_frames)
         end_fs = thermo["time_fs"][-1]
         if broken is not None:  # production ends at the last intact frame
-            end_fs = all_frames[max(broken - 1, 0)].info["step"] * DT_FS
-        frames = [
-            f for f in all_frames if EQUILIBRATION_PS * 1000 <= f.info["step"] * DT_FS <= end_fs
-        ]
+            end_fs = all_frames[max(broken - 1, 0)].info["time_fs"]
+        frames = [f for f in all_frames if EQUILIBRATION_PS * 1000 <= f.info["time_fs"] <= end_fs]
         prod = (thermo["time_fs"] >= EQUILIBRATION_PS * 1000) & (thermo["time_fs"] <= end_fs)
         info: dict = {
             "n_molecules": size,
             "n_atoms": len(all_frames[0]),
+            "dt_fs": _dt_fs(run),
             "simulated_ps": float(thermo["time_fs"][-1] / 1000),
             "molecules_intact_until_ps": None
             if broken is None
-            else float(all_frames[broken].info["step"] * DT_FS / 1000),
+            else float(all_frames[broken].info["time_fs"] / 1000),
             "production_ps": float(max(end_fs - EQUILIBRATION_PS * 1000, 0) / 1000),
             "production_frames": len(frames),
             "mean_temperature_K": float(np.mean(thermo["temperature_K"][prod]))
@@ -559,10 +570,10 @@ def cmd_analyse(args: argparse.Namespace) -> int:
                 if curve is not None:
                     md_curves[label], fits[label] = curve
         if broken is not None:  # sensitivity: the whole run after equilibration, defects incl.
-            tail = [f for f in all_frames if f.info["step"] * DT_FS >= EQUILIBRATION_PS * 1000]
+            tail = [f for f in all_frames if f.info["time_fs"] >= EQUILIBRATION_PS * 1000]
             part, _, _ = _observables(tail, rdfs, g_dft, r)
             part["production_ps"] = float(
-                (tail[-1].info["step"] - tail[0].info["step"]) * DT_FS / 1000
+                (tail[-1].info["time_fs"] - tail[0].info["time_fs"]) / 1000
             )
             info["whole_run_including_defects"] = part
         results["runs"][name] = info
@@ -668,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder under runs/ (default mdN)")
     p.add_argument("--temperature", type=float, default=TEMPERATURE_K, help="K")
     p.add_argument("--seed", type=int, default=None, help="velocity seed (default 0)")
+    p.add_argument("--dt", type=float, default=DT_FS, help="timestep, fs (default 1)")
     p.set_defaults(func=cmd_md)
     p = sub.add_parser("nve-check")
     p.add_argument("--ps", type=float, default=2.0)

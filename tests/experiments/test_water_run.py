@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ase
+import ase.io
 import numpy as np
 import pytest
 import systems
@@ -63,7 +64,7 @@ def test_diffusion_blocks_recover_a_known_coefficient(run):
             cell=np.eye(3) * 1000.0,
             pbc=True,
         )
-        atoms.info["step"] = int(k * dt_ps * 1000 / run.DT_FS)
+        atoms.info["time_fs"] = k * dt_ps * 1000  # as _frames sets it
         frames.append(atoms)
 
     def no_rdf(frames):
@@ -107,6 +108,22 @@ def test_train_and_md_command_lines(run, monkeypatch):
     assert flag["--temperature"] == "350.0" and flag["--seed"] == "7"
     assert flag["--until-step"] == str(round(2000 / run.DT_FS))
     assert flag["--ensemble"] == "nvt_nose_hoover" and "--restart" not in args
+
+    run.main(["md", "--size", "512", "--ps", "3", "--dt", "0.5", "--out", out])
+    args = calls.pop()
+    flag = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    assert flag["--dt"] == "0.5" and flag["--until-step"] == "6000"
+    assert flag["--log-every"] == str(2 * run.LOG_EVERY)  # still a row every 10 fs
+
+
+def test_frames_carry_their_time_from_the_runs_timestep(run, tmp_path):
+    (tmp_path / "thermo.csv").write_text("step,time_fs,temperature_K\n20,10,300\n40,20,301\n")
+    ase.io.write(
+        tmp_path / "trajectory.extxyz", [_water_box(n_side=1, step=s) for s in (200, 400, 600)]
+    )
+    frames = run._frames(tmp_path, skip_ps=0.15)
+    assert [f.info["time_fs"] for f in frames] == [200.0, 300.0]
+    assert run._dt_fs(tmp_path) == 0.5
 
 
 def test_stretch_profile_of_a_pure_morse_model(run, tmp_path):
