@@ -609,17 +609,18 @@ def cmd_analyse(args: argparse.Namespace) -> int:
 def markdown_table(results: dict) -> str:
     """The README's results table from ``results.json``."""
     head = (
-        "| run | molecules | production (ps) | intact until (ps) | ⟨T⟩ (K) | O–O peak max abs Δg "
+        "| run | molecules | dt (fs) | production (ps) | intact until (ps) | ⟨T⟩ (K) "
+        "| O–O peak max abs Δg "
         "| O–O peak height MD / DFT (position, Å) | max abs Δg O–O / O–H / H–H "
-        "| D_O (10⁻⁵ cm²/s) | steps/s | atom-steps/s | ns/day (1 fs) | load avg |\n"
-        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|\n"
+        "| D_O (10⁻⁵ cm²/s) | steps/s | atom-steps/s | ns/day | load avg |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|\n"
     )
     rows = []
     for name, r in results["runs"].items():
         pk, g, sp = r.get("rdf_OO_first_peak"), r.get("rdf_max_abs_diff"), r.get("speed")
         d = r.get("diffusion_O_cm2_per_s")
         rows.append(
-            f"| {name} | {r['n_molecules']} | {r['production_ps']:.1f} "
+            f"| {name} | {r['n_molecules']} | {r.get('dt_fs', DT_FS):g} | {r['production_ps']:.1f} "
             f"| {r['molecules_intact_until_ps'] or '—'} "
             f"| {r['mean_temperature_K']:.1f} "
             + (
