@@ -1,7 +1,7 @@
 """Fixed (untrained) pair terms added to the learned per-atom energies.
 
 For what the training data cannot pin down. The motivating case is liquid water: in every
-training frame each H has exactly one O at 0.89-1.13 Å and the next O at >= 1.44 Å, so the
+training frame each H has exactly one O at 0.89-1.14 Å and the next O at >= 1.33 Å, so the
 learned energy of an H with an O in between is an unconstrained extrapolation, and MD finds
 it when it is low (`experiments/water/`: the Morse term did not fix that case; the barrier
 did, at a 0.5 fs step). Two kinds, each for an unordered pair of types:

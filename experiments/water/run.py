@@ -70,6 +70,15 @@ STRETCH_LABEL_CAP_EV = 1.0  # label: DFT energy + min(Morse energy change, this)
 AUGMENTED_FILE = RUNS / "augmented" / "water_train_plus_stretched.extxyz"
 
 
+def _from_oxygens(positions, h: int, is_o, cell) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-image vectors O→H from every O to the H atom ``h`` (``[n_O, 3]``), and their
+    lengths."""
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    vec = minimum_image_vectors(positions[h] - positions[is_o], np.asarray(cell))
+    return vec, np.linalg.norm(vec, axis=1)
+
+
 def morse_oh(r):
     return MORSE_D_EV * ((1.0 - np.exp(-MORSE_A_PER_A * (r - MORSE_R0_A))) ** 2 - 1.0)
 
@@ -86,8 +95,7 @@ def stretched_frame(atoms, rng: np.random.Generator, energy: float):
     is_o = atoms.numbers == 8
     for _ in range(100):
         h = rng.choice(np.flatnonzero(atoms.numbers == 1))
-        oh = minimum_image_vectors(atoms.positions[h] - atoms.positions[is_o], cell)
-        dist = np.linalg.norm(oh, axis=1)
+        oh, dist = _from_oxygens(atoms.positions, h, is_o, cell)
         k = np.argmin(dist)
         direction = oh[k] / dist[k] + rng.normal(scale=0.5, size=3)
         d = rng.uniform(*STRETCH_RANGE_A)
@@ -287,14 +295,13 @@ def stretch_profile(frames, calc, distances=STRETCH_DISTANCES, every: int = 8) -
     of each frame is probed, one at a time. A physical model costs energy at every ``d`` past
     the bond length (a water O–H bond is worth ~4.5 eV); a learned energy that falls there
     has a hole that MD can find."""
-    from allegro_jax.md.analysis import minimum_image_vectors
 
     def placements(atoms, start):
         is_o = atoms.numbers == 8
         for h in np.flatnonzero(atoms.numbers == 1)[::every]:
-            oh = minimum_image_vectors(start[h] - start[is_o], np.array(atoms.cell))  # O→H
-            k = np.argmin(np.linalg.norm(oh, axis=1))
-            unit = oh[k] / np.linalg.norm(oh[k])
+            oh, dist = _from_oxygens(start, h, is_o, atoms.cell)
+            k = np.argmin(dist)
+            unit = oh[k] / dist[k]
 
             def place(d, h=h, origin=start[is_o][k], unit=unit):
                 moved = start.copy()
@@ -321,15 +328,14 @@ def approach_profile(frames, calc, distances=APPROACH_DISTANCES, every: int = 8)
         cell = np.array(atoms.cell)
         o_idx, h_idx = np.flatnonzero(atoms.numbers == 8), np.flatnonzero(atoms.numbers == 1)
         for h in h_idx[::every]:
-            to_o = minimum_image_vectors(start[o_idx] - start[h], cell)  # H→O
-            dist = np.linalg.norm(to_o, axis=1)
+            from_o, dist = _from_oxygens(start, h, o_idx, cell)
             acceptor = np.argsort(dist)[1]
             if dist[acceptor] > 2.2:
                 continue
             o_a = o_idx[acceptor]
             own_h = minimum_image_vectors(start[h_idx] - start[o_a], cell)
             molecule = [o_a, *h_idx[np.argsort(np.linalg.norm(own_h, axis=1))[:2]]]
-            unit = to_o[acceptor] / dist[acceptor]
+            unit = -from_o[acceptor] / dist[acceptor]  # H→O
 
             def place(d, molecule=molecule, now=dist[acceptor], unit=unit):
                 moved = start.copy()
