@@ -33,9 +33,11 @@ derivative at fixed fractional coordinates, ``σ = (1/V) (∂E/∂h) hᵀ`` (tes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -258,7 +260,8 @@ def with_hashable_metadata(fns: partition.NeighborListFns) -> partition.Neighbor
     """
 
     def allocate(position: Array, extra_capacity: int = 0, **kwargs: Any) -> Any:
-        nbr = fns.allocate(position, extra_capacity=extra_capacity, **kwargs)
+        with _index_cast_quiet():
+            nbr = fns.allocate(position, extra_capacity=extra_capacity, **kwargs)
         if nbr.cell_size is not None and not isinstance(nbr.cell_size, float):
             size = np.asarray(nbr.cell_size)
             if size.size == 1:
@@ -266,6 +269,18 @@ def with_hashable_metadata(fns: partition.NeighborListFns) -> partition.Neighbor
         return nbr
 
     return partition.NeighborListFns(allocate, fns.update)
+
+
+@contextlib.contextmanager
+def _index_cast_quiet() -> Iterator[None]:
+    """Silences one FutureWarning from inside jax-md 0.2.29's sparse list pruning: with x64
+    on it scatters ``arange(N)`` (int64) into an int32 index array. The values are atom
+    indices below N, so the cast loses nothing; the warning would only alarm users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="scatter inputs have incompatible types", category=FutureWarning
+        )
+        yield
 
 
 def volume(box: Array) -> Array:

@@ -152,3 +152,24 @@ def test_box_too_small_for_minimum_image():
     with pytest.raises(ValueError, match="minimum-image"):
         check_box(np.eye(3) * 7.0, 4.0)
     check_box(np.eye(3) * 8.1, 4.0)
+
+
+def test_allocation_is_free_of_jax_md_index_cast_warning():
+    """jax-md 0.2.29 scatters int64 atom indices into an int32 list under x64; our allocate
+    silences exactly that FutureWarning (the values fit) and nothing else."""
+    import warnings
+
+    config = small_config(r_max=4.0)
+    atoms = si_o_crystal(shear=False, rattle=0.1)
+    box, _ = box_from_cell(np.array(atoms.cell))
+    displacement_fn, _ = space.periodic_general(box)
+    neighbor_fn = make_neighbor_fn(config, displacement_fn, box, skin=0.3)
+    frac = jnp.asarray(atoms.positions @ np.linalg.inv(box).T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nbrs = neighbor_fn.allocate(frac)
+    assert int(nbrs.idx.shape[1]) > 0 and not bool(nbrs.did_buffer_overflow)
+    with pytest.warns(FutureWarning, match="scatter inputs have incompatible types"):
+        partition.neighbor_list(  # the bare jax-md list still warns: the filter is needed
+            displacement_fn, box, config.r_max + 0.3, format=partition.Sparse
+        ).allocate(frac)
