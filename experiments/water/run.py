@@ -5,6 +5,7 @@ Subcommands (run from the repository root; outputs under experiments/water/runs/
     python experiments/water/run.py train [--set key=value ...]  # resumes runs/train
     python experiments/water/run.py md --size 64 --ps 25  # NVT 300 K, 192 atoms
     python experiments/water/run.py nve-check             # 2 ps NVE from the md64 state
+    python experiments/water/run.py nve-check --source R --model M  # from run R, its dt
     python experiments/water/run.py md --size 512 --ps 25  # 55 min on one CPU core
     python experiments/water/run.py analyse               # results.json, rdf.png, msd.png
     python experiments/water/run.py stretch --models train  # bond-stretch probes -> stretch.json
@@ -212,13 +213,16 @@ def cmd_md(args: argparse.Namespace) -> int:
 
 
 def cmd_nve_check(args: argparse.Namespace) -> int:
-    """NVE, dt 1 fs, from the 64-molecule NVT frame at ``--from-ps`` (positions, velocities)."""
+    """NVE from the frame at ``--from-ps`` of an NVT run (positions, velocities), with that
+    run's model and timestep unless told otherwise."""
     import ase.io
 
-    out = RUNS / "nve64"
+    source = RUNS / args.source
+    dt = args.dt or _dt_fs(source)
+    out = RUNS / (args.out or ("nve64" if args.source == "md64" else f"nve_{args.source}"))
     if not (out / "checkpoint.npz").exists():
-        frames = ase.io.read(RUNS / "md64" / "trajectory.extxyz", index=":")
-        frame = min(frames, key=lambda f: abs(f.info["step"] * DT_FS - args.from_ps * 1000))
+        frames = ase.io.read(source / "trajectory.extxyz", index=":")
+        frame = min(frames, key=lambda f: abs(f.info["step"] * dt - args.from_ps * 1000))
         out.mkdir(parents=True, exist_ok=True)
         np.savez(  # positions and velocities only: the NVE run starts its own state
             out / "checkpoint.npz",
@@ -229,9 +233,12 @@ def cmd_nve_check(args: argparse.Namespace) -> int:
         )
     start = int(np.load(out / "checkpoint.npz")["step"])
     if (out / "thermo.csv").exists():
-        start = int(np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)["step"][0]) - 10
-    steps = round(args.ps * 1000 / DT_FS)
-    return _cli([*_md_args(out, _start_structure(64), "nve", start + steps), "--restart"])
+        first = np.genfromtxt(out / "thermo.csv", delimiter=",", names=True, max_rows=1)
+        start = int(first["step"]) - round(LOG_EVERY * DT_FS / dt)
+    steps = round(args.ps * 1000 / dt)
+    structure = _start_structure(64)
+    cli = _md_args(out, structure, "nve", start + steps, model=args.model, dt=dt)
+    return _cli([*cli, "--restart"])
 
 
 def _dt_fs(run: Path) -> float:
@@ -583,7 +590,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             )
             info["whole_run_including_defects"] = part
         results["runs"][name] = info
-    for nve_name in ("nve64", "model2/nve64", "nve64_model1"):
+    for nve_name in ("nve64", "model2/nve64", "nve64_model1", "nve_md64_barrier_dt05"):
         nve = RUNS / nve_name / "thermo.csv"
         if not nve.exists():
             continue
@@ -592,7 +599,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         t_ps = (th["time_fs"] - th["time_fs"][0]) / 1000
         slope = np.polyfit(t_ps, e, 1)[0]
         results[nve_name] = {
-            "dt_fs": DT_FS,
+            "dt_fs": _dt_fs(RUNS / nve_name),
             "length_ps": float(t_ps[-1]),
             "max_abs_drift_eV": float(np.max(np.abs(e - e[0]))),
             "max_abs_drift_meV_per_atom": float(np.max(np.abs(e - e[0])) / 192 * 1000),
@@ -690,7 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_md)
     p = sub.add_parser("nve-check")
     p.add_argument("--ps", type=float, default=2.0)
-    p.add_argument("--from-ps", type=float, default=5.0, help="start frame of the md64 run")
+    p.add_argument("--from-ps", type=float, default=5.0, help="start frame of the NVT run")
+    p.add_argument("--source", default="md64", help="64-molecule NVT run folder under runs/")
+    p.add_argument("--model", default="train", help="trained run folder under runs/")
+    p.add_argument("--dt", type=float, default=None, help="fs (default: the source run's)")
+    p.add_argument("--out", default=None, help="output folder (default nve64 or nve_SOURCE)")
     p.set_defaults(func=cmd_nve_check)
     p = sub.add_parser("analyse")
     p.add_argument("--runs", nargs="+", default=["md64", "md512"], help="run folders")

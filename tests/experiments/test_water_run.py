@@ -126,6 +126,32 @@ def test_frames_carry_their_time_from_the_runs_timestep(run, tmp_path):
     assert run._dt_fs(tmp_path) == 0.5
 
 
+def test_nve_check_starts_from_the_source_runs_frame_at_its_timestep(run, tmp_path, monkeypatch):
+    source = tmp_path / "md64_x"
+    source.mkdir()
+    (source / "thermo.csv").write_text("step,time_fs,temperature_K\n20,10,300\n40,20,301\n")
+    frames = []
+    for step in (200, 10000, 20000):  # 0.1, 5 and 10 ps at 0.5 fs
+        atoms = _water_box(n_side=1, step=step)
+        atoms.arrays["velocities_A_per_fs"] = np.full((3, 3), step * 1e-6)
+        frames.append(atoms)
+    ase.io.write(source / "trajectory.extxyz", frames)
+    calls = []
+    monkeypatch.setattr(run, "RUNS", tmp_path)
+    monkeypatch.setattr(run, "_cli", lambda args: calls.append(args) or 0)
+    monkeypatch.setattr(run, "_start_structure", lambda size: Path(f"/tmp/start_{size}.extxyz"))
+    argv = ["nve-check", "--source", "md64_x", "--model", "m", "--ps", "1", "--from-ps", "5"]
+    assert run.main(argv) == 0
+    start = np.load(tmp_path / "nve_md64_x" / "checkpoint.npz")
+    assert int(start["step"]) == 10000
+    np.testing.assert_allclose(start["velocities"], 10000 * 1e-6)
+    args = calls.pop()
+    flag = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    assert flag["--ensemble"] == "nve" and flag["--dt"] == "0.5" and "--restart" in args
+    assert flag["--until-step"] == "12000" and flag["--model"] == str(tmp_path / "m")
+    assert flag["--out"] == str(tmp_path / "nve_md64_x")
+
+
 def test_stretch_profile_of_a_pure_morse_model(run, tmp_path):
     """Network weights zero, so the energy is the O–H Morse term alone: the profile is the
     formula's difference, for both H of a molecule that straddles the periodic boundary."""
