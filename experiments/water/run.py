@@ -8,6 +8,7 @@ Subcommands (run from the repository root; outputs under experiments/water/runs/
     python experiments/water/run.py nve-check --source R --model M  # from run R, its dt
     python experiments/water/run.py md --size 512 --ps 25  # 55 min on one CPU core
     python experiments/water/run.py analyse               # results.json, rdf.png, msd.png
+    python experiments/water/run.py diffusion-blocks --runs A B  # D_O per block and window
     python experiments/water/run.py stretch --models train  # bond-stretch probes -> stretch.json
     python experiments/water/run.py augment  # synthetic stretched-bond frames (README, attempt E)
 
@@ -498,6 +499,57 @@ def _observables(frames, rdfs, g_dft, r):
     return info, g, ((t, msd), (slope, intercept))
 
 
+def oxygen_diffusion(frames) -> float:
+    """D_O (cm²/s) of a list of frames: Einstein fit of the O MSD over ``MSD_FIT_PS``."""
+    from allegro_jax.md.analysis import (
+        diffusion_coefficient,
+        mean_squared_displacement,
+        remove_center_of_mass_drift,
+        unwrap,
+    )
+
+    pos = unwrap(np.stack([f.positions for f in frames]), np.array(frames[0].cell))
+    pos = remove_center_of_mass_drift(pos, frames[0].get_masses())
+    oxygen = np.array(frames[0].get_chemical_symbols()) == "O"
+    dt_frame_ps = (frames[1].info["time_fs"] - frames[0].info["time_fs"]) / 1000
+    lags, msd = mean_squared_displacement(pos[:, oxygen], max_lag=len(frames) // 2)
+    return diffusion_coefficient(lags * dt_frame_ps, msd, MSD_FIT_PS)[0]
+
+
+def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
+    """D_O of each run over one common window (its intact part only) and over consecutive
+    ``--block-ps`` blocks: how much of a difference between runs is sampling."""
+    out: dict = {"window_ps": [EQUILIBRATION_PS, args.until_ps], "block_ps": args.block_ps}
+    out["runs"] = {}
+    for name in args.runs:
+        frames = _frames(RUNS / name, EQUILIBRATION_PS)
+        broken = first_broken_frame(frames)
+        intact = frames if broken is None else frames[:broken]
+        window = [f for f in intact if f.info["time_fs"] <= args.until_ps * 1000 + 1e-6]
+        spacing = frames[1].info["time_fs"] - frames[0].info["time_fs"]
+        length = args.block_ps * 1000
+        per_block, start = [], EQUILIBRATION_PS * 1000
+        while intact and intact[-1].info["time_fs"] >= start + length - spacing:  # whole blocks
+            block = [f for f in intact if start <= f.info["time_fs"] < start + length]
+            per_block.append(oxygen_diffusion(block))
+            start += length
+        out["runs"][name] = {
+            "dt_fs": _dt_fs(RUNS / name),
+            "intact_until_ps": None if broken is None else frames[broken].info["time_fs"] / 1000,
+            "window_end_ps": window[-1].info["time_fs"] / 1000,
+            "D_O_window_1e5_cm2_per_s": oxygen_diffusion(window) * 1e5,
+            "D_O_blocks_1e5_cm2_per_s": [d * 1e5 for d in per_block],
+        }
+        r = out["runs"][name]
+        print(
+            f"{name:24s} dt {r['dt_fs']:g} fs  D_O 5-{r['window_end_ps']:.1f} ps "
+            f"{r['D_O_window_1e5_cm2_per_s']:.2f}  {args.block_ps:g} ps blocks "
+            + " ".join(f"{d:.2f}" for d in r["D_O_blocks_1e5_cm2_per_s"])
+        )
+    (HERE / "diffusion_blocks.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_analyse(args: argparse.Namespace) -> int:
     import ase.io
 
@@ -712,6 +764,11 @@ def main(argv: list[str] | None = None) -> int:
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
     p.set_defaults(func=cmd_analyse)
+    p = sub.add_parser("diffusion-blocks", help="D_O over a common window and in blocks")
+    p.add_argument("--runs", nargs="+", default=["md64", "md64_barrier_dt05"])
+    p.add_argument("--until-ps", type=float, default=42.6, help="end of the common window")
+    p.add_argument("--block-ps", type=float, default=10.0)
+    p.set_defaults(func=cmd_diffusion_blocks)
     p = sub.add_parser("augment", help="DFT + synthetic stretched-bond frames (attempt E)")
     p.set_defaults(func=lambda args: 0 if augment() else 1)
     p = sub.add_parser("stretch", help="stretched O-H bonds and approaching molecules")

@@ -3,6 +3,7 @@ the command lines it hands to ``allegro-jax`` (no training or MD here)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import ase
@@ -78,6 +79,39 @@ def test_diffusion_blocks_recover_a_known_coefficient(run):
     assert all(b == pytest.approx(1e-5, rel=0.3) for b in blocks)
     assert 0 < info["diffusion_O_standard_error_cm2_per_s"] < 3e-6
     assert curve is not None
+
+
+def test_diffusion_blocks_cut_at_the_first_broken_frame(run, tmp_path, monkeypatch):
+    """Rigid molecules on a random walk (D = 1e-5 cm²/s), a frame every 100 fs; one H leaves
+    at 25.1 ps: the window and the 10 ps blocks use only the intact frames before it."""
+    rng = np.random.default_rng(1)
+    n_frames, n_mol = 301, 150
+    steps = rng.normal(scale=np.sqrt(2 * 0.1 * 0.1), size=(n_frames, n_mol, 1, 3))
+    steps[0] = 0.0
+    mol = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    lattice = np.stack(np.meshgrid(*[np.arange(6)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_mol]
+    pos = 100.0 + 20.0 * lattice[None, :, None] + mol + np.cumsum(steps, axis=0)
+    frames = []
+    for k in range(n_frames):
+        p = pos[k].reshape(-1, 3).copy()
+        if k >= 251:
+            p[1] += 2.0  # the first molecule's H, 2.96 Å from its O
+        atoms = ase.Atoms("OHH" * n_mol, positions=p, cell=np.eye(3) * 1000.0, pbc=True)
+        atoms.info["step"] = k * 100
+        frames.append(atoms)
+    out = tmp_path / "walk"
+    out.mkdir()
+    (out / "thermo.csv").write_text("step,time_fs\n10,10\n20,20\n")
+    ase.io.write(out / "trajectory.extxyz", frames)
+    monkeypatch.setattr(run, "RUNS", tmp_path)
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    assert run.main(["diffusion-blocks", "--runs", "walk", "--until-ps", "20"]) == 0
+    got = json.loads((tmp_path / "diffusion_blocks.json").read_text())["runs"]["walk"]
+    assert got["intact_until_ps"] == pytest.approx(25.1)
+    assert got["window_end_ps"] == pytest.approx(20.0)
+    assert got["D_O_window_1e5_cm2_per_s"] == pytest.approx(1.0, rel=0.25)
+    assert len(got["D_O_blocks_1e5_cm2_per_s"]) == 2  # 5-15 and 15-25 ps; 25-30 is cut
+    assert all(d == pytest.approx(1.0, rel=0.35) for d in got["D_O_blocks_1e5_cm2_per_s"])
 
 
 def test_train_and_md_command_lines(run, monkeypatch):
