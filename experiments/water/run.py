@@ -766,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_analyse)
     p = sub.add_parser("diffusion-blocks", help="D_O over a common window and in blocks")
     p.add_argument("--runs", nargs="+", default=["md64", "md64_barrier_dt05"])
-    p.add_argument("--until-ps", type=float, default=42.6, help="end of the common window")
+    p.add_argument("--until-ps", type=float, default=42.7, help="end of the common window")
     p.add_argument("--block-ps", type=float, default=10.0)
     p.set_defaults(func=cmd_diffusion_blocks)
     p = sub.add_parser("augment", help="DFT + synthetic stretched-bond frames (attempt E)")
