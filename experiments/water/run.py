@@ -9,6 +9,7 @@ Subcommands (run from the repository root; outputs under experiments/water/runs/
     python experiments/water/run.py md --size 512 --ps 25  # 55 min on one CPU core
     python experiments/water/run.py analyse               # results.json, rdf.png, msd.png
     python experiments/water/run.py diffusion-blocks --runs A B  # D_O per block and window
+    python experiments/water/run.py barrier  # model 3 + O-H barrier -> runs/attempts/B_barrier
     python experiments/water/run.py stretch --models train  # bond-stretch probes -> stretch.json
     python experiments/water/run.py augment  # synthetic stretched-bond frames (README, attempt E)
 
@@ -499,6 +500,32 @@ def _observables(frames, rdfs, g_dft, r):
     return info, g, ((t, msd), (slope, intercept))
 
 
+BARRIER = {"kind": "barrier", "types": ["O", "H"], "height": 1.0, "r_lo": 1.10, "r_hi": 1.36}
+
+
+def cmd_barrier(args: argparse.Namespace) -> int:
+    """A trained model plus :data:`BARRIER` (attempt B), same weights, in ``runs/OUT/model``.
+
+    The barrier is 1 eV high and zero outside 1.10–1.36 Å, the O–H distances between the
+    longest covalent bond (1.138 Å) and the closest second O (1.327 Å) of all DFT frames."""
+    from allegro_jax.train.export import load_model, save_model
+
+    config, params, _ = load_model(RUNS / args.model)
+    terms = config.to_dict()["pair_potential"]
+    if any(term["kind"] == "barrier" for term in terms):
+        print(f"{args.model} already has a barrier: {terms}")
+        return 1
+    terms = [*terms, BARRIER]
+    out = save_model(
+        RUNS / args.out / "model",
+        config.replace(pair_potential=terms),
+        params,
+        metadata={"weights_from": str(RUNS / args.model), "added": BARRIER},
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def oxygen_diffusion(frames) -> float:
     """D_O (cm²/s) of a list of frames: Einstein fit of the O MSD over ``MSD_FIT_PS``."""
     from allegro_jax.md.analysis import (
@@ -764,6 +791,10 @@ def main(argv: list[str] | None = None) -> int:
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
     p.set_defaults(func=cmd_analyse)
+    p = sub.add_parser("barrier", help="a trained model plus the O-H barrier (attempt B)")
+    p.add_argument("--model", default="train", help="trained run folder under runs/")
+    p.add_argument("--out", default="attempts/B_barrier/model3_barrier", help="under runs/")
+    p.set_defaults(func=cmd_barrier)
     p = sub.add_parser("diffusion-blocks", help="D_O over a common window and in blocks")
     p.add_argument("--runs", nargs="+", default=["md64", "md64_barrier_dt05"])
     p.add_argument("--until-ps", type=float, default=42.7, help="end of the common window")

@@ -114,6 +114,36 @@ def test_diffusion_blocks_cut_at_the_first_broken_frame(run, tmp_path, monkeypat
     assert all(d == pytest.approx(1.0, rel=0.35) for d in got["D_O_blocks_1e5_cm2_per_s"])
 
 
+def test_barrier_adds_the_o_h_bump_to_a_trained_model_and_only_there(run, tmp_path, monkeypatch):
+    import jax
+
+    from allegro_jax.config import AllegroConfig
+    from allegro_jax.nn.model import make_model
+    from allegro_jax.train.export import load_model, save_model
+
+    config = AllegroConfig(
+        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
+        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
+    )  # fmt: skip
+    params = make_model(config)[0](jax.random.PRNGKey(0))
+    save_model(tmp_path / "m" / "model", config, params)
+    monkeypatch.setattr(run, "RUNS", tmp_path)
+    assert run.main(["barrier", "--model", "m", "--out", "mb"]) == 0
+    assert run.main(["barrier", "--model", "mb", "--out", "mbb"]) == 1  # not twice
+    assert not (tmp_path / "mbb").exists()
+    _, _, plain = load_model(tmp_path / "m")
+    barrier_config, _, with_barrier = load_model(tmp_path / "mb")
+    assert barrier_config.to_dict()["pair_potential"][0]["r_lo"] == 1.10
+
+    def water(d_oh: float) -> ase.Atoms:  # one molecule, one H at d_oh from its O
+        pos = [[5.0, 5.0, 5.0], [5.0 + d_oh, 5.0, 5.0], [4.76, 5.93, 5.0]]
+        return ase.Atoms("OHH", positions=pos, cell=np.eye(3) * 10.0, pbc=True)
+
+    extra = [with_barrier(water(d))["energy"] - plain(water(d))["energy"] for d in (0.97, 1.23)]
+    assert extra[0] == pytest.approx(0.0, abs=1e-5)  # intact water: the same model
+    assert 0.5 < extra[1] <= 1.0 + 1e-5  # inside the gap: up to 1 eV more
+
+
 def test_train_and_md_command_lines(run, monkeypatch):
     calls = []
     monkeypatch.setattr(run, "_cli", lambda args: calls.append(args) or 0)
