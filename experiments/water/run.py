@@ -260,17 +260,29 @@ def _frames(run: Path, skip_ps: float):
     return [f for f in frames if f.info["time_fs"] >= skip_ps * 1000]
 
 
+def _o_h_distances(frame) -> np.ndarray:
+    """Minimum-image distances (Å) from every O to every H of a frame, ``[n_O, n_H]``."""
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    s = np.array(frame.get_chemical_symbols())
+    o, h = frame.positions[s == "O"], frame.positions[s == "H"]
+    return np.linalg.norm(
+        minimum_image_vectors(h[None] - o[:, None], np.array(frame.cell)), axis=-1
+    )
+
+
+def oh_bond_lengths(frames) -> dict:
+    """Mean and spread (Å) of each H's distance to its nearest O, over all H of all frames."""
+    d = np.concatenate([_o_h_distances(f).min(axis=0) for f in frames])
+    return {"mean_A": float(d.mean()), "std_A": float(d.std())}
+
+
 def first_broken_frame(frames) -> int | None:
     """Index of the first frame whose molecules are not intact water (every O with exactly
     two H within 1.25 Å and every H within 1.25 Å of an O; true in all 400 DFT frames, whose
     largest H-to-nearest-O distance is 1.14 Å), or ``None``."""
-    from allegro_jax.md.analysis import minimum_image_vectors
-
     for k, f in enumerate(frames):
-        s = np.array(f.get_chemical_symbols())
-        o, h = f.positions[s == "O"], f.positions[s == "H"]
-        d = np.linalg.norm(minimum_image_vectors(h[None] - o[:, None], np.array(f.cell)), axis=-1)
-        close = d < 1.25
+        close = _o_h_distances(f) < 1.25
         if not (np.all(close.sum(1) == 2) and np.all(close.sum(0) == 1)):
             return k
     return None
@@ -465,6 +477,7 @@ def _observables(frames, rdfs, g_dft, r):
 
     g = rdfs(frames)
     info: dict = {"rdf_max_abs_diff": {k: float(np.max(np.abs(g[k] - g_dft[k]))) for k in g}}
+    info["oh_bond"] = oh_bond_lengths(frames)
     peak = (r > 2.4) & (r < 3.3)
     info["rdf_OO_first_peak"] = {
         "max_abs_diff": float(np.max(np.abs(g["O-O"][peak] - g_dft["O-O"][peak]))),
@@ -607,6 +620,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         "ensemble": f"NVT Nosé–Hoover chain, {TEMPERATURE_K} K, tau {TAU_T_FS} fs",
         "equilibration_discarded_ps": EQUILIBRATION_PS,
         "rdf": {"r_max": RDF_R_MAX, "bins": RDF_BINS, "dft_frames": len(dft_frames)},
+        "dft_oh_bond": oh_bond_lengths(dft_frames),
         "msd_fit_window_ps": list(MSD_FIT_PS),
         "runs": {},
     }

@@ -47,6 +47,19 @@ def test_first_broken_frame_finds_a_detached_h_also_across_the_boundary(run):
     assert run.first_broken_frame([hopped]) == 0
 
 
+def test_oh_bond_lengths_take_each_h_to_its_nearest_o_across_the_boundary(run):
+    atoms = _water_box(n_side=2)
+    atoms.positions -= 0.6  # some H now sit across the boundary from their O
+    atoms.wrap()
+    stretched = atoms.copy()
+    stretched.positions[1] += [0.1, 0.0, 0.0]  # first H: 0.96 -> 1.06 Å
+    got = run.oh_bond_lengths([atoms, stretched])
+    d = np.r_[[0.96, np.hypot(0.24, 0.93)] * 16]
+    d[16] = 1.06
+    assert got["mean_A"] == pytest.approx(d.mean(), abs=1e-9)
+    assert got["std_A"] == pytest.approx(d.std(), abs=1e-9)
+
+
 def test_diffusion_blocks_recover_a_known_coefficient(run):
     """Random walk with D = 1e-5 cm²/s (0.1 Å²/ps) per axis step: the full fit and the
     block estimates agree with it, and the standard error is reported."""
