@@ -468,12 +468,7 @@ def _plot_msd(curves: dict, fits: dict, path: Path) -> None:
 
 def _observables(frames, rdfs, g_dft, r):
     """RDF differences to DFT and the O self-diffusion coefficient of a list of frames."""
-    from allegro_jax.md.analysis import (
-        diffusion_coefficient,
-        mean_squared_displacement,
-        remove_center_of_mass_drift,
-        unwrap,
-    )
+    from allegro_jax.md.analysis import diffusion_coefficient
 
     g = rdfs(frames)
     info: dict = {"rdf_max_abs_diff": {k: float(np.max(np.abs(g[k] - g_dft[k]))) for k in g}}
@@ -486,13 +481,8 @@ def _observables(frames, rdfs, g_dft, r):
         "md_position_A": float(r[peak][np.argmax(g["O-O"][peak])]),
         "dft_position_A": float(r[peak][np.argmax(g_dft["O-O"][peak])]),
     }
-    cell = np.array(frames[0].cell)
-    pos = unwrap(np.stack([f.positions for f in frames]), cell)
-    pos = remove_center_of_mass_drift(pos, frames[0].get_masses())
-    oxygen = np.array(frames[0].get_chemical_symbols()) == "O"
+    t, msd = oxygen_msd(frames)
     dt_frame_ps = (frames[1].info["time_fs"] - frames[0].info["time_fs"]) / 1000
-    lags, msd = mean_squared_displacement(pos[:, oxygen], max_lag=len(frames) // 2)
-    t = lags * dt_frame_ps
     if t[-1] < MSD_FIT_PS[1]:
         info["diffusion_O_cm2_per_s"] = None
         info["diffusion_note"] = f"production too short for the {MSD_FIT_PS} ps window"
@@ -504,8 +494,7 @@ def _observables(frames, rdfs, g_dft, r):
     if n_blocks >= 2:
         per_block = []
         for block in np.array_split(np.arange(len(frames)), n_blocks):
-            lags_b, msd_b = mean_squared_displacement(pos[block][:, oxygen], len(block) // 2)
-            per_block.append(diffusion_coefficient(lags_b * dt_frame_ps, msd_b, MSD_FIT_PS)[0])
+            per_block.append(oxygen_diffusion(frames[block[0] : block[-1] + 1]))
         info["diffusion_O_blocks_cm2_per_s"] = per_block
         info["diffusion_O_standard_error_cm2_per_s"] = float(
             np.std(per_block, ddof=1) / np.sqrt(n_blocks)
@@ -539,10 +528,10 @@ def cmd_barrier(args: argparse.Namespace) -> int:
     return 0
 
 
-def oxygen_diffusion(frames) -> float:
-    """D_O (cm²/s) of a list of frames: Einstein fit of the O MSD over ``MSD_FIT_PS``."""
+def oxygen_msd(frames) -> tuple[np.ndarray, np.ndarray]:
+    """Lag times (ps) and the O mean-squared displacement (Å², all time origins, unwrapped,
+    centre-of-mass drift removed) of a list of frames, up to half their length."""
     from allegro_jax.md.analysis import (
-        diffusion_coefficient,
         mean_squared_displacement,
         remove_center_of_mass_drift,
         unwrap,
@@ -553,7 +542,14 @@ def oxygen_diffusion(frames) -> float:
     oxygen = np.array(frames[0].get_chemical_symbols()) == "O"
     dt_frame_ps = (frames[1].info["time_fs"] - frames[0].info["time_fs"]) / 1000
     lags, msd = mean_squared_displacement(pos[:, oxygen], max_lag=len(frames) // 2)
-    return diffusion_coefficient(lags * dt_frame_ps, msd, MSD_FIT_PS)[0]
+    return lags * dt_frame_ps, msd
+
+
+def oxygen_diffusion(frames) -> float:
+    """D_O (cm²/s) of a list of frames: Einstein fit of the O MSD over ``MSD_FIT_PS``."""
+    from allegro_jax.md.analysis import diffusion_coefficient
+
+    return diffusion_coefficient(*oxygen_msd(frames), MSD_FIT_PS)[0]
 
 
 def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
@@ -797,11 +793,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default nve64 or nve_SOURCE)")
     p.set_defaults(func=cmd_nve_check)
     p = sub.add_parser("analyse")
-    p.add_argument("--runs", nargs="+", default=["md64", "md512"], help="run folders")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=["md64_barrier_dt05", "md512_barrier_dt05"],
+        help="run folders (plotted)",
+    )
     p.add_argument(
         "--compare",
         nargs="*",
-        default=[],
+        default=["md64", "md512", "md64_dt05", "model2/md64", "model2/md512", "md64_model1"],
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
     p.set_defaults(func=cmd_analyse)
