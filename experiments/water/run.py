@@ -260,15 +260,20 @@ def _frames(run: Path, skip_ps: float):
     return [f for f in frames if f.info["time_fs"] >= skip_ps * 1000]
 
 
-def _o_h_distances(frame) -> np.ndarray:
-    """Minimum-image distances (Å) from every O to every H of a frame, ``[n_O, n_H]``."""
+def _distances(frame, a: str, b: str) -> np.ndarray:
+    """Minimum-image distances (Å) from every atom of element ``a`` to every atom of ``b``."""
     from allegro_jax.md.analysis import minimum_image_vectors
 
     s = np.array(frame.get_chemical_symbols())
-    o, h = frame.positions[s == "O"], frame.positions[s == "H"]
+    pa, pb = frame.positions[s == a], frame.positions[s == b]
     return np.linalg.norm(
-        minimum_image_vectors(h[None] - o[:, None], np.array(frame.cell)), axis=-1
+        minimum_image_vectors(pb[None] - pa[:, None], np.array(frame.cell)), axis=-1
     )
+
+
+def _o_h_distances(frame) -> np.ndarray:
+    """Distances (Å) from every O to every H of a frame, ``[n_O, n_H]``."""
+    return _distances(frame, "O", "H")
 
 
 def oh_bond_lengths(frames) -> dict:
@@ -277,13 +282,28 @@ def oh_bond_lengths(frames) -> dict:
     return {"mean_A": float(d.mean()), "std_A": float(d.std())}
 
 
+# Intact water, judged against all 400 DFT frames: there every H has one O within 0.89–1.14 Å
+# and no other O within 1.32 Å, no two O are closer than 2.35 Å, and no two H of different
+# molecules closer than 1.63 Å. The thresholds sit well outside those ranges.
+BOND_O_H, CONTACT_O_O, CONTACT_H_H = 1.25, 2.0, 1.2
+
+
 def first_broken_frame(frames) -> int | None:
-    """Index of the first frame whose molecules are not intact water (every O with exactly
-    two H within 1.25 Å and every H within 1.25 Å of an O; true in all 400 DFT frames, whose
-    largest H-to-nearest-O distance is 1.14 Å), or ``None``."""
+    """Index of the first frame that is not intact water, or ``None``.
+
+    Intact: every O has exactly two H within ``BOND_O_H`` and every H one O; no two O within
+    ``CONTACT_O_O``; no two H of different molecules within ``CONTACT_H_H``."""
     for k, f in enumerate(frames):
-        close = _o_h_distances(f) < 1.25
+        d_oh = _o_h_distances(f)
+        close = d_oh < BOND_O_H
         if not (np.all(close.sum(1) == 2) and np.all(close.sum(0) == 1)):
+            return k
+        d_oo = _distances(f, "O", "O")
+        if np.any(d_oo[~np.eye(len(d_oo), dtype=bool)] < CONTACT_O_O):
+            return k
+        owner = d_oh.argmin(axis=0)
+        d_hh = _distances(f, "H", "H")
+        if np.any(d_hh[owner[:, None] != owner[None, :]] < CONTACT_H_H):
             return k
     return None
 

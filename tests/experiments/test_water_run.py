@@ -47,6 +47,22 @@ def test_first_broken_frame_finds_a_detached_h_also_across_the_boundary(run):
     assert run.first_broken_frame([hopped]) == 0
 
 
+def test_first_broken_frame_finds_fused_oxygens_and_colliding_h(run):
+    """Molecules that keep their H but whose O sit 1.6 Å apart (seen in MD at 57 ps), or
+    whose H of different molecules meet at 0.9 Å (attempt E), are not intact water; two H
+    of one molecule 1.5 Å apart are."""
+    intact = _water_box()
+    assert run.first_broken_frame([intact]) is None
+    fused = _water_box()
+    fused.positions[3:6] -= [0.0, 0.0, 1.5]  # the molecule next along z: O–O 3.1 -> 1.6 Å
+    assert run.first_broken_frame([intact, fused]) == 1
+    colliding = _water_box()
+    colliding.positions[27:30] -= [0.3, 0.0, 0.0]  # the molecule next along x: O–O 2.8 Å
+    colliding.positions[28] = colliding.positions[27] - [0.97, 0.0, 0.0]  # its H faces H 1
+    assert np.linalg.norm(colliding.positions[28] - colliding.positions[1]) == pytest.approx(0.87)
+    assert run.first_broken_frame([colliding]) == 0
+
+
 def test_oh_bond_lengths_take_each_h_to_its_nearest_o_across_the_boundary(run):
     atoms = _water_box(n_side=2)
     atoms.positions -= 0.6  # some H now sit across the boundary from their O
