@@ -155,6 +155,11 @@ def _start_structure(size: int) -> Path:
     return path
 
 
+def _log_every(dt: float) -> int:
+    """Steps between thermo rows: a row every 10 fs whatever the step."""
+    return round(LOG_EVERY * DT_FS / dt)
+
+
 def _md_args(
     out: Path,
     structure: Path,
@@ -164,7 +169,6 @@ def _md_args(
     temperature: float = TEMPERATURE_K,
     dt: float = DT_FS,
 ) -> list[str]:
-    log_every = round(LOG_EVERY * DT_FS / dt)  # a thermo row every 10 fs whatever the step
     return [
         "md",
         "--model",
@@ -184,7 +188,7 @@ def _md_args(
         "--skin",
         str(SKIN),
         "--log-every",
-        str(log_every),
+        str(_log_every(dt)),
         "--logs-per-chunk",
         str(LOGS_PER_CHUNK),
         "--until-step",
@@ -236,7 +240,7 @@ def cmd_nve_check(args: argparse.Namespace) -> int:
     start = int(np.load(out / "checkpoint.npz")["step"])
     if (out / "thermo.csv").exists():
         first = np.genfromtxt(out / "thermo.csv", delimiter=",", names=True, max_rows=1)
-        start = int(first["step"]) - round(LOG_EVERY * DT_FS / dt)
+        start = int(first["step"]) - _log_every(dt)
     steps = round(args.ps * 1000 / dt)
     structure = _start_structure(64)
     cli = _md_args(out, structure, "nve", start + steps, model=args.model, dt=dt)
@@ -271,14 +275,9 @@ def _distances(frame, a: str, b: str) -> np.ndarray:
     )
 
 
-def _o_h_distances(frame) -> np.ndarray:
-    """Distances (Å) from every O to every H of a frame, ``[n_O, n_H]``."""
-    return _distances(frame, "O", "H")
-
-
 def oh_bond_lengths(frames) -> dict:
     """Mean and spread (Å) of each H's distance to its nearest O, over all H of all frames."""
-    d = np.concatenate([_o_h_distances(f).min(axis=0) for f in frames])
+    d = np.concatenate([_distances(f, "O", "H").min(axis=0) for f in frames])
     return {"mean_A": float(d.mean()), "std_A": float(d.std())}
 
 
@@ -294,7 +293,7 @@ def first_broken_frame(frames) -> int | None:
     Intact: every O has exactly two H within ``BOND_O_H`` and every H one O; no two O within
     ``CONTACT_O_O``; no two H of different molecules within ``CONTACT_H_H``."""
     for k, f in enumerate(frames):
-        d_oh = _o_h_distances(f)
+        d_oh = _distances(f, "O", "H")
         close = d_oh < BOND_O_H
         if not (np.all(close.sum(1) == 2) and np.all(close.sum(0) == 1)):
             return k
@@ -831,7 +830,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="attempts/B_barrier/model3_barrier", help="under runs/")
     p.set_defaults(func=cmd_barrier)
     p = sub.add_parser("diffusion-blocks", help="D_O over a common window and in blocks")
-    p.add_argument("--runs", nargs="+", default=["md64", "md64_barrier_dt05"])
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=["md64", "md64_dt05", "md64_barrier_dt05", "md512_barrier_dt05"],
+    )
     p.add_argument("--until-ps", type=float, default=42.7, help="end of the common window")
     p.add_argument("--block-ps", type=float, default=10.0)
     p.set_defaults(func=cmd_diffusion_blocks)
