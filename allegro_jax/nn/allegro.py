@@ -30,12 +30,12 @@ from .pair import pair_atomic_energies
 from .radial import bessel_basis, bessel_basis_integer
 from .tensor_product import (
     TPSpec,
-    channel_major_columns,
+    irrep_major_columns,
     irrep_str,
     layer_irreps,
     sh_irreps,
-    sparse_channelwise_tp_slabs,
-    weighted_channels_slabs,
+    sparse_channelwise_tp,
+    weighted_channels_dc,
 )
 
 
@@ -160,32 +160,36 @@ class AllegroCurrent(nn.Module):
             name="scalar_embed_mlp",
         )(h)  # [n_edges, S]
 
-        # The tensor track is a list of D slabs [n_edges, C] (see tensor_product.py);
-        # weights laid out (channel, irrep) are read per irrep straight from the matmuls.
-        env_cols = channel_major_columns(S, C, n_sh)  # per irrep, after the S latents
+        # The tensor track is [n_edges, D, C] (channels minor): the layout of the tensor
+        # product kernels. Weights laid out (channel, irrep) in the reference are read
+        # irrep-major straight out of the matmuls, so they reshape to [n_edges, n_irreps, C].
+        env_cols = irrep_major_columns(S, C, n_sh)  # after the S latents
+
+        def per_irrep(w):  # [n_edges, n_sh * C] -> [n_edges, n_sh, C]
+            return w.reshape(w.shape[0], n_sh, C)
+
         # ---- two-body tensor embedding ----
-        w0 = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(
-            h, out_columns=channel_major_columns(0, C, n_sh)
+        (w0,) = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(
+            h, out_columns=[irrep_major_columns(0, C, n_sh)]
         )
-        features = weighted_channels_slabs(sh, w0, sh_ir)  # D x [n_edges, C]
+        features = weighted_channels_dc(sh, per_irrep(w0), sh_ir)  # [n_edges, D, C]
 
         # ---- Allegro layers ----
-        x0, *env_w = ScalarMLP(
-            (S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection"
-        )(h, out_columns=[slice(0, S)] + env_cols)
+        x0, env_w = ScalarMLP((S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection")(
+            h, out_columns=[slice(0, S), env_cols]
+        )
         latents = [x0]
         norm = 1.0 / np.sqrt(np.asarray(cfg.avg_num_neighbors_per_type()))
         node_norm = per_type_constant(norm, species, dt)[:, None, None]  # [n_nodes, 1, 1]
         lat_hidden = (cfg.allegro_mlp_hidden_layers_width,) * cfg.allegro_mlp_hidden_layers_depth
         for layer, spec in enumerate(specs):
-            env_edges = jnp.stack(weighted_channels_slabs(sh, env_w, sh_ir), axis=1)
+            env_edges = weighted_channels_dc(sh, per_irrep(env_w), sh_ir)  # [n_edges, D, C]
             env = jax.ops.segment_sum(env_edges, edge_center, num_segments=n_nodes)
             env = (env * node_norm)[edge_center]  # [n_edges, D, C]
             tp_shape = (C, spec.num_paths) if cfg.tp_path_channel_coupling else (spec.num_paths,)
             tp_w = self.param(f"tp_{layer}", uniform_unit_variance, tp_shape, dt)
-            env_slabs = [env[:, m, :] for m in range(env.shape[1])]
-            features = sparse_channelwise_tp_slabs(features, env_slabs, tp_w, spec)
-            scalars = features[0]  # [n_edges, C] (0e is first)
+            features = sparse_channelwise_tp(features, env, tp_w, spec)  # [n_edges, D', C]
+            scalars = features[:, 0, :]  # [n_edges, C] (0e is first)
             last = layer == cfg.num_layers - 1
             out_dim = S + (0 if last else C * n_sh)
             y, *env_w = ScalarMLP(
@@ -193,7 +197,8 @@ class AllegroCurrent(nn.Module):
                 cfg.allegro_mlp_nonlinearity,
                 param_dtype=dt,
                 name=f"latent_{layer}",
-            )(latents + [scalars], out_columns=[slice(0, S)] + ([] if last else env_cols))
+            )(latents + [scalars], out_columns=[slice(0, S)] + ([] if last else [env_cols]))
+            env_w = env_w[0] if env_w else None
             latents.append(y)
 
         # ---- readout ----

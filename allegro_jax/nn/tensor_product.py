@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import cpu_kernel
+
 Irrep = tuple[int, int]  # (l, parity)
 
 
@@ -188,10 +190,19 @@ def _cached_coupling(spec: TPSpec) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Sparse channel-wise tensor product in the [n_edges, D, C] layout (channels minor).
 #
-# Only the non-zero Clebsch–Gordan entries (i, j, k) are visited: for l_max = 2 that is 83
-# of the 729 dense entries. Each entry is a fused multiply-add of contiguous [n, C] slabs.
-# The VJP is written with the same primitive (with the index roles permuted), so forces
-# (first derivatives) and force training (second derivatives) stay sparse too.
+# Only the non-zero Clebsch–Gordan entries (i, j, k) of the summed path tensor are visited
+# (l_max 2: 83 of 729 dense entries). Two primitives close the algebra under
+# differentiation, so forces (first derivatives) and force training (second derivatives)
+# stay sparse:
+#   bilinear:      out[:, k_n] += w[n] · a[:, i_n] · b[:, j_n]         (row by row)
+#   trilinear_sum: s[n]         = Σ_rows x[:, i_n] · y[:, j_n] · z[:, k_n]   ([nnz, C])
+# The VJP of each is written with the other, index roles permuted.
+#
+# On CPU both run as the hand-written kernels of ``_tp_cpu.cc`` (cpu_kernel.py): every
+# entry of one edge applied while its operands sit in L1. XLA:CPU cannot do that: it emits
+# one loop per output component and one column reduction per entry (~8 elementwise ops per
+# TP output and ~10 µs of overhead each; benchmarks/NOTES.md, entry 4). Elsewhere (GPU), or
+# with the kernels off, the same maths runs as XLA operations on [n, C] slices.
 # ---------------------------------------------------------------------------------------
 
 
@@ -213,49 +224,116 @@ def sparse_entries(
     return i, j, k, values
 
 
-def _sparse_bilinear_impl(a, b, w, ia, ib, io, n_out):
+def _bilinear_xla(a, b, w, ia, ib, io, n_out):
     outs: list = [None] * n_out
     for n, (i, j, k) in enumerate(zip(ia, ib, io, strict=True)):
-        t = a[:, i, :] * b[:, j, :] * w[n]
+        t = a[:, i] * b[:, j] * w[n]
         outs[k] = t if outs[k] is None else outs[k] + t
-    zero = jnp.zeros(a.shape[:1] + a.shape[2:], a.dtype)
+    zero = jnp.zeros_like(a[:, 0])
     return jnp.stack([zero if o is None else o for o in outs], axis=1)
 
 
+def _trilinear_sum_xla(x, y, z, ix, iy, iz):
+    return jnp.stack(
+        [jnp.sum(x[:, i] * y[:, j] * z[:, k], axis=0) for i, j, k in zip(ix, iy, iz, strict=True)]
+    )
+
+
+def _indices(**idx) -> dict[str, np.ndarray]:
+    return {name: np.asarray(v, np.int32) for name, v in idx.items()}
+
+
+def _bilinear_kernel(a, b, w, ia, ib, io, n_out):
+    order = np.argsort(np.asarray(io), kind="stable")  # the kernel groups entries by output
+    ia, ib, io = (tuple(np.asarray(v)[order]) for v in (ia, ib, io))
+    call = jax.ffi.ffi_call(
+        "allegro_bilinear",
+        jax.ShapeDtypeStruct((a.shape[0], n_out, a.shape[2]), a.dtype),
+        vmap_method="sequential",
+    )
+    return call(a, b, w[order], **_indices(ia=ia, ib=ib, io=io))
+
+
+def _trilinear_sum_kernel(x, y, z, ix, iy, iz):
+    call = jax.ffi.ffi_call(
+        "allegro_trilinear_sum",
+        jax.ShapeDtypeStruct((len(ix), x.shape[2]), x.dtype),
+        vmap_method="sequential",
+    )
+    return call(x, y, z, **_indices(ix=ix, iy=iy, iz=iz))
+
+
+def _dispatch(kernel, xla, arrays, static):
+    """``kernel(*arrays, *static)`` on CPU when the CPU kernels are on and built, else the
+    XLA version."""
+    if not cpu_kernel.enabled():
+        return xla(*arrays, *static)
+    return jax.lax.platform_dependent(
+        *arrays,
+        cpu=lambda *xs: kernel(*xs, *static),
+        default=lambda *xs: xla(*xs, *static),
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def sparse_bilinear(a, b, w, ia, ib, io, n_out):
-    """``out[:, io_n, :] += w[n] * a[:, ia_n, :] * b[:, ib_n, :]`` over the entries ``n``.
+def bilinear(a, b, w, ia, ib, io, n_out):
+    """``out[:, io_n] += w[n] * a[:, ia_n] * b[:, ib_n]`` over the entries ``n``.
 
     Args:
-        a: ``[n, Da, C]``; b: ``[n, Db, C]``; w: ``[nnz, C]`` or ``[nnz, 1]``.
-        ia, ib, io: static index tuples of length nnz; n_out: output dimension.
+        a: ``[n, Da, C]``; b: ``[n, Db, C]``; w: ``[nnz, C]`` or ``[nnz, 1]`` (broadcast
+            over rows); ia, ib, io: static index tuples of length nnz; n_out: output
+            dimension.
 
     Returns:
         ``[n, n_out, C]``.
     """
-    return _sparse_bilinear_impl(a, b, w, ia, ib, io, n_out)
+    return _dispatch(_bilinear_kernel, _bilinear_xla, (a, b, w), (ia, ib, io, n_out))
 
 
-def _sb_fwd(a, b, w, ia, ib, io, n_out):
-    return _sparse_bilinear_impl(a, b, w, ia, ib, io, n_out), (a, b, w)
+def _bilinear_fwd(a, b, w, ia, ib, io, n_out):
+    return bilinear(a, b, w, ia, ib, io, n_out), (a, b, w)
 
 
-def _sb_bwd(ia, ib, io, n_out, res, g):
+def _bilinear_bwd(ia, ib, io, n_out, res, g):
     a, b, w = res
-    da = sparse_bilinear(g, b, w, io, ib, ia, a.shape[1])
-    db = sparse_bilinear(g, a, w, io, ia, ib, b.shape[1])
-    dw = jnp.stack(
-        [
-            jnp.sum(g[:, k, :] * a[:, i, :] * b[:, j, :], axis=0)
-            for i, j, k in zip(ia, ib, io, strict=True)
-        ]
-    )  # [nnz, C]
+    da = bilinear(g, b, w, io, ib, ia, a.shape[1])
+    db = bilinear(g, a, w, io, ia, ib, b.shape[1])
+    dw = trilinear_sum(g, a, b, io, ia, ib)  # [nnz, C]
     if w.shape[-1] == 1 and dw.shape[-1] != 1:
         dw = jnp.sum(dw, axis=-1, keepdims=True)
     return da, db, dw.astype(w.dtype)
 
 
-sparse_bilinear.defvjp(_sb_fwd, _sb_bwd)
+bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def trilinear_sum(x, y, z, ix, iy, iz):
+    """``s[n] = Σ_rows x[:, ix_n] * y[:, iy_n] * z[:, iz_n]`` for every entry ``n``.
+
+    Args:
+        x: ``[n, Dx, C]``; y: ``[n, Dy, C]``; z: ``[n, Dz, C]``; ix, iy, iz: static index
+            tuples of length nnz.
+
+    Returns:
+        ``[nnz, C]``.
+    """
+    return _dispatch(_trilinear_sum_kernel, _trilinear_sum_xla, (x, y, z), (ix, iy, iz))
+
+
+def _trilinear_sum_fwd(x, y, z, ix, iy, iz):
+    return trilinear_sum(x, y, z, ix, iy, iz), (x, y, z)
+
+
+def _trilinear_sum_bwd(ix, iy, iz, res, ct):
+    x, y, z = res
+    dx = bilinear(y, z, ct, iy, iz, ix, x.shape[1])
+    dy = bilinear(x, z, ct, ix, iz, iy, y.shape[1])
+    dz = bilinear(x, y, ct, ix, iy, iz, z.shape[1])
+    return dx, dy, dz
+
+
+trilinear_sum.defvjp(_trilinear_sum_fwd, _trilinear_sum_bwd)
 
 
 def sparse_channelwise_tp(
@@ -270,105 +348,42 @@ def sparse_channelwise_tp(
         x1: ``[n_edges, D1, C]``; x2: ``[n_edges, D2, C]``.
         weights: ``[C, n_paths]`` or ``[n_paths]``.
         spec: the tensor product.
+
+    Returns:
+        ``[n_edges, D_out, C]``.
     """
     i, j, k, values = sparse_entries(spec)
-    vals = jnp.asarray(values.T, x1.dtype)  # [nnz, P]
-    ww = vals @ weights.astype(x1.dtype).T if weights.ndim == 2 else (vals @ weights)[:, None]
-    return sparse_bilinear(x1, x2, ww, i, j, k, spec.dims[2])
+    dtype = x1.dtype
+    vals = jnp.asarray(values.T, dtype)  # [nnz, P]
+    ww = vals @ weights.astype(dtype).T if weights.ndim == 2 else (vals @ weights)[:, None]
+    return bilinear(x1, x2.astype(dtype), ww, i, j, k, spec.dims[2])
 
 
 def weighted_channels_dc(
     basis: jax.Array, weights: jax.Array, irreps: Sequence[Irrep]
 ) -> jax.Array:
-    """:func:`weighted_channels` in the ``[n, D, C]`` layout."""
-    n_ir = len(irreps)
-    w = weights.reshape(weights.shape[0], -1, n_ir)  # [n, C, n_irreps]
-    idx = np.repeat(np.arange(n_ir), [2 * l + 1 for l, _ in irreps])
-    return jnp.swapaxes(w, 1, 2)[:, idx, :] * basis[:, :, None]
-
-
-# ---------------------------------------------------------------------------------------
-# The same tensor product on "slabs": a tensor feature held as a list of D arrays
-# ``[n_edges, C]`` (one per irrep component) instead of one ``[n_edges, D, C]`` array.
-# Nothing has to be stacked, sliced or transposed between the tensor products, the
-# weighted channels and the scalar readout; XLA fuses each output slab's sum of products
-# into one loop (the model's hot path on CPU).
-# ---------------------------------------------------------------------------------------
-
-
-def _sparse_bilinear_slabs_impl(a, b, w, ia, ib, io, n_out):
-    outs: list = [None] * n_out
-    for n, (i, j, k) in enumerate(zip(ia, ib, io, strict=True)):
-        t = a[i] * b[j] * w[n]
-        outs[k] = t if outs[k] is None else outs[k] + t
-    zero = jnp.zeros_like(a[0])
-    return [zero if o is None else o for o in outs]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def sparse_bilinear_slabs(a, b, w, ia, ib, io, n_out):
-    """:func:`sparse_bilinear` on slab lists.
-
-    Args:
-        a: list of ``Da`` arrays ``[n, C]``; b: list of ``Db`` arrays ``[n, C]``;
-        w: ``[nnz, C]`` or ``[nnz, 1]``; ia, ib, io: static index tuples; n_out: output
-        dimension.
-
-    Returns:
-        List of ``n_out`` arrays ``[n, C]``:
-        ``out[io_n] += w[n] * a[ia_n] * b[ib_n]``.
-    """
-    return _sparse_bilinear_slabs_impl(a, b, w, ia, ib, io, n_out)
-
-
-def _sbs_fwd(a, b, w, ia, ib, io, n_out):
-    return _sparse_bilinear_slabs_impl(a, b, w, ia, ib, io, n_out), (a, b, w)
-
-
-def _sbs_bwd(ia, ib, io, n_out, res, g):
-    a, b, w = res
-    da = sparse_bilinear_slabs(g, b, w, io, ib, ia, len(a))
-    db = sparse_bilinear_slabs(g, a, w, io, ia, ib, len(b))
-    dw = jnp.stack(
-        [jnp.sum(g[k] * a[i] * b[j], axis=0) for i, j, k in zip(ia, ib, io, strict=True)]
-    )  # [nnz, C]
-    if w.shape[-1] == 1 and dw.shape[-1] != 1:
-        dw = jnp.sum(dw, axis=-1, keepdims=True)
-    return list(da), list(db), dw.astype(w.dtype)
-
-
-sparse_bilinear_slabs.defvjp(_sbs_fwd, _sbs_bwd)
-
-
-def sparse_channelwise_tp_slabs(
-    x1: list[jax.Array], x2: list[jax.Array], weights: jax.Array, spec: TPSpec
-) -> list[jax.Array]:
-    """:func:`sparse_channelwise_tp` on slab lists (``D1`` and ``D2`` arrays ``[n, C]``)."""
-    i, j, k, values = sparse_entries(spec)
-    dtype = x1[0].dtype
-    vals = jnp.asarray(values.T, dtype)  # [nnz, P]
-    ww = vals @ weights.astype(dtype).T if weights.ndim == 2 else (vals @ weights)[:, None]
-    return sparse_bilinear_slabs(list(x1), list(x2), ww, i, j, k, spec.dims[2])
-
-
-def weighted_channels_slabs(
-    basis: jax.Array, weights: Sequence[jax.Array], irreps: Sequence[Irrep]
-) -> list[jax.Array]:
-    """:func:`weighted_channels` as slabs: ``out[m] = weights[irrep(m)] * basis[:, m]``.
+    """:func:`weighted_channels` in the ``[n, D, C]`` layout, weights irrep-major.
 
     Args:
         basis: ``[n, D]``.
-        weights: one ``[n, C]`` array per irrep.
+        weights: ``[n, n_irreps, C]``.
         irreps: the irreps of ``basis``.
 
     Returns:
-        ``D`` arrays ``[n, C]``.
+        ``[n, D, C]`` with ``out[z, m, u] = weights[z, irrep(m), u] * basis[z, m]``.
     """
-    out = []
-    for ir, (l, _) in enumerate(irreps):
-        o = irreps_offsets(irreps)[ir]
-        out += [weights[ir] * basis[:, m : m + 1] for m in range(o, o + 2 * l + 1)]
-    return out
+    idx = np.repeat(np.arange(len(irreps)), [2 * l + 1 for l, _ in irreps])
+    return weights[:, idx, :] * basis[:, :, None]
+
+
+def irrep_major_columns(offset: int, channels: int, n_irreps: int) -> np.ndarray:
+    """Columns of a channel-major ``[C * n_irreps]`` weight block, reordered irrep-major.
+
+    A block laid out as ``(channel, irrep)`` (allegro ``MakeWeightedChannels``) at column
+    ``offset``; selecting these columns gives ``(irrep, channel)`` order, which reshapes to
+    ``[n, n_irreps, C]``.
+    """
+    return np.concatenate(channel_major_columns(offset, channels, n_irreps))
 
 
 def channel_major_columns(offset: int, channels: int, n_irreps: int) -> list[np.ndarray]:
