@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -78,7 +79,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "command": "bash benchmarks/gpu/run.sh"
         + (" --cpu-smoke" if args.prefix == "smoke" else ""),
-        "git_commit": commit or None,
+        "git_commit": commit or os.environ.get("GIT_COMMIT"),
         "wall_s": args.wall_s,
         **parts,
     }
