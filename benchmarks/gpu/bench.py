@@ -35,8 +35,8 @@ SMOKE_LADDER = [2, 3]  # 64, 216 atoms (MD needs a box wider than 2 r_max: from 
 
 
 def predicted_s(row: dict, atoms: int) -> float:
-    """Time the next ladder size would take: compilation as the previous one's, the rest
-    (graph building, timed calls or steps) linear in atoms."""
+    """Time the next ladder size would take: set-up and compilation as the previous one's
+    (``fixed_s``), the rest (graph building, timed calls or steps) linear in atoms."""
     scale = atoms / row["atoms"]
     return row["fixed_s"] + (row["s_total"] - row["fixed_s"]) * scale
 
@@ -137,7 +137,7 @@ def energy_forces_ladder(cfg, params, ladder, dtype, stage_s, limit_gib) -> list
                 us_per_atom=1e6 * float(np.median(ts)) / row["atoms"],
             )
             row["s_total"] = time.perf_counter() - t_row
-            row["fixed_s"] = row["compile_s"]
+            row["fixed_s"] = row["s_total"] - row["graph_build_s"] - sum(ts) - 1e-3 * row["ms"]
             print(f"E+F {cfg.model_dtype} Si {row['atoms']}: {row['ms']:.2f} ms", flush=True)
         except Exception as e:  # keep the smaller sizes' numbers
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -164,8 +164,9 @@ def md_ladder(cfg, params, ladder, stage_s, smoke: bool) -> list[dict]:
         try:
             row = md_benchmark(cfg, params, n, steps=chunk if smoke else 2 * chunk, chunk=chunk)
             row["s_total"] = time.perf_counter() - t_row
-            # the first chunk is mostly compilation
-            row["fixed_s"] = max(0.0, row["first_chunk_s"] - chunk * row["ms_per_step"] / 1e3)
+            # all but the steps (timed ones and the warm-up chunk) is set-up and compilation
+            steps_s = (row["steps"] + chunk) * row["ms_per_step"] / 1e3
+            row["fixed_s"] = max(0.0, row["s_total"] - steps_s)
             print(f"MD Si {row['atoms']}: {row['steps_per_s']:.1f} steps/s", flush=True)
         except Exception as e:
             rows.append(
@@ -255,11 +256,11 @@ def main() -> None:
     cfg, params = load_si_model(args.dtype)
     dtype = np.float64 if args.dtype == "float64" else np.float32
     ladder = SMOKE_LADDER if args.cpu_smoke else LADDER
-    # shares of what is left: energy+forces 45 %, MD 60 % of the rest, training the rest
+    # shares of what is left: energy+forces 40 %, MD 70 % of the rest, training the rest
     stages = [
-        ("energy_forces", 0.45, lambda s: energy_forces_ladder(
+        ("energy_forces", 0.4, lambda s: energy_forces_ladder(
             cfg, params, ladder, dtype, s, out["memory_limit_gib"])),
-        ("md", 0.6, lambda s: md_ladder(cfg, params, ladder[1:] if args.cpu_smoke else ladder,
+        ("md", 0.7, lambda s: md_ladder(cfg, params, ladder[1:] if args.cpu_smoke else ladder,
                                         s, args.cpu_smoke)),
         ("train_step", 1.0, lambda s: train_steps(
             cfg, params, dtype, [(2, 2)] if args.cpu_smoke else [(2, 5), (4, 5)])),
