@@ -69,17 +69,19 @@ def main() -> None:
         path = out / f"{args.prefix}_{name}.json"
         if path.exists() and path.stat().st_size:
             parts[name] = json.loads(path.read_text())
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = None
+    commit = os.environ.get("GIT_COMMIT")  # set it when the tree is a copy without .git
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+        except OSError:
+            commit = None
     rep = {
         "date": datetime.date.today().isoformat(),
         "command": "bash benchmarks/gpu/run.sh"
         + (" --cpu-smoke" if args.prefix == "smoke" else ""),
-        "git_commit": commit or os.environ.get("GIT_COMMIT"),
+        "git_commit": commit or None,
         "wall_s": args.wall_s,
         **parts,
     }
