@@ -42,7 +42,12 @@ _enabled = True
 
 @contextlib.contextmanager
 def use_cpu_kernel(enabled: bool) -> Iterator[None]:
-    """Use (or not) the CPU kernels in the functions traced inside this block."""
+    """Use (or not) the CPU kernels in the functions traced inside this block.
+
+    Tracing is what counts: a ``jax.jit`` function already traced for the same argument
+    shapes is reused from its cache, so build a fresh one inside the block (as
+    ``jax.export`` of a new function does).
+    """
     global _enabled
     previous, _enabled = _enabled, enabled
     try:

@@ -372,8 +372,13 @@ def weighted_channels_dc(
     Returns:
         ``[n, D, C]`` with ``out[z, m, u] = weights[z, irrep(m), u] * basis[z, m]``.
     """
-    idx = np.repeat(np.arange(len(irreps)), [2 * l + 1 for l, _ in irreps])
-    return weights[:, idx, :] * basis[:, :, None]
+    n, _, c = weights.shape
+    # a broadcast per irrep block, not a gather: the transpose is a block sum, not a scatter
+    blocks = [
+        jnp.broadcast_to(weights[:, ir : ir + 1, :], (n, 2 * l + 1, c))
+        for ir, (l, _) in enumerate(irreps)
+    ]
+    return jnp.concatenate(blocks, axis=1) * basis[:, :, None]
 
 
 def irrep_major_columns(offset: int, channels: int, n_irreps: int) -> np.ndarray:
