@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -235,6 +236,9 @@ def main() -> None:
     if args.models:
         models = [m for m in MODELS if m in args.models]
     peers = [] if args.no_peers else list(PEERS)
+    if peers and importlib.util.find_spec("mlip") is None:
+        print("[run] mlip is not installed (pip install -e '.[peers]'): no peers", flush=True)
+        peers = []
     report: dict = {"models": {}}
     for key in models:
         spec = MODELS[key]
