@@ -304,7 +304,11 @@ def main() -> None:
 
     head = report["models"][models[0]]
     wall = time.perf_counter() - t_start
-    cmd = "python benchmarks/run.py " + " ".join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if args.workdir:  # a machine path: recorded as a placeholder
+        argv = [a if a != args.workdir else "DIR" for a in argv]
+        argv = [a.split("=", 1)[0] + "=DIR" if a.startswith("--workdir=") else a for a in argv]
+    cmd = "python benchmarks/run.py " + " ".join(argv)
     report.update(
         {
             "date": datetime.date.today().isoformat(),
@@ -502,7 +506,7 @@ def markdown(rep: dict) -> str:
     ]
     if rep.get("peer_speedup"):
         ps = rep["peer_speedup"]
-        lines.append(
+        lines[-1] += (
             "; **peer_speedup: "
             + ", ".join(f"{p} = {fmt(x, 2)}" for p, x in ps.items())
             + f"** (ours has {fmt((rep.get('peer_params') or {}).get('ours'))} parameters)"
