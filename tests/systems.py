@@ -55,7 +55,7 @@ def random_periodic(rng: np.random.Generator, n: int = 5, numbers=(14, 8), min_d
 
 ASPIRIN = SHARED_DATA / "rmd17" / "rmd17_aspirin_train_01.npz"
 # metrics columns that differ between two runs of the same training
-TIME_COLUMNS = frozenset({"wall_time_s", "epoch_time_s"})
+TIME_COLUMNS = frozenset({"wall_time_s", "epoch_time_s", "cpu_time_s"})
 
 
 def write_aspirin_subset(path: Path, start: int = 0, n: int = 20) -> Path:

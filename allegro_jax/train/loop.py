@@ -373,6 +373,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         exported_val, exported_params = _exported_losses(workdir / "model", n_members)
     model_changed = False
     log = _MetricsLog(workdir, int(_first(state.epoch)))
+    # CPU seconds of this process (all threads), added to those of the rows kept on resume
+    # (work after the last completed epoch of a killed run is not counted)
+    cpu0 = float(log.rows[-1].get("cpu_time_s", 0.0)) if log.rows else 0.0
+    process_cpu0 = time.process_time()
     writer = None
     if config.tensorboard:
         writer = SummaryWriter(
@@ -601,6 +605,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
                 "lr": float(np.mean(lrs)),
                 "wall_time_s": round(float(_first(state.wall_time)), 3),
                 "epoch_time_s": round(time.perf_counter() - t_epoch, 3),
+                "cpu_time_s": round(cpu0 + time.process_time() - process_cpu0, 1),
             }
             if not ensemble:
                 row |= {f"train_{k}": v for k, v in train_metrics[0].items()}
@@ -670,6 +675,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
             None if ensemble else next((r for r in log.rows if r["epoch"] == best_epochs[0]), None)
         ),
         "train_wall_time_s": float(_first(state.wall_time)),
+        "train_cpu_time_s": log.rows[-1].get("cpu_time_s") if log.rows else None,
         "invocation_time_s": elapsed(),
         "n_params": _count_params(member(state.params, 0) if ensemble else state.params),
         "n_train": len(train),
