@@ -41,7 +41,14 @@ from .cutoff import polynomial_cutoff
 from .mlp import ScalarMLP
 from .pair import pair_atomic_energies
 from .radial import paper_bessel_basis, paper_bessel_normalization
-from .tensor_product import TPSpec, irreps_offsets, layer_irreps, sh_irreps, weighted_channels
+from .tensor_product import (
+    TPSpec,
+    bilinear,
+    irreps_offsets,
+    layer_irreps,
+    sh_irreps,
+    weighted_channels_dc,
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,19 +58,46 @@ def paper_tp_specs(l_max: int, parity: bool, num_layers: int) -> tuple[TPSpec, .
     return tuple(TPSpec.build(irreps[i], env, irreps[i + 1]) for i in range(num_layers))
 
 
-def uuu_paths(x1: jax.Array, x2: jax.Array, spec: TPSpec) -> list[jax.Array]:
-    """Unweighted channel-wise TP; one ``[n_edges, C, 2l3+1]`` output per path."""
+@functools.lru_cache(maxsize=64)
+def path_slots(spec: TPSpec) -> tuple[tuple, np.ndarray, tuple[int, ...]]:
+    """The unweighted "every path its own slot" product as one :func:`bilinear`.
+
+    Returns:
+        ``(ia, ib, io)`` entries, their Clebsch–Gordan values ``[nnz, 1]``, and the first
+        output row of each path's slot (path ``p`` fills rows
+        ``start[p] : start[p] + 2 l3 + 1`` of an ``[n_edges, Σ_p (2 l3 + 1), C]`` output).
+    """
     cg = spec.coupling()  # [P, D1, D2, Do]
     oo = irreps_offsets(spec.irreps_out)
-    outs = []
-    for p, (_, _, io) in enumerate(spec.paths):
-        l3 = spec.irreps_out[io][0]
-        block = cg[p][:, :, oo[io] : oo[io] + 2 * l3 + 1]
-        nz1 = np.nonzero(np.any(block != 0, axis=(1, 2)))[0]
-        nz2 = np.nonzero(np.any(block != 0, axis=(0, 2)))[0]
-        b = jnp.asarray(block[np.ix_(nz1, nz2)], x1.dtype)
-        outs.append(jnp.einsum("zui,zuj,ijk->zuk", x1[:, :, nz1], x2[:, :, nz2], b))
-    return outs
+    ia, ib, io, vals, starts, row = [], [], [], [], [], 0
+    for p, (_, _, o) in enumerate(spec.paths):
+        d3 = 2 * spec.irreps_out[o][0] + 1
+        block = cg[p][:, :, oo[o] : oo[o] + d3]
+        for i, j, k in np.argwhere(block != 0):
+            ia.append(int(i)), ib.append(int(j)), io.append(row + int(k))
+            vals.append(block[i, j, k])
+        starts.append(row)
+        row += d3
+    values = np.asarray(vals)[:, None]
+    values.setflags(write=False)
+    return (tuple(ia), tuple(ib), tuple(io)), values, tuple(starts)
+
+
+def uuu_paths(x1: jax.Array, x2: jax.Array, spec: TPSpec) -> list[jax.Array]:
+    """Unweighted channel-wise TP; one ``[n_edges, 2l3+1, C]`` output per path.
+
+    Args:
+        x1: ``[n_edges, D1, C]``; x2: ``[n_edges, D2, C]``.
+    """
+    (ia, ib, io), values, starts = path_slots(spec)
+    out = bilinear(x1, x2, jnp.asarray(values, x1.dtype), ia, ib, io, max(io) + 1)
+    ends = list(starts[1:]) + [out.shape[1]]
+    return [out[:, a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+def channel_major_weights(weights: jax.Array, n_irreps: int) -> jax.Array:
+    """``[n, C * n_irreps]`` laid out (channel, irrep) -> ``[n, n_irreps, C]``."""
+    return jnp.swapaxes(weights.reshape(weights.shape[0], -1, n_irreps), 1, 2)
 
 
 class AllegroPaper(nn.Module):
@@ -130,19 +164,20 @@ class AllegroPaper(nn.Module):
             n_w = C * n_sh * (2 if layer == 0 else 1)
             weights = ScalarMLP((n_w,), None, "paper", dt, name=f"env_embed_{layer}")(latents)
             if layer == 0:
-                features = weighted_channels(sh, weights[:, : C * n_sh], sh_ir)
+                w0 = channel_major_weights(weights[:, : C * n_sh], n_sh)
+                features = weighted_channels_dc(sh, w0, sh_ir)  # [n_edges, D, C]
                 weights = weights[:, C * n_sh :]
-            env_edges = weighted_channels(sh, weights, sh_ir)  # [n_edges, C, D]
+            env_edges = weighted_channels_dc(sh, channel_major_weights(weights, n_sh), sh_ir)
             env = jax.ops.segment_sum(env_edges, edge_center, num_segments=n_nodes)
-            env = env * node_norm[:, None, None]
+            env = env * node_norm[:, None, None]  # [n_nodes, D, C]
             spec = specs[layer]
-            outs = uuu_paths(features, env[edge_center], spec)
+            outs = uuu_paths(features, env[edge_center], spec)  # per path [n_edges, 2l+1, C]
             scalar_paths = [
-                o
+                o[:, 0, :]
                 for (_, _, io), o in zip(spec.paths, outs, strict=True)
                 if spec.irreps_out[io] == (0, 1)
-            ]
-            scalars = jnp.concatenate(scalar_paths, axis=-1).reshape(outs[0].shape[0], -1)
+            ]  # (channel, path) order, as the reference flattens [n_edges, C, n_0e]
+            scalars = jnp.stack(scalar_paths, axis=-1).reshape(outs[0].shape[0], -1)
             if layer < cfg.num_layers - 1:
                 features = self._mix(outs, spec, C, dt, layer)
 
@@ -158,12 +193,12 @@ class AllegroPaper(nn.Module):
         return jnp.where(node_mask, e_atom, 0.0)
 
     def _mix(self, outs, spec: TPSpec, C: int, dt, layer: int) -> jax.Array:
-        """Per output irrep, mix (channel, path) -> channel; returns ``[n_edges, C, D_out]``."""
+        """Per output irrep, mix (channel, path) -> channel; returns ``[n_edges, D_out, C]``."""
         mixed = []
         for io, _ in enumerate(spec.irreps_out):
             group = [o for (_, _, jo), o in zip(spec.paths, outs, strict=True) if jo == io]
-            x = jnp.stack(group, axis=2)  # [n_edges, C, n_p, 2l+1]
+            x = jnp.stack(group, axis=1)  # [n_edges, n_p, 2l+1, C]
             n_p = len(group)
             w = self.param(f"linear_{layer}_{io}", nn.initializers.normal(1.0), (C, n_p, C), dt)
-            mixed.append(jnp.einsum("zupk,upv->zvk", x, w) / math.sqrt(C * n_p))
-        return jnp.concatenate(mixed, axis=-1)
+            mixed.append(jnp.einsum("zpku,upv->zkv", x, w) / math.sqrt(C * n_p))
+        return jnp.concatenate(mixed, axis=1)

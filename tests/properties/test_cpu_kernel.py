@@ -78,7 +78,7 @@ def test_trilinear_sum_is_reproducible_and_vmaps():
     np.testing.assert_allclose(batched[1], 2 * first, rtol=1e-6)
 
 
-@pytest.mark.parametrize("generation", ["current"])
+@pytest.mark.parametrize("generation", ["current", "paper"])
 def test_model_with_and_without_kernel(generation):
     cfg = AllegroConfig(
         type_names=("H", "O"),
@@ -89,6 +89,9 @@ def test_model_with_and_without_kernel(generation):
         num_tensor_features=8,
         avg_num_neighbors=4.0,
         generation=generation,
+        two_body_latent_mlp_latent_dimensions=(16, 32),
+        latent_mlp_latent_dimensions=(32,),
+        edge_eng_mlp_latent_dimensions=(16,),
     )
     init_fn, apply_fn = make_model(cfg)
     params = init_fn(jax.random.PRNGKey(0))
