@@ -1,25 +1,31 @@
-"""Measurement workers of ``benchmarks/run.py``, one framework per subprocess.
+"""Measurement workers of ``benchmarks/run.py``, one subprocess per system.
 
 Each worker reads a JSON job description (``--job``) and writes a JSON result (``--out``):
 
 * ``prepare``: build the reference model (nequip-allegro, fixed seed), convert it with
-  ``from_nequip`` and pickle ``(config, params)`` for ``ours``;
+  ``from_nequip`` and pickle ``(config, params)`` for ours; initialise and pickle the
+  InstaDeep ``mlip`` peers (MACE, NequIP; seed 0) and count their parameters;
 * ``aot``: AOT-Inductor-compile the same reference model (``nequip-compile``'s ``ase``
   target, one thread, as ``reference-howto.md`` prescribes);
-* ``ours``: allegro-jax energy+forces per system, the jitted training step, a jax-md
-  step;
-* ``ref``: the reference in one ``mode``: ``eager`` (energy+forces and the training step),
-  ``aot`` (energy+forces from the compiled artefact) or
-  ``compile-train`` (nequip's training-time ``torch.compile``).
+* ``compare``: ONE system, every side in this one process (ours with and without the
+  virial, the reference eager, the reference AOT at 1 and at 2 torch threads, the peers),
+  all on the same edges, calls interleaved round by round (``interleave``);
+* ``train``: the training step (aspirin batch 5, energy + force loss), ours and the
+  reference (eager; ``torch.compile`` on request) interleaved in one process;
+* ``md``: jax-md NVE on a stable system (diamond Si at 300 K with the trained Si model of
+  ``benchmarks/models/si_lmax1``): steps/s, neighbour-list rebuilds, temperatures.
 
-The reference model is rebuilt from its seed in every worker (same weights; checked by
-comparing energies). Graphs (edges, cell shifts) come from ``build_graph`` in every worker,
-so both frameworks see identical edges.
+torch and XLA share the process: ``OMP_WAIT_POLICY=PASSIVE`` (set by ``run.py``) keeps
+torch's OpenMP threads from spinning between its calls, and each side's median is also
+measured back to back (``solo_ms``) so that any interference shows up in the results.
+The reference model is rebuilt from its seed (same weights as ours; energies compared).
+Graphs (edges, cell shifts) come from ``build_graph``; every side gets the same edges.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import pickle
@@ -62,11 +68,11 @@ def water_structures():
     return [Structure.from_ase(atoms)]
 
 
-def si_atoms(n_rep: int):
+def si_atoms(n_rep: int, rattle: float = 0.05):
     import ase.build
 
     si = ase.build.bulk("Si", "diamond", a=5.43, cubic=True).repeat((n_rep,) * 3)
-    si.rattle(0.05, seed=0)
+    si.rattle(rattle, seed=0)
     return si
 
 
@@ -113,28 +119,6 @@ def graph_counts(graph) -> dict:
 
 def rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def rss_now_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def time_calls(fn, min_time: float, max_repeats: int, min_repeats: int = 3) -> dict:
-    """Median wall time of ``fn()`` (already warmed up) in ms, and the repeats taken."""
-    ts = []
-    t_start = time.perf_counter()
-    while len(ts) < max_repeats and (
-        len(ts) < min_repeats or time.perf_counter() - t_start < min_time
-    ):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return {
-        "ms": 1e3 * float(np.median(ts)),
-        "ms_min": 1e3 * float(np.min(ts)),
-        "repeats": len(ts),
-    }
 
 
 def reference_model(spec: dict, compile_mode: str | None = None):
@@ -224,7 +208,29 @@ def worker_prepare(job: dict) -> dict:
     n_params = int(sum(p.numel() for p in model.parameters()))
     with open(job["params_path"], "wb") as f:
         pickle.dump((cfg, params), f)
-    return {"n_params": n_params}
+    out = {"n_params": n_params, "peers": {}}
+    for name, path in job.get("peer_params_path", {}).items():
+        out["peers"][name] = prepare_peer(name, job["spec"], path)
+    return out
+
+
+def prepare_peer(name: str, spec: dict, path: str) -> dict:
+    """Random parameters (seed 0) of an ``mlip`` peer, pickled; its parameter count."""
+    import jax
+    from mlip.data.helpers.dummy_init_graph import get_dummy_graph_for_model_init
+
+    predictor = mlip_predictor(name, spec)
+    t0 = time.perf_counter()
+    params = jax.jit(predictor.init)(jax.random.key(0), get_dummy_graph_for_model_init())
+    params = jax.device_get(params)
+    with open(path, "wb") as f:
+        pickle.dump(params, f)
+    return {
+        "n_params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "init_s": time.perf_counter() - t0,
+        "mlip": importlib.metadata.version("mlip"),
+        **PEERS[name],
+    }
 
 
 def worker_aot(job: dict) -> dict:
@@ -272,241 +278,340 @@ def worker_aot(job: dict) -> dict:
     return {"compile_s": time.perf_counter() - t0}
 
 
-def worker_ours(job: dict) -> dict:
+# ---------------------------------------------------------------------------------------
+# the sides of a comparison: each is a zero-argument call on one prepared input
+# ---------------------------------------------------------------------------------------
+
+
+def ours_side(params_path: str, g_np, stress: bool) -> dict:
+    """allegro-jax energy+forces(+virial), jitted and compiled ahead for this graph."""
     import jax
-    import optax  # noqa: F401  (import cost outside the timings)
 
     from allegro_jax import make_model
 
-    with open(job["params_path"], "rb") as f:
+    with open(params_path, "rb") as f:
         cfg, params = pickle.load(f)
-    init_fn, apply_fn = make_model(cfg)
+    _, apply_fn = make_model(cfg)
     params = jax.device_put(params)
-    out: dict = {"systems": {}, "jax": jax.__version__, "rss_start_mib": rss_now_mib()}
-    mem_cap = job["mem_cap_gib"] * 2**30
-    time_cap = job["time_cap_s"]
-    f = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=False))
-    fs = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=True))
-    prev = None
-    for name in job["systems"]:
-        g_np = graph_of(name, cfg.r_max)
-        counts = graph_counts(g_np)
-        if prev is not None and prev["ms"] / prev["atoms"] * counts["atoms"] > 1e3 * time_cap:
-            out["systems"][name] = {**counts, "skipped": f"predicted time > {time_cap} s"}
-            continue
-        g = jax.device_put(g_np)
-        t0 = time.perf_counter()
-        compiled = f.lower(params, g).compile()
-        compile_s = time.perf_counter() - t0
-        mem = compiled.memory_analysis()
-        mem_bytes = None
-        if mem is not None:
-            mem_bytes = int(
-                mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-            )
-        if mem_bytes is not None and mem_bytes > mem_cap:
-            out["systems"][name] = {
-                **counts,
-                "skipped": f"needs {mem_bytes / 2**30:.1f} GiB > cap",
-            }
-            continue
-        t0 = time.perf_counter()
-        res = jax.block_until_ready(compiled(params, g))
-        first_s = time.perf_counter() - t0
-        timing = time_calls(
-            lambda compiled=compiled, g=g: jax.block_until_ready(compiled(params, g)),
-            job["min_time"],
-            job["max_repeats"],
+    g = jax.device_put(g_np)
+    fn = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=stress))
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, g).compile()
+    compile_s = time.perf_counter() - t0
+    nm = np.asarray(g_np.node_mask)
+
+    def call():
+        return jax.block_until_ready(compiled(params, g))
+
+    def check(res):
+        return energy_check(
+            float(np.sum(np.asarray(res["energy"]))), np.asarray(res["forces"])[nm][:8]
         )
-        nm = np.asarray(g_np.node_mask)
-        row = {
-            **counts,
-            **timing,
-            "compile_s": compile_s,
-            "first_call_s": first_s,
-            "xla_memory_mib": None if mem_bytes is None else mem_bytes / 2**20,
-            "rss_peak_mib": rss_peak_mib(),
-            "check": energy_check(
-                float(np.sum(np.asarray(res["energy"]))), np.asarray(res["forces"])[nm][:8]
-            ),
+
+    return {
+        "call": call,
+        "check": check,
+        "info": {"compile_s": compile_s, "xla_memory_mib": xla_memory_mib(compiled)},
+    }
+
+
+def ref_side(job: dict, g_np, mode: str, threads: int) -> dict:
+    """nequip-allegro eager or AOT Inductor (``ase`` target) at ``threads`` torch threads.
+
+    nequip always computes the virial in its force call.
+    """
+    import torch
+
+    if mode == "eager":
+        model = reference_model(job["spec"])
+        model.eval()
+    else:
+        from nequip.model.inference_models import load_compiled_model
+
+        model, _ = load_compiled_model(job["pt2_path"], "cpu")
+    data = nequip_batch(g_np, single_frame=(mode == "aot"))
+
+    def call():
+        torch.set_num_threads(threads)
+        return model(dict(data))
+
+    def check(res):
+        return energy_check(
+            float(res["total_energy"].detach().sum()), res["forces"].detach().numpy()[:8]
+        )
+
+    return {"call": call, "check": check, "info": {"threads": threads}}
+
+
+def peer_side(job: dict, name: str, g_np) -> dict:
+    """InstaDeep ``mlip`` (MACE or NequIP), energy+forces+stress, jitted, same edges."""
+    import jax
+
+    with open(job["peer_params_path"][name], "rb") as f:
+        params = pickle.load(f)
+    predictor = mlip_predictor(name, job["spec"])
+    graph = mlip_graph(g_np)
+    fn = jax.jit(predictor.apply)
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, graph).compile()
+    compile_s = time.perf_counter() - t0
+    n_real = int(np.sum(np.asarray(g_np.node_mask)))
+
+    def call():
+        return jax.block_until_ready(compiled(params, graph))
+
+    def check(res):
+        return energy_check(
+            float(np.sum(np.asarray(res.globals.energy))),
+            np.asarray(res.nodes.forces)[:n_real][:8],
+        )
+
+    return {
+        "call": call,
+        "check": check,
+        "info": {"compile_s": compile_s, "xla_memory_mib": xla_memory_mib(compiled)},
+    }
+
+
+def make_side(job: dict, side: str, g_np) -> dict:
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    if side == "ours":
+        return ours_side(job["params_path"], g_np, stress=True)
+    if side == "ours_nostress":
+        return ours_side(job["params_path"], g_np, stress=False)
+    if side == "ref_eager":
+        return ref_side(job, g_np, "eager", threads)
+    if side.startswith("ref_aot_t"):
+        return ref_side(job, g_np, "aot", int(side.removeprefix("ref_aot_t")))
+    if side in PEERS:
+        return peer_side(job, side, g_np)
+    raise ValueError(f"unknown side {side!r}")
+
+
+def xla_memory_mib(compiled) -> float | None:
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    return total / 2**20
+
+
+# ---------------------------------------------------------------------------------------
+# InstaDeep mlip peers
+# ---------------------------------------------------------------------------------------
+
+# Sizes chosen for parameter counts close to the headline Allegro model (62,464 at l_max 1,
+# S 64, C 32): MACE 57,904, NequIP 61,476 (counted in `prepare`); both l_max 1, 2 layers,
+# 8 Bessels, polynomial envelope, r_max and avg_num_neighbors of the Allegro model.
+PEERS = {
+    "mlip_mace": {
+        "model": "mace",
+        "config": {"num_layers": 2, "num_channels": 32, "l_max": 1, "correlation": 3},
+    },
+    "mlip_nequip": {
+        "model": "nequip",
+        "config": {"num_layers": 2, "l_max": 1, "target_irreps": "40x0e+40x0o+20x1o+20x1e"},
+    },
+}
+ATOMIC_NUMBERS = {"H": 1, "C": 6, "O": 8, "Si": 14}
+
+
+def mlip_predictor(name: str, spec: dict):
+    """The flax module of a peer: network + conservative forces/stress head."""
+    from mlip.data import DatasetInfo
+    from mlip.models import Mace, Nequip
+    from mlip.models.predictors import ConservativePredictor
+    from mlip.models.predictors.energy_heads import standard_energy_computation_head
+    from mlip.typing.properties import Properties
+
+    info = DatasetInfo(
+        atomic_energies_map={ATOMIC_NUMBERS[t]: 0.0 for t in TYPE_NAMES},
+        graph_cutoff_angstrom=spec["r_max"],
+        avg_num_neighbors=AVG_NUM_NEIGHBORS,
+    )
+    peer = PEERS[name]
+    network_cls = {"mace": Mace, "nequip": Nequip}[peer["model"]]
+    network = network_cls(network_cls.Config(**peer["config"]), info)
+    return ConservativePredictor(
+        mlip_network=network,
+        required_properties=Properties(stress=True),
+        energy_head=standard_energy_computation_head,
+    )
+
+
+def mlip_graph(g_np):
+    """Our padded graph -> an ``mlip`` Graph with the same (real) edges, sender-sorted.
+
+    mlip's senders/receivers and shifts are our centres/neighbours and image offsets
+    (``r = pos[receiver] - pos[sender] + shift @ cell``, as ours). A batch of several
+    frames gets mlip's trailing padding graph (one dummy node, no edges).
+    """
+    import jax.numpy as jnp
+    from mlip.graph import EdgeOrdering, Graph, GraphEdges, GraphGlobals, GraphNodes
+
+    nm, em = np.asarray(g_np.node_mask), np.asarray(g_np.edge_mask)
+    n_graphs = int(np.sum(np.asarray(g_np.graph_mask)))
+    numbers = np.array([ATOMIC_NUMBERS[TYPE_NAMES[s]] for s in np.asarray(g_np.species)[nm]])
+    pos = np.asarray(g_np.positions, np.float32)[nm]
+    center = np.asarray(g_np.edge_center)[em]
+    order = np.argsort(center, kind="stable")
+    center = center[order]
+    neighbor = np.asarray(g_np.edge_neighbor)[em][order]
+    shift = np.asarray(g_np.edge_shift, np.float32)[em][order]
+    cell = np.asarray(g_np.cell, np.float32)[:n_graphs]
+    n_node = np.asarray(g_np.n_node)[:n_graphs]
+    n_edge = np.bincount(np.asarray(g_np.node_graph)[nm][center], minlength=n_graphs)
+    if n_graphs > 1:
+        numbers = np.append(numbers, 1)
+        pos = np.concatenate([pos, np.zeros((1, 3), np.float32)])
+        cell = np.concatenate([cell, np.zeros((1, 3, 3), np.float32)])
+        n_node, n_edge = np.append(n_node, 1), np.append(n_edge, 0)
+    return Graph(
+        nodes=GraphNodes(atomic_numbers=jnp.asarray(numbers), positions=jnp.asarray(pos)),
+        edges=GraphEdges(shifts=jnp.asarray(shift)),
+        globals=GraphGlobals(cell=jnp.asarray(cell), weight=jnp.ones(len(n_node), jnp.float32)),
+        n_node=jnp.asarray(n_node),
+        n_edge=jnp.asarray(n_edge),
+        senders=jnp.asarray(center, jnp.int32),
+        receivers=jnp.asarray(neighbor, jnp.int32),
+        ordering=EdgeOrdering.SENDER,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# interleaved timing
+# ---------------------------------------------------------------------------------------
+
+
+def interleave(calls: dict, job: dict) -> dict:
+    """Time ``calls`` (name -> zero-argument call, each already warmed up) call by call.
+
+    First ``solo_calls`` back-to-back calls of each (to see whether the frameworks slow
+    each other down when interleaved), then rounds in which every side is called once,
+    the order rotated by one each round (A B C, B C A, C A B, ...), so that no side
+    always follows the same one. Rounds: enough for ``budget_s`` at the solo speed,
+    clamped to [min_rounds, max_rounds].
+    """
+    names = list(calls)
+    solo = {}
+    for n in names:
+        ts = []
+        for _ in range(job.get("solo_calls", 3)):
+            t0 = time.perf_counter()
+            calls[n]()
+            ts.append(time.perf_counter() - t0)
+        solo[n] = ts
+    round_s = sum(float(np.median(ts)) for ts in solo.values())
+    n_rounds = int(job["budget_s"] / max(round_s, 1e-6))
+    n_rounds = max(job["min_rounds"], min(job["max_rounds"], n_rounds))
+    times: dict = {n: [] for n in names}
+    for r in range(n_rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            calls[n]()
+            times[n].append(time.perf_counter() - t0)
+    out = {}
+    for n in names:
+        ts = np.asarray(times[n])
+        out[n] = {
+            "ms": 1e3 * float(np.median(ts)),
+            "ms_min": 1e3 * float(np.min(ts)),
+            "ms_all": [round(1e3 * t, 3) for t in ts],
+            "solo_ms": 1e3 * float(np.median(solo[n])),
         }
-        if job.get("stress") and name in job["stress"]:
-            cs = fs.lower(params, g).compile()
-            jax.block_until_ready(cs(params, g))
-            row["with_stress_ms"] = time_calls(
-                lambda cs=cs, g=g: jax.block_until_ready(cs(params, g)),
-                job["min_time"],
-                job["max_repeats"],
-            )["ms"]
-        out["systems"][name] = row
-        prev = row
-        print(f"ours {name}: {row['ms']:.1f} ms", file=sys.stderr, flush=True)
-    if job.get("train"):
-        out["train_step"] = ours_train_step(cfg, params, apply_fn, job)
-    if job.get("md"):
-        try:
-            out["md_step"] = ours_md_step(cfg, params, job)
-        except Exception as e:  # report, do not lose the other numbers
-            out["md_step"] = {"error": f"{type(e).__name__}: {e}"}
+    return {"rounds": n_rounds, "sides": out}
+
+
+def worker_compare(job: dict) -> dict:
+    """One system, every side in this process, calls interleaved (``interleave``)."""
+    import jax
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    load_start = os.getloadavg()
+    name = job["system"]
+    g_np = graph_of(name, job["spec"]["r_max"])
+    out: dict = {"system": name, **graph_counts(g_np), "jax": jax.__version__}
+    out.update(versions_torch())
+    calls, checks, info = {}, {}, {}
+    for side in job["sides"]:
+        s = make_side(job, side, g_np)
+        t0 = time.perf_counter()
+        res = s["call"]()
+        info[side] = {**s["info"], "first_call_s": time.perf_counter() - t0}
+        checks[side] = s["check"](res)
+        calls[side] = s["call"]
+        print(f"{name}: {side} ready", file=sys.stderr, flush=True)
+    out.update(interleave(calls, job))
+    for side in job["sides"]:
+        out["sides"][side].update(info[side])
+    out["checks"] = checks
+    out["load_avg_start"] = [round(x, 2) for x in load_start]
+    out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     out["rss_peak_mib"] = rss_peak_mib()
     return out
 
 
-def ours_train_step(cfg, params, apply_fn, job: dict) -> dict:
+def versions_torch() -> dict:
+    import allegro
+    import nequip
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "nequip": nequip.__version__,
+        "allegro": getattr(allegro, "__version__", "0.8.3"),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# training step, interleaved
+# ---------------------------------------------------------------------------------------
+
+
+def ours_train_side(job: dict) -> dict:
     import jax
 
+    from allegro_jax import make_model
     from allegro_jax.data.padding import budget_of, build_graph
     from allegro_jax.train.loss import Batch, make_labels
     from allegro_jax.train.optimizer import make_optimizer
     from allegro_jax.train.state import create_train_state
     from allegro_jax.train.step import make_train_step
 
+    with open(job["params_path"], "rb") as f:
+        cfg, params = pickle.load(f)
+    _, apply_fn = make_model(cfg)
     structs = aspirin_structures(job["train_batch"], labels=True)
     g = build_graph(structs, TYPE_NAMES, cfg.r_max)
     batch = jax.device_put(Batch(g, make_labels(structs, budget_of(g))))
     tx = make_optimizer(1e-3)
-    state = create_train_state(params, tx, 1e-3, jax.random.PRNGKey(1))
+    state = create_train_state(jax.device_put(params), tx, 1e-3, jax.random.PRNGKey(1))
     step = make_train_step(apply_fn, tx, {"total_energy": 1.0, "forces": 1.0})
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
     holder = [state]
 
-    def one():
+    def call():
         s, m = compiled(holder[0], batch)
         jax.block_until_ready(m)
         holder[0] = s
+        return m
 
-    one()
-    timing = time_calls(one, job["min_time"], job["max_repeats"] * 3, min_repeats=5)
     return {
-        **graph_counts(g),
-        **timing,
-        "compile_s": compile_s,
-        "xla_memory_mib": None
-        if mem is None
-        else (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes)
-        / 2**20,
-        "includes": "loss (per-atom energy MSE + force MSE), grad, Adam, EMA, metrics",
+        "call": call,
+        "info": {
+            **graph_counts(g),
+            "compile_s": compile_s,
+            "xla_memory_mib": xla_memory_mib(compiled),
+            "includes": "loss (per-atom energy MSE + force MSE), grad, Adam, EMA, metrics",
+        },
     }
 
 
-def ours_md_step(cfg, params, job: dict) -> dict:
-    import jax
-
-    from allegro_jax.md.integrate import make_simulation
-
-    structs = water_structures()
-    atoms_species = np.array([TYPE_NAMES.index(s) for s in ("H", "O")])
-    s = structs[0]
-    species = np.where(s.numbers == 1, atoms_species[0], atoms_species[1])
-    n_steps = job["md_steps"]
-    init_fn, apply_fn = make_simulation(
-        cfg,
-        params,
-        species,
-        cell=np.asarray(s.cell),
-        timestep_fs=0.5,
-        temperature_K=300.0,
-        skin=0.5,
-        log_every=10,
-        logs_per_chunk=max(1, n_steps // 10),
-        log_pressure=False,
-    )
-    state = init_fn(jax.random.PRNGKey(1), s.positions)
-    t0 = time.perf_counter()
-    state, _ = apply_fn(state, n_steps)
-    jax.block_until_ready(state.sim.position)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    state, log = apply_fn(state, n_steps)
-    jax.block_until_ready(state.sim.position)
-    dt = time.perf_counter() - t0
-    return {
-        "system": "water 192",
-        "ensemble": "nve",
-        "timestep_fs": 0.5,
-        "steps": n_steps,
-        "ms_per_step": 1e3 * dt / n_steps,
-        "first_chunk_s": first,
-        "neighbor_rebuilds": int(np.sum(np.asarray(log.n_rebuilds))),
-        "includes": "jax-md NVE step with on-demand neighbour-list rebuild, jitted chunks",
-    }
-
-
-def worker_ref(job: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    mode = job["mode"]
-    out: dict = {"systems": {}, "torch": torch.__version__, "rss_start_mib": rss_now_mib()}
-    import allegro
-    import nequip
-
-    out["nequip"] = nequip.__version__
-    out["allegro"] = getattr(allegro, "__version__", "0.8.3")
-    if mode == "compile-train":
-        out["train_step"] = ref_train_step(job, compile_mode="compile")
-        out["rss_peak_mib"] = rss_peak_mib()
-        return out
-    if mode == "eager":
-        model = reference_model(job["spec"])
-        model.eval()
-
-        def call(data):
-            return model(dict(data))
-
-    else:
-        from nequip.model.inference_models import load_compiled_model
-
-        model, _ = load_compiled_model(job["pt2_path"], "cpu")
-
-        def call(data):
-            return model(dict(data))
-
-    mem_cap_mib = job["mem_cap_gib"] * 1024
-    time_cap = job["time_cap_s"]
-    prev = None
-    base_rss = rss_now_mib()
-    for name in job["systems"]:
-        g = graph_of(name, job["spec"]["r_max"])
-        counts = graph_counts(g)
-        if prev is not None:
-            scale = counts["atoms"] / prev["atoms"]
-            if prev["ms"] * scale > 1e3 * time_cap:
-                out["systems"][name] = {**counts, "skipped": f"predicted time > {time_cap} s"}
-                continue
-            grown = max(prev["rss_peak_mib"] - base_rss, 0.0) * scale
-            if prev["atoms"] >= 1000 and base_rss + grown > mem_cap_mib:
-                out["systems"][name] = {**counts, "skipped": "predicted memory > cap"}
-                continue
-        data = nequip_batch(g, single_frame=(mode == "aot"))
-        t0 = time.perf_counter()
-        res = call(data)
-        first_s = time.perf_counter() - t0
-        timing = time_calls(lambda data=data: call(data), job["min_time"], job["max_repeats"])
-        row = {
-            **counts,
-            **timing,
-            "first_call_s": first_s,
-            "rss_peak_mib": rss_peak_mib(),
-            "check": energy_check(
-                float(res["total_energy"].detach().sum()),
-                res["forces"].detach().numpy()[:8],
-            ),
-        }
-        out["systems"][name] = row
-        prev = row
-        print(f"ref {mode} {name}: {row['ms']:.1f} ms", file=sys.stderr, flush=True)
-    if mode == "eager" and job.get("train"):
-        del model
-        out["train_step"] = ref_train_step(job)
-    out["rss_peak_mib"] = rss_peak_mib()
-    return out
-
-
-def ref_train_step(job: dict, compile_mode: str | None = None) -> dict:
+def ref_train_side(job: dict, compile_mode: str | None = None) -> dict:
     """Reference training step: forces with create_graph, our loss, backward, Adam."""
     import torch
 
@@ -522,8 +627,10 @@ def ref_train_step(job: dict, compile_mode: str | None = None) -> dict:
     model = reference_model(job["spec"], compile_mode=compile_mode)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
 
-    def one():
+    def call():
+        torch.set_num_threads(threads)
         out = model(dict(data))
         e = out["total_energy"].reshape(n_graphs)
         loss = torch.mean(((e - e_ref) / n_atoms) ** 2) + torch.mean((out["forces"] - f_ref) ** 2)
@@ -532,26 +639,160 @@ def ref_train_step(job: dict, compile_mode: str | None = None) -> dict:
         opt.step()
         return loss
 
-    t0 = time.perf_counter()
-    loss = one()
-    first_s = time.perf_counter() - t0
-    n_grad = sum(
-        int(p.grad is not None and bool(torch.any(p.grad != 0))) for p in model.parameters()
-    )
-    timing = time_calls(one, job["min_time"], job["max_repeats"] * 3, min_repeats=5)
     return {
-        **graph_counts(g),
-        **timing,
-        "first_call_s": first_s,
-        "loss": float(loss),
-        "params_with_grad": n_grad,
-        "rss_peak_mib": rss_peak_mib(),
-        "includes": "forward with create_graph, loss (per-atom energy MSE + force MSE), "
-        "backward, Adam (no EMA)",
+        "call": call,
+        "info": {
+            "includes": "forward with create_graph, loss (per-atom energy MSE + force MSE), "
+            "backward, Adam (no EMA)"
+        },
     }
 
 
-WORKERS = {"prepare": worker_prepare, "aot": worker_aot, "ours": worker_ours, "ref": worker_ref}
+def worker_train(job: dict) -> dict:
+    """Training step, aspirin batch ``train_batch``: ours and the reference interleaved."""
+    import jax
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    load_start = os.getloadavg()
+    out: dict = {"jax": jax.__version__, **versions_torch()}
+    calls, info = {}, {}
+    for side in job["sides"]:
+        if side == "ours":
+            s = ours_train_side(job)
+        elif side == "ref_eager":
+            s = ref_train_side(job)
+        elif side == "ref_compile":
+            s = ref_train_side(job, compile_mode="compile")
+        else:
+            raise ValueError(f"unknown training side {side!r}")
+        t0 = time.perf_counter()
+        s["call"]()
+        info[side] = {**s["info"], "first_call_s": time.perf_counter() - t0}
+        calls[side] = s["call"]
+        print(f"train: {side} ready", file=sys.stderr, flush=True)
+    out.update(interleave(calls, job))
+    for side in job["sides"]:
+        out["sides"][side].update(info[side])
+    out["load_avg_start"] = [round(x, 2) for x in load_start]
+    out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# MD on a stable system
+# ---------------------------------------------------------------------------------------
+
+MD_MODEL = Path(__file__).resolve().parent / "models" / "si_lmax1"
+
+
+def load_si_model(dtype: str = "float32"):
+    """The trained Si model of ``benchmarks/models/si_lmax1`` as ``(config, params)``, in
+    ``dtype`` (float64 needs ``jax_enable_x64``)."""
+    import dataclasses
+
+    import jax
+
+    from allegro_jax.train.export import load_model
+
+    cfg, params, _ = load_model(MD_MODEL)
+    if dtype != cfg.model_dtype:
+        cfg = dataclasses.replace(cfg, model_dtype=dtype)
+        params = jax.tree.map(lambda x: np.asarray(x, dtype), params)
+    return cfg, params
+
+
+def md_benchmark(
+    cfg,
+    params,
+    n_rep: int,
+    steps: int,
+    *,
+    timestep_fs: float = 1.0,
+    temperature_k: float = 300.0,
+    skin: float = 0.5,
+    chunk: int = 100,
+    seed: int = 0,
+) -> dict:
+    """NVE MD of diamond Si (``n_rep``³ cubic cells, 0.01 Å rattle, Maxwell-Boltzmann
+    velocities at ``temperature_k``) with a Si model (the trained one: near a minimum):
+    steps/s over ``steps`` steps after a warm-up chunk (compilation), neighbour-list
+    rebuilds per 100 steps, maximum temperature."""
+    import jax
+
+    from allegro_jax.md.integrate import make_simulation
+
+    atoms = si_atoms(n_rep, rattle=0.01)
+    species = np.full(len(atoms), cfg.type_names.index("Si"))
+    init_fn, apply_fn = make_simulation(
+        cfg,
+        params,
+        species,
+        cell=np.asarray(atoms.cell),
+        timestep_fs=timestep_fs,
+        temperature_K=temperature_k,
+        skin=skin,
+        log_every=10,
+        logs_per_chunk=max(1, chunk // 10),
+        log_pressure=False,
+    )
+    state = init_fn(jax.random.PRNGKey(seed), atoms.positions)
+    t0 = time.perf_counter()
+    state, log = apply_fn(state, chunk)
+    jax.block_until_ready(state.sim.position)
+    first = time.perf_counter() - t0
+    temps = list(np.asarray(log.temperature_K))
+    rebuilds, done = 0, 0
+    t0 = time.perf_counter()
+    while done < steps:
+        state, log = apply_fn(state, chunk)
+        done += chunk
+        rebuilds += int(np.sum(np.asarray(log.n_rebuilds)))
+        temps += list(np.asarray(log.temperature_K))
+    jax.block_until_ready(state.sim.position)
+    dt = time.perf_counter() - t0
+    return {
+        "system": f"Si {len(atoms)}",
+        "atoms": len(atoms),
+        "model": "benchmarks/models/si_lmax1 (trained on mlearn Si, benchmarks/md_si.yaml)",
+        "dtype": cfg.model_dtype,
+        "ensemble": "nve",
+        "timestep_fs": timestep_fs,
+        "initial_temperature_K": temperature_k,
+        "skin_A": skin,
+        "steps": done,
+        "steps_per_s": done / dt,
+        "ms_per_step": 1e3 * dt / done,
+        "atom_steps_per_s": len(atoms) * done / dt,
+        "ns_per_day": done / dt * timestep_fs * 86400 * 1e-6,
+        "first_chunk_s": first,
+        "rebuilds_per_100_steps": 100.0 * rebuilds / done,
+        "max_temperature_K": float(np.max(temps)),
+        "final_temperature_K": float(temps[-1]),
+        "includes": "jax-md NVE step with on-demand neighbour-list rebuild, jitted chunks of "
+        f"{chunk} steps, thermo row every 10 steps",
+    }
+
+
+def worker_md(job: dict) -> dict:
+    import jax
+
+    load_start = os.getloadavg()
+    cfg, params = load_si_model()
+    out = md_benchmark(cfg, params, job["md_n_rep"], job["md_steps"])
+    out["jax"] = jax.__version__
+    out["load_avg_start"] = [round(x, 2) for x in load_start]
+    out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+WORKERS = {
+    "prepare": worker_prepare,
+    "aot": worker_aot,
+    "compare": worker_compare,
+    "train": worker_train,
+    "md": worker_md,
+}
 
 
 def main() -> None:
