@@ -57,38 +57,120 @@ CHECKPOINT_FORMAT = 2
 _STATE_SETTINGS = ("ensemble", "dt", "temperature", "pressure", "tau_t", "tau_p", "dtype")
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories can't be
+    opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _flush(f) -> None:
+    """Flush Python's buffer and the operating system's (the data is on disk)."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def _save_checkpoint(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to a temporary file, then an atomic rename (a kill leaves the old one)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
+        _flush(f)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def _truncate_logs(thermo_path: Path, traj_path: Path, last_step: int) -> None:
-    """Drop thermo rows and trajectory frames after ``last_step`` (written after the
-    checkpoint by a run that was then killed)."""
-    if thermo_path.exists():
-        lines = thermo_path.read_text().splitlines(keepends=True)
-        keep = lines[:1] + [
-            ln for ln in lines[1:] if ln.strip() and int(ln.split(",")[0]) <= last_step
-        ]
-        if len(keep) != len(lines):
-            thermo_path.write_text("".join(keep))
-    if traj_path.exists():
-        lines = traj_path.read_text().splitlines(keepends=True)
-        out, i = [], 0
-        while i < len(lines):
-            n = int(lines[i])
-            m = re.search(r"\bstep=(\d+)", lines[i + 1])
-            if m and int(m.group(1)) > last_step:
+_STEP_IN_COMMENT = re.compile(rb"\bstep=(-?\d+)")
+
+
+def _thermo_end(path: Path, last_step: int) -> int:
+    """Byte offset after the header and the complete rows up to ``last_step`` of
+    ``thermo.csv`` (0 when even the header is incomplete)."""
+    with open(path, "rb") as f:
+        header = f.readline()
+        if not header.endswith(b"\n"):
+            return 0
+        n_fields = header.count(b",") + 1
+        end = len(header)
+        for line in f:
+            fields = line.split(b",")
+            if not line.endswith(b"\n") or len(fields) != n_fields:
+                break  # a row cut short by a kill
+            try:
+                step = int(fields[0])
+            except ValueError:
                 break
-            out.extend(lines[i : i + n + 2])
-            i += n + 2
-        if len(out) != len(lines):
-            traj_path.write_text("".join(out))
+            if step > last_step:
+                break
+            end += len(line)
+    return end
+
+
+def _trajectory_end(path: Path, last_step: int) -> int:
+    """Byte offset after the complete extxyz frames up to ``last_step`` (a frame without a
+    ``step=`` entry is kept; a frame cut short by a kill ends the scan)."""
+    end = 0
+    with open(path, "rb") as f:
+        while True:
+            count = f.readline()
+            if not count.endswith(b"\n"):
+                break
+            try:
+                n_atoms = int(count)
+            except ValueError:
+                break
+            comment = f.readline()
+            lines = [f.readline() for _ in range(n_atoms)]
+            if not comment.endswith(b"\n") or not all(ln.endswith(b"\n") for ln in lines):
+                break
+            match = _STEP_IN_COMMENT.search(comment)
+            if match is not None and int(match.group(1)) > last_step:
+                break
+            end += len(count) + len(comment) + sum(len(ln) for ln in lines)
+    return end
+
+
+def _truncate_outputs(
+    thermo_path: Path, traj_path: Path, last_step: int, sizes: dict | None = None
+) -> None:
+    """Cut ``thermo.csv`` and ``trajectory.extxyz`` back to the checkpoint at ``last_step``.
+
+    Both are written (and flushed to disk) before the checkpoint, so everything up to the
+    checkpoint is there; what follows (rows and frames of a chunk whose checkpoint was never
+    written, or the partial last row or frame of a kill) is dropped and will be written
+    again. ``sizes`` (``{file name: bytes}``, recorded in the checkpoint) gives the cut
+    directly; without it, the files are scanned for the last complete row/frame up to
+    ``last_step``.
+    """
+    for path, scan in ((thermo_path, _thermo_end), (traj_path, _trajectory_end)):
+        if not path.exists():
+            continue
+        size = path.stat().st_size
+        recorded = None if sizes is None else sizes.get(path.name)
+        if recorded is None:
+            end = scan(path, last_step)
+        elif recorded > size:
+            print(
+                f"warning: {path} has {size} bytes, {recorded} when the checkpoint at step "
+                f"{last_step} was written: it was cut or replaced since, rows or frames are "
+                "missing",
+                file=sys.stderr,
+            )
+            end = size
+        else:
+            end = recorded
+        if end < size:
+            with open(path, "r+b") as f:
+                f.truncate(end)
+                _flush(f)
 
 
 class _Progress:
@@ -171,7 +253,8 @@ def _run_md(args: argparse.Namespace) -> int:
         atoms.set_cell(ck["cell"], scale_atoms=False)
         atoms.set_positions(ck["positions"])
         velocities, start_step = ck["velocities"], int(ck["step"])
-        _truncate_logs(thermo_path, traj_path, start_step)
+        saved_meta = json.loads(str(ck.get("meta", "{}")))
+        _truncate_outputs(thermo_path, traj_path, start_step, saved_meta.get("sizes"))
     species = np.array([config.type_names.index(s) for s in atoms.get_chemical_symbols()])
     periodic = bool(all(atoms.pbc))
     chunk = args.log_every * args.logs_per_chunk
@@ -231,7 +314,7 @@ def _run_md(args: argparse.Namespace) -> int:
     t0, done, stopped = time.perf_counter(), 0, False
     t_first, done_first = None, 0  # after the first chunk (compilation) for the speed
     with open(thermo_path, mode) as thermo, open(traj_path, mode) as traj:
-        if mode == "w":
+        if thermo_path.stat().st_size == 0:
             thermo.write(",".join(fields) + "\n")
         while done < steps:
             if args.max_wall_time is not None and time.perf_counter() - t0 > args.max_wall_time:
@@ -252,9 +335,15 @@ def _run_md(args: argparse.Namespace) -> int:
             frame.info["energy"] = float(np.asarray(log.potential_energy)[-1])
             frame.info["step"] = int(state.step)
             frame.arrays["velocities_A_per_fs"] = vel
+            # frames and rows first, on disk, then the checkpoint: a kill at any point leaves
+            # a checkpoint whose rows and frames are all written (a restart cuts what follows)
+            _flush(thermo)
+            ase.io.write(traj, frame, format="extxyz")
+            _flush(traj)
+            sizes = {p.name: p.stat().st_size for p in (thermo_path, traj_path)}
             _save_checkpoint(
                 checkpoint,
-                settings,
+                {**settings, "sizes": sizes},
                 {
                     "positions": pos,
                     "velocities": vel,
@@ -263,9 +352,6 @@ def _run_md(args: argparse.Namespace) -> int:
                     **{f"state{k}": v for k, v in state_to_arrays(state).items()},
                 },
             )
-            thermo.flush()
-            ase.io.write(traj, frame, format="extxyz")
-            traj.flush()
             if t_first is None:
                 t_first, done_first = time.perf_counter(), done
             progress.update(

@@ -1,0 +1,163 @@
+"""``allegro-jax md`` killed for real (SIGKILL to its process group) at the worst moments:
+the restart must give exactly the rows and frames of an uninterrupted run, readable by ASE.
+
+The child process stops at a chosen point (halfway through writing a frame, or just after a
+checkpoint) and waits there to be killed, so the kill lands where the write order matters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from md_helpers import random_params, si_o_crystal, small_config
+
+from allegro_jax.cli import main
+from allegro_jax.train.export import save_model
+
+pytestmark = pytest.mark.slow
+
+# a child that runs `allegro-jax md` and waits to be killed at a chosen point
+CHILD = textwrap.dedent(
+    """
+    import io, os, sys, time
+    from pathlib import Path
+
+    import ase.io
+
+    import allegro_jax.md.cli as md_cli
+    from allegro_jax.cli import main
+
+    where, step, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+
+
+    def wait_to_be_killed():
+        marker.write_text("ready")
+        while True:
+            time.sleep(1)
+
+
+    if where == "mid-frame":
+        write = ase.io.write
+
+        def half_write(f, images, *args, **kwargs):
+            if getattr(images, "info", {}).get("step") == step and hasattr(f, "write"):
+                buf = io.StringIO()
+                write(buf, images, *args, **kwargs)
+                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+                wait_to_be_killed()
+            return write(f, images, *args, **kwargs)
+
+        ase.io.write = half_write
+    elif where == "after-checkpoint":
+        save = md_cli._save_checkpoint
+
+        def save_then_wait(path, meta, arrays):
+            save(path, meta, arrays)
+            if int(arrays["step"]) == step:
+                wait_to_be_killed()
+
+        md_cli._save_checkpoint = save_then_wait
+    sys.exit(main(sys.argv[4:]))
+    """
+)
+
+
+def _args(setup: dict, out: Path, *extra: str) -> list[str]:
+    return [
+        "md",
+        "--model",
+        str(setup["model"]),
+        "--structure",
+        str(setup["structure"]),
+        "--out",
+        str(out),
+        "--ensemble",
+        "nvt_langevin",
+        "--dt",
+        "1.0",
+        "--friction",
+        "0.05",
+        "--log-every",
+        "5",
+        "--logs-per-chunk",
+        "2",
+        "--skin",
+        "0.3",
+        "--until-step",
+        "50",
+        "--progress",
+        "none",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("md_kill")
+    config = small_config(r_max=3.0)
+    save_model(root / "model", config, random_params(config))
+    ase.io.write(root / "start.extxyz", si_o_crystal())
+    setup = {"root": root, "model": root / "model", "structure": root / "start.extxyz"}
+    assert main(_args(setup, root / "reference")) == 0
+    return setup
+
+
+def _run_and_kill(setup: dict, out: Path, where: str, step: int) -> None:
+    script = setup["root"] / "child.py"
+    script.write_text(CHILD)
+    marker = out.with_name(out.name + ".ready")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), where, str(step), str(marker), *_args(setup, out)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the child ended ({proc.returncode}): {proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the child never reached the kill point")
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _assert_same_as_reference(setup: dict, out: Path) -> None:
+    ref = setup["root"] / "reference"
+    assert (out / "thermo.csv").read_text() == (ref / "thermo.csv").read_text()
+    a = ase.io.read(ref / "trajectory.extxyz", index=":")
+    b = ase.io.read(out / "trajectory.extxyz", index=":")  # must parse, no partial frame
+    assert [f.info["step"] for f in b] == [f.info["step"] for f in a]
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(fa.positions, fb.positions)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "mid-frame",  # half of the frame of step 30 on disk
+        "after-checkpoint",  # the checkpoint of step 30 just written
+    ],
+)
+def test_killed_md_restarts_without_losing_or_repeating_output(setup, where):
+    out = setup["root"] / where
+    _run_and_kill(setup, out, where, 30)
+    assert main([*_args(setup, out), "--restart"]) == 0
+    _assert_same_as_reference(setup, out)
