@@ -78,14 +78,69 @@ def _flush(f) -> None:
     os.fsync(f.fileno())
 
 
+def _previous(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
 def _save_checkpoint(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file, then an atomic rename (a kill leaves the old one)."""
+    """``np.savez`` to a temporary file, then an atomic rename; the checkpoint it replaces
+    is kept as ``<name>.prev.npz``, the fallback when the newest one cannot be read."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
         _flush(f)
+    if path.exists():
+        os.replace(path, _previous(path))
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+class CheckpointUnreadable(RuntimeError):
+    """Checkpoints exist but none can be read."""
+
+
+_CHECKPOINT_KEYS = ("positions", "velocities", "cell", "step")
+
+
+def _load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray] | None, Path | None]:
+    """The newest readable checkpoint: ``path``, else the previous one (``.prev.npz``).
+
+    Every array is read (so a damaged file fails its zip CRC check here); an unreadable
+    file is reported on stderr and skipped. Returns ``(None, None)`` when neither exists.
+
+    Raises:
+        CheckpointUnreadable: checkpoints exist but none can be read.
+    """
+    problems = []
+    for candidate in (path, _previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            with np.load(candidate, allow_pickle=False) as data:
+                ck = {key: data[key] for key in data.files}
+            missing = [key for key in _CHECKPOINT_KEYS if key not in ck]
+            if missing:
+                raise ValueError(f"it lacks {missing}")
+        except Exception as err:  # any damage: zip CRC, truncation, garbage, missing keys
+            problems.append(f"{candidate} cannot be read ({type(err).__name__}: {err})")
+            continue
+        if problems:
+            # kept for inspection, and so that the next save does not make it the fallback
+            damaged = path.with_name(path.name + ".damaged")
+            os.replace(path, damaged)
+            print(
+                f"warning: {problems[0]}; continuing from the previous checkpoint {candidate} "
+                f"(step {int(ck['step'])}) instead; the damaged file is now {damaged}",
+                file=sys.stderr,
+            )
+        return ck, candidate
+    if problems:
+        raise CheckpointUnreadable(
+            "; ".join(problems)
+            + ". The run cannot be continued exactly: start a new run from the last frame of "
+            "its trajectory (--structure OUT/trajectory.extxyz --index -1) with another --out."
+        )
+    return None, None
 
 
 _STEP_IN_COMMENT = re.compile(rb"\bstep=(-?\d+)")
@@ -239,13 +294,17 @@ def _run_md(args: argparse.Namespace) -> int:
     }
     ck, start_step, velocities = None, 0, None
     if args.restart:
-        if not checkpoint.exists():
+        try:
+            ck, ck_path = _load_checkpoint(checkpoint)
+        except CheckpointUnreadable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if ck is None:
             print(f"error: --restart: no checkpoint at {checkpoint}", file=sys.stderr)
             return 2
-        ck = dict(np.load(checkpoint, allow_pickle=False))
         if len(ck["positions"]) != len(atoms):
             print(
-                f"error: {checkpoint} has {len(ck['positions'])} atoms, {args.structure} "
+                f"error: {ck_path} has {len(ck['positions'])} atoms, {args.structure} "
                 f"has {len(atoms)}",
                 file=sys.stderr,
             )

@@ -1,4 +1,4 @@
-"""``allegro-jax md`` killed for real (SIGKILL to its process group) at the worst moments:
+"""``allegro-jax md`` faults: killed for real (SIGKILL to its process group) at the worst moments:
 the restart must give exactly the rows and frames of an uninterrupted run, readable by ASE.
 
 The child process stops at a chosen point (halfway through writing a frame, or just after a
@@ -161,3 +161,29 @@ def test_killed_md_restarts_without_losing_or_repeating_output(setup, where):
     _run_and_kill(setup, out, where, 30)
     assert main([*_args(setup, out), "--restart"]) == 0
     _assert_same_as_reference(setup, out)
+
+
+def _corrupt(path: Path) -> None:
+    """Flip a byte in the middle (array data: the zip CRC no longer matches)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(setup, capsys):
+    import shutil
+
+    out = setup["root"] / "damaged"
+    shutil.copytree(setup["root"] / "reference", out)
+    _corrupt(out / "checkpoint.npz")  # step 50; checkpoint.prev.npz holds step 40
+    assert main([*_args(setup, out), "--restart"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint.npz cannot be read" in err and "checkpoint.prev.npz (step 40)" in err
+    _assert_same_as_reference(setup, out)  # steps 45 and 50 cut and run again
+
+    _corrupt(out / "checkpoint.npz")
+    _corrupt(out / "checkpoint.prev.npz")
+    assert main([*_args(setup, out), "--restart"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "checkpoint.prev.npz cannot be read" in err and "--index -1" in err
