@@ -187,3 +187,75 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(setup, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert "checkpoint.prev.npz cannot be read" in err and "--index -1" in err
+
+
+def test_rerun_without_restart_refuses_and_changes_nothing(setup, capsys):
+    ref = setup["root"] / "reference"
+    before = {p.name: p.read_bytes() for p in ref.iterdir() if p.is_file()}
+    assert main(_args(setup, ref)) == 2
+    err = capsys.readouterr().err
+    assert "already holds an MD run" in err and "--restart" in err and "step 50" in err
+    assert {p.name: p.read_bytes() for p in ref.iterdir() if p.is_file()} == before
+
+
+def test_a_second_process_on_a_locked_directory_is_refused(setup, capsys):
+    out = setup["root"] / "locked"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from allegro_jax.io.runlock import run_lock\n"
+            "with run_lock(sys.argv[1], 'MD run'):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        assert main(_args(setup, out)) == 2
+        err = capsys.readouterr().err
+        assert "in use by another allegro-jax process" in err
+        assert not (out / "thermo.csv").exists()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    # the lock died with its holder (kill -9): the directory is usable at once
+    assert main([*_args(setup, out), "--until-step", "10"]) == 0
+
+
+def test_runaway_md_stops_with_exit_code_3_and_restarts_from_the_last_good_state(tmp_path, capsys):
+    import ase
+
+    config = small_config(
+        type_names=("H", "C", "O"), r_max=3.0, per_type_energy_shifts=(-0.5, -2.0, -3.0)
+    )
+    save_model(tmp_path / "model", config, random_params(config))
+    mol = ase.build.molecule("CH3CH2OH")
+    lost = ase.Atoms("H", positions=[[12.0, 0.0, 0.0]])  # far beyond r_max = 3 Å
+    ase.io.write(tmp_path / "mol.extxyz", mol + lost)
+    out = tmp_path / "md"
+    args = ["md", "--model", str(tmp_path / "model"), "--structure", str(tmp_path / "mol.extxyz")]
+    args += ["--out", str(out), "--ensemble", "nve", "--steps", "20", "--log-every", "5"]
+    args += ["--logs-per-chunk", "2", "--progress", "none"]
+    assert main([*args, "--max-temperature", "1"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: the simulation ran away") and "Traceback" not in err
+    assert "above --max-temperature 1 K" in err
+    assert "atom 9 (H) has no other atom within 3 Å" in err
+    assert "checkpoint at step 0" in err
+    rows = np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)
+    assert list(rows["step"]) == [5, 10]  # the rows of the blown-up chunk stay to be seen
+    assert int(np.load(out / "checkpoint.npz")["step"]) == 0
+
+    # going on regardless: warnings, exit 0, and the restart redoes steps 5 and 10
+    more = ["--max-temperature", "1", "--on-blowup", "warn", "--restart"]
+    assert main([*args, *more]) == 0
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 2  # once per kind: temperature, detached atom
+    rows = np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)
+    assert list(rows["step"]) == [5, 10, 15, 20]
