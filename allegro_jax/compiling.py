@@ -43,13 +43,14 @@ class CompileClock:
 
 @contextlib.contextmanager
 def compiling(
-    what: str, *, stream: TextIO | None = sys.stdout, done: str = "compiled"
+    what: str, *, stream: TextIO | None = None, quiet: bool = False, done: str = "compiled"
 ) -> Iterator[CompileClock]:
     """Announce compilation of ``what`` and report its time when the block ends.
 
     Args:
         what: e.g. ``"the model (first call)"``.
-        stream: where to print; None for silence (the clock still runs).
+        stream: where to print (default: ``sys.stdout`` at the time of the call).
+        quiet: print nothing (the clock still runs).
         done: the word that starts the closing line (``"compiled"``).
 
     Yields:
@@ -58,6 +59,7 @@ def compiling(
     import jax
 
     clock = CompileClock()
+    stream = None if quiet else (stream or sys.stdout)
 
     def listener(event: str, duration: float, **_: object) -> None:
         if event in _COMPILE_EVENTS:

@@ -626,7 +626,7 @@ def _md(args: argparse.Namespace) -> int:
         limits = _thresholds(args, config.r_max, periodic)
         symbols = atoms.get_chemical_symbols()
 
-        with compiling("the simulation (first steps)", stream=None) as clock:
+        with compiling("the simulation (first steps)", quiet=True) as clock:
             if say is not None:
                 print(
                     f"md: {len(atoms)} atoms, {args.ensemble}; compiling the integrator (the "
@@ -715,7 +715,7 @@ def _md(args: argparse.Namespace) -> int:
                 next_frame = (step // traj_every + 1) * traj_every
                 n = min(chunk, steps - done, next_frame - step)
                 if t_first is None:
-                    with compiling("", stream=None) as first:
+                    with compiling("", quiet=True) as first:
                         state, log = apply_fn(state, n)
                         jax.block_until_ready(state)
                     if say is not None:
