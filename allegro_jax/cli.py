@@ -1,4 +1,9 @@
-"""Command-line interface: ``allegro-jax demo`` (more sub-commands arrive with training/MD)."""
+"""allegro-jax: the Allegro interatomic potential in JAX.
+
+Sub-commands: demo (a model on a generated structure), train (a model from a YAML config),
+evaluate (its errors on a labelled data file) and md (molecular dynamics with it).
+"allegro-jax <command> --help" describes each.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    from .compiling import compiling
     from .config import AllegroConfig
     from .data.graph import Structure
     from .data.padding import build_graph
@@ -42,12 +48,13 @@ def _demo(args: argparse.Namespace) -> int:
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
     graph = build_graph([struct], cfg.type_names, cfg.r_max, dtype=np_dtype)
     init_fn, apply_fn = make_model(cfg)
-    params = init_fn(jax.random.PRNGKey(args.seed))
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(apply(params, graph, stress=True))
-    t_compile = time.perf_counter() - t0
+    with compiling(f"the model for {struct.n_atoms} atoms (the first call; later calls reuse it)"):
+        params = init_fn(jax.random.PRNGKey(args.seed))
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(apply(params, graph, stress=True))
+        t_compile = time.perf_counter() - t0
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     t0 = time.perf_counter()
     out = jax.block_until_ready(apply(params, graph, stress=True))
     t_call = time.perf_counter() - t0
@@ -88,7 +95,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="allegro-jax", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="allegro-jax",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",

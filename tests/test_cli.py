@@ -14,4 +14,11 @@ def test_demo_runs_and_conserves_momentum(tmp_path, capsys):
     assert result["n_atoms"] == 8 and result["n_edges"] > 0
     assert np.isfinite(result["energy_eV"]) and result["max_force_eV_per_A"] > 0
     assert np.abs(result["net_force"]).max() < 1e-3  # translation invariance -> sum F = 0
-    assert "energy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "energy" in printed
+    # no silent compilation: announced first, its time given when done
+    assert (
+        printed.index("compiling the model")
+        < printed.index("compiled in")
+        < printed.index("energy ")
+    )

@@ -69,7 +69,7 @@ def test_cli_restart_is_exact_and_drops_output_after_the_checkpoint(tmp_path, ca
     assert (split / "thermo.csv").read_text() == (full / "thermo.csv").read_text()
     a = ase.io.read(full / "trajectory.extxyz", index=":")
     b = ase.io.read(split / "trajectory.extxyz", index=":")
-    assert [f.info["step"] for f in b] == [10, 20, 30, 40]
+    assert [f.info["step"] for f in b] == [0, 10, 20, 30, 40]
     for fa, fb in zip(a, b, strict=True):
         np.testing.assert_array_equal(fa.positions, fb.positions)
         np.testing.assert_array_equal(
