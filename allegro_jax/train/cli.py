@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done, 2 bad config/data, 3 non-finite loss, 4 checkpoints, 5 directory busy."""
+    from allegro_jax.io.runlock import RunLockedError
     from allegro_jax.train.checkpoint import CheckpointError
     from allegro_jax.train.config import load_config
     from allegro_jax.train.loop import NonFiniteLossError, train_and_evaluate
@@ -30,6 +32,9 @@ def _train(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 4
+    except RunLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 5
     except ValueError as err:  # e.g. resuming with another ensemble_size
         print(f"error: {err}", file=sys.stderr)
         return 2

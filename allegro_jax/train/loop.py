@@ -44,6 +44,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.datasets import random_split, read_dataset
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
 from allegro_jax.ensemble import member, stack_members
+from allegro_jax.io.runlock import RunLock
 from allegro_jax.nn.model import make_model, subtract_pair_potential
 from allegro_jax.train.checkpoint import CheckpointStore
 from allegro_jax.train.config import TrainConfig
@@ -282,10 +283,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         FileNotFoundError: a data file is missing.
         ValueError: resuming a run with a different ``ensemble_size``.
         allegro_jax.train.checkpoint.CheckpointError: every checkpoint is damaged.
+        allegro_jax.io.runlock.RunLockedError: another process is training in ``workdir``
+            (the run directory is locked for the whole call, see :mod:`allegro_jax.io.runlock`).
     """
     t_start = time.perf_counter()
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    with RunLock(workdir, purpose="training"):
+        return _train_and_evaluate(config, workdir, t_start)
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> dict[str, Any]:
+    """:func:`train_and_evaluate` with the run directory locked."""
     if config.model.get("model_dtype") == "float64":
         jax.config.update("jax_enable_x64", True)
     np_dtype = np.float64 if config.model.get("model_dtype") == "float64" else np.float32
