@@ -44,6 +44,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.datasets import random_split, read_dataset
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
 from allegro_jax.ensemble import member, stack_members
+from allegro_jax.io.atomic import atomic_open, atomic_write_text
 from allegro_jax.io.runlock import RunLock
 from allegro_jax.nn.model import make_model, subtract_pair_potential
 from allegro_jax.train.checkpoint import CheckpointStore
@@ -154,12 +155,16 @@ class _MetricsLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        with open(self.jsonl, "w") as f:
+        """Rewrite both files atomically: a kill at any point leaves every row in one of them.
+
+        ``metrics.jsonl`` (the one read back) is replaced first, then ``metrics.csv``.
+        """
+        with atomic_open(self.jsonl) as f:
             for row in self.rows:
                 f.write(json.dumps(row) + "\n")
         if self.rows:
             self.header = list(self.rows[0])
-        with open(self.csv, "w", newline="") as f:
+        with atomic_open(self.csv, newline="") as f:
             if self.header:
                 writer = csv.DictWriter(f, fieldnames=self.header)
                 writer.writeheader()
@@ -177,6 +182,7 @@ class _MetricsLog:
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+            os.fsync(f.fileno())  # on disk before the epoch's checkpoint
 
 
 def evaluate_split(eval_step, params, split: SplitData, prefetch_size: int = 2) -> ErrorSums:
@@ -189,12 +195,6 @@ def evaluate_split(eval_step, params, split: SplitData, prefetch_size: int = 2) 
 
 def _count_params(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _first(x: Any) -> Any:
@@ -309,9 +309,9 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         _warn_config_changes(workdir / "train_config.yaml", config)
     else:
         model_config, stats = complete_model_config(config.model, train_structs)
-        _atomic_write(workdir / "statistics.json", stats.to_json(indent=2))
-        _atomic_write(workdir / "train_config.yaml", yaml.safe_dump(_normalised_config(config)))
-        _atomic_write(model_config_path, json.dumps(model_config.to_dict(), indent=2))
+        atomic_write_text(workdir / "statistics.json", stats.to_json(indent=2))
+        atomic_write_text(workdir / "train_config.yaml", yaml.safe_dump(_normalised_config(config)))
+        atomic_write_text(model_config_path, json.dumps(model_config.to_dict(), indent=2))
     types, r_max = model_config.type_names, model_config.r_max
     train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype)
     val = SplitData(val_structs, types, r_max, config.val_batch_size, np_dtype)
@@ -700,9 +700,9 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
                 config.resolve_path(config.test_dataset_file_name),
                 read_fn=lambda p: read_structures(config, str(p)),
             )
-            _atomic_write(test_path, json.dumps(test_metrics, indent=2))
+            atomic_write_text(test_path, json.dumps(test_metrics, indent=2))
         summary["test"] = json.loads(test_path.read_text())
-    _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 

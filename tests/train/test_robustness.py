@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ from systems import ASPIRIN, write_aspirin_subset
 
 from allegro_jax.io.runlock import RunLockedError
 from allegro_jax.train.config import TrainConfig
-from allegro_jax.train.loop import train_and_evaluate
+from allegro_jax.train.loop import _MetricsLog, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
@@ -70,3 +74,58 @@ def test_a_second_training_on_a_locked_workdir_is_refused(tmp_path, capsys):
         assert written == [".allegro_jax.lock", ".allegro_jax.lock.json"]
     finally:
         kill_group(holder)
+
+
+# ---- item 7: a kill during the metrics rewrite on resume -----------------------------------
+
+# Resumes at epoch 3 of a run with 5 metric rows, i.e. rewrites both metrics files with rows
+# 1-3, and SIGKILLs itself in the middle of that rewrite (after the second row of the file
+# named by argv[2] was formatted).
+_KILLED_REWRITE = """
+import csv, json, os, signal, sys
+from pathlib import Path
+from allegro_jax.train import loop
+target, calls = sys.argv[2], 0
+
+def killing(real):
+    def wrapper(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return wrapper
+
+if target == "jsonl":
+    loop.json.dumps = killing(json.dumps)
+else:
+    csv.DictWriter._dict_to_list = killing(csv.DictWriter._dict_to_list)
+loop._MetricsLog(Path(sys.argv[1]), 3)
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("target", ["jsonl", "csv"])
+def test_a_kill_during_the_metrics_rewrite_loses_no_row(tmp_path, target):
+    run = tmp_path / "run"
+    run.mkdir()
+    log = _MetricsLog(run, 0)
+    rows = [{"epoch": e, "step": 4 * e, "validation_loss": 1.0 / e} for e in range(1, 6)]
+    for row in rows:
+        log.append(row)
+    before = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "metrics.csv")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_REWRITE, str(run), target],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-2000:]
+    # every row is still in the file the resume reads, and the csv is whole (old or new)
+    assert _rows(run) == rows if target == "jsonl" else _rows(run) == rows[:3]
+    csv_rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in csv_rows] in ([1, 2, 3, 4, 5], [1, 2, 3])
+    if target == "jsonl":
+        assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
+    # the next resume sees all the rows it needs
+    assert _MetricsLog(run, 3).rows == rows[:3]
