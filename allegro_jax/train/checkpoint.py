@@ -10,7 +10,8 @@ Orbax writes a step into a temporary directory and renames it when complete, so 
 killed at any point leaves only complete steps (temporaries are cleaned up on the next
 start). The manifest, written after the rename, catches later damage (a truncated or
 altered file): :meth:`CheckpointStore.restore_latest` names the damaged file, moves that
-step to ``corrupt_checkpoints/`` and falls back to the previous good one.
+step to ``corrupt_checkpoints/`` and falls back to the previous good one, and to the best
+checkpoint when every step of ``checkpoints/`` is damaged.
 """
 
 from __future__ import annotations
@@ -109,9 +110,11 @@ class CheckpointStore:
         self._best = ocp.CheckpointManager(
             self.best_directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
         )
+        self.restored_from: Path | None = None  # the step directory restore_latest used
+        self.problems: list[str] = []  # the damaged checkpoints restore_latest skipped
 
-    def steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+    def steps(self, *, best: bool = False) -> list[int]:
+        return sorted((self._best if best else self._manager).all_steps())
 
     def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> Path:
         """Save ``state`` (a pytree) and ``meta`` (JSON) at ``step``; returns its directory."""
@@ -119,6 +122,13 @@ class CheckpointStore:
         directory = self.best_directory if best else self.directory
         if step in manager.all_steps():
             return directory / str(step)
+        newer = [s for s in manager.all_steps() if s > step]
+        if newer:  # orbax would keep those and drop this one (max_to_keep)
+            raise CheckpointError(
+                f"cannot save step {step} in {directory}: it holds the newer step(s) {newer}, "
+                f"which do not belong to this run's history (was the run restored from an "
+                f"older checkpoint by hand?); move them away and run again"
+            )
         manager.save(
             step,
             args=ocp.args.Composite(
@@ -153,38 +163,52 @@ class CheckpointStore:
         return out["state"], dict(out["meta"])
 
     def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
-        """Restore the newest good checkpoint, falling back over damaged ones.
+        """Restore the newest good checkpoint of ``checkpoints/`` and ``checkpoints_best/``.
 
-        Damaged steps are reported with a warning naming the file and moved to
-        ``corrupt_checkpoints/``.
+        Steps are tried from the newest down (a best checkpoint is a complete train state
+        too, so it is used when it is newer than every good step of ``checkpoints/``, and
+        as the fallback when every step there is damaged). Damaged steps are reported with
+        a warning naming the file and moved to ``corrupt_checkpoints/``. Afterwards
+        :attr:`restored_from` is the step directory used and :attr:`problems` lists the
+        damaged ones.
 
         Returns:
-            ``(state, meta)``, or None when there is no checkpoint.
+            ``(state, meta)``, or None when there is no checkpoint at all.
 
         Raises:
             CheckpointError: every checkpoint is damaged (listing each problem).
         """
-        problems = []
-        for step in reversed(self.steps()):
+        self.restored_from, self.problems = None, []
+        candidates = [(step, False) for step in self.steps()]
+        candidates += [(step, True) for step in self.steps(best=True)]
+        candidates.sort(key=lambda c: (c[0], not c[1]), reverse=True)  # regular first on ties
+        for step, best in candidates:
             try:
-                result = self.restore(step, target)
+                result = self.restore(step, target, best=best)
             except CheckpointError as err:
-                problems.append(str(err))
+                self.problems.append(str(err))
                 warnings.warn(f"{err}; falling back to an older checkpoint", stacklevel=2)
-                self._quarantine(step)
+                self._quarantine(step, best=best)
                 continue
+            self.restored_from = (self.best_directory if best else self.directory) / str(step)
             return result
-        if problems:
-            raise CheckpointError("no usable checkpoint: " + " | ".join(problems))
+        if self.problems:
+            raise CheckpointError(
+                "no usable checkpoint in checkpoints/ or checkpoints_best/ (the damaged steps "
+                "were moved to corrupt_checkpoints/): " + " | ".join(self.problems)
+            )
         return None
 
-    def _quarantine(self, step: int) -> None:
+    def _quarantine(self, step: int, *, best: bool = False) -> None:
         dest = self.workdir / "corrupt_checkpoints"
         dest.mkdir(exist_ok=True)
-        shutil.move(
-            str(self.directory / str(step)), str(dest / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
-        )
-        self._manager.reload()
+        source = (self.best_directory if best else self.directory) / str(step)
+        name = f"{'best-' if best else ''}{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+        target, k = dest / name, 1
+        while target.exists():
+            target, k = dest / f"{name}-{k}", k + 1
+        shutil.move(str(source), str(target))
+        (self._best if best else self._manager).reload()
 
     def close(self) -> None:
         self._manager.close()

@@ -47,7 +47,7 @@ from allegro_jax.ensemble import member, stack_members
 from allegro_jax.io.atomic import atomic_open, atomic_write_text
 from allegro_jax.io.runlock import RunLock
 from allegro_jax.nn.model import make_model, subtract_pair_potential
-from allegro_jax.train.checkpoint import CheckpointStore
+from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.data import SplitData, epoch_permutation, prefetch
 from allegro_jax.train.ensemble import (
@@ -358,8 +358,13 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         )
 
     store = CheckpointStore(workdir, keep=config.checkpoint_keep)
-    restored = store.restore_latest(state)
-    last_saved = None
+    try:
+        restored = _restore_or_refuse(store, state, workdir)
+    except BaseException:
+        store.close()
+        raise
+    last_saved = None  # the step of the newest checkpoint this run can fall back to
+    last_saved_dir = store.restored_from
     # the best validation loss per member, float64 on the host (the state's float32 field
     # is a copy; the exact value travels in the checkpoint's JSON metadata)
     best_val = np.full(n_members, np.inf)
@@ -372,13 +377,11 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
             best_val = np.asarray(state.best_val_loss, np.float64).reshape(-1)
         print(
             f"resuming from checkpoint step {int(_first(state.step))} "
-            f"(epoch {int(_first(state.epoch))}, meta {meta})",
+            f"(epoch {int(_first(state.epoch))}, {store.restored_from}, meta {meta})",
             flush=True,
         )
     # what model/ holds (its validation losses): it is only replaced by better weights
-    exported_val, exported_params = np.full(n_members, np.inf), None
-    if restored is not None:
-        exported_val, exported_params = _exported_losses(workdir / "model", n_members)
+    exported_val, exported_params = _exported_losses(workdir / "model", n_members)
     model_changed = False
     log = _MetricsLog(workdir, int(_first(state.epoch)))
     writer = None
@@ -420,10 +423,10 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         }
 
     def save(best: bool = False) -> None:
-        nonlocal last_saved
-        store.save(int(_first(state.step)), state, meta(), best=best)
+        nonlocal last_saved, last_saved_dir
+        directory = store.save(int(_first(state.step)), state, meta(), best=best)
         if not best:
-            last_saved = int(_first(state.step))
+            last_saved, last_saved_dir = int(_first(state.step)), directory
 
     def check_finite(where: str) -> None:
         bad = int(np.max(np.asarray(state.bad_step)))
@@ -431,8 +434,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
             last = (
                 "no checkpoint was written yet"
                 if last_saved is None
-                else f"the last good checkpoint is {store.directory / str(last_saved)} "
-                f"(step {last_saved})"
+                else f"the last good checkpoint is {last_saved_dir} (step {last_saved})"
             )
             raise NonFiniteLossError(
                 f"non-finite loss or gradient at step {bad} ({where}); that update was not "
@@ -704,6 +706,77 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         summary["test"] = json.loads(test_path.read_text())
     atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _restore_or_refuse(store: CheckpointStore, target: Any, workdir: Path) -> tuple | None:
+    """The newest good checkpoint (:meth:`CheckpointStore.restore_latest`), or None.
+
+    None (a start from step 0) only when that loses nothing: a directory without usable
+    checkpoints that holds results beyond the first epoch (``model/``, metrics rows) is
+    refused with a :class:`CheckpointError` saying what to do, on every invocation, rather
+    than trained again from step 0 over them.
+    """
+    try:
+        restored = store.restore_latest(target)
+    except CheckpointError as err:
+        previous = _previous_results(workdir)
+        if previous is not None:
+            raise CheckpointError(f"{err}. {_refusal(workdir, previous)}") from err
+        print(
+            f"{err}; this run had not finished its first epoch: training starts again from step 0",
+            flush=True,
+        )
+        return None
+    if restored is None:
+        previous = _previous_results(workdir)
+        if previous is not None:
+            raise CheckpointError(
+                f"no checkpoint in {store.directory} or {store.best_directory} (deleted or "
+                f"moved away?). {_refusal(workdir, previous)}"
+            )
+        return None
+    if store.problems and store.restored_from.parent == store.best_directory:
+        print(
+            f"every checkpoint in {store.directory} is damaged (moved to "
+            f"{workdir / 'corrupt_checkpoints'}); falling back to the best checkpoint "
+            f"{store.restored_from}: the epochs after it are trained again and their "
+            f"metrics rows replaced",
+            flush=True,
+        )
+    return restored
+
+
+def _previous_results(workdir: Path) -> str | None:
+    """What a training from step 0 would overwrite in ``workdir`` beyond its first epoch."""
+    epochs = []
+    if (workdir / "metrics.jsonl").exists():
+        for line in (workdir / "metrics.jsonl").read_text().splitlines():
+            try:
+                epochs.append(int(json.loads(line)["epoch"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    meta = _read_model_metadata(workdir / "model")
+    entries = [e for e in meta.get("members") or [meta] if isinstance(e, dict) and "epoch" in e]
+    model_epoch = max((int(e["epoch"]) for e in entries), default=None)
+    if max([*epochs, model_epoch or 0]) <= 1:
+        return None
+    parts = []
+    if model_epoch is not None:
+        losses = [e.get("validation", {}).get("loss") for e in entries]
+        shown = ", ".join(f"{v:.4g}" for v in losses if isinstance(v, int | float))
+        parts.append(f"a trained model (model/: epoch {model_epoch}, validation loss {shown})")
+    if epochs:
+        parts.append(f"{len(epochs)} metrics rows (epochs {min(epochs)}-{max(epochs)})")
+    return " and ".join(parts)
+
+
+def _refusal(workdir: Path, previous: str) -> str:
+    return (
+        f"The run directory {workdir} holds {previous}, which a training from step 0 would "
+        "replace, so nothing was trained and they were left as they are. To keep them and "
+        "train again, use a new --workdir; to start over in this directory, first move "
+        "model/, metrics.csv and metrics.jsonl elsewhere."
+    )
 
 
 def _read_model_metadata(model_dir: Path) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,3 +130,111 @@ def test_a_kill_during_the_metrics_rewrite_loses_no_row(tmp_path, target):
         assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
     # the next resume sees all the rows it needs
     assert _MetricsLog(run, 3).rows == rows[:3]
+
+
+# ---- item 2: no usable checkpoint ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data file, run directory) of a finished 3-epoch tiny run (copy it before changing it)."""
+    directory = tmp_path_factory.mktemp("trained")
+    data = _npz(directory / "d.npz")
+    run = directory / "run"
+    train_and_evaluate(_config(data, max_epochs=3), run)
+    return data, run
+
+
+def _damage(step_dir: Path) -> None:
+    """Truncate the largest array file of a checkpoint step."""
+    files = [f for f in step_dir.rglob("*") if f.is_file() and f.parent.name == "d"]
+    victim = max(files, key=lambda f: f.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:7])
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    names = ("metrics.jsonl", "metrics.csv", "model/config.json", "model/params.msgpack")
+    return {name: (run / name).read_bytes() for name in names}
+
+
+def test_every_checkpoint_damaged_falls_back_to_the_best_one(tmp_path, trained_run, capsys):
+    data, original = trained_run
+    run = shutil.copytree(original, tmp_path / "run")
+    before = _snapshot(run)
+    (best_step,) = (int(p.name) for p in (run / "checkpoints_best").iterdir())
+    for step_dir in (run / "checkpoints").iterdir():
+        _damage(step_dir)
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="truncated or altered"):
+        summary = train_and_evaluate(_config(data, max_epochs=3), run)
+    out = capsys.readouterr().out
+    assert "every checkpoint in" in out and "falling back to the best checkpoint" in out
+    assert f"resuming from checkpoint step {best_step} " in out
+    assert summary["stop_reason"] == "max_epochs" and summary["epochs"] == 3
+    # the best model and the metrics are those of the uninterrupted run
+    after = _snapshot(run)
+    assert after["model/params.msgpack"] == before["model/params.msgpack"]
+    assert [r["validation_loss"] for r in _rows(run)] == [
+        json.loads(line)["validation_loss"] for line in before["metrics.jsonl"].splitlines()
+    ]
+    assert len(list((run / "corrupt_checkpoints").iterdir())) == 3
+
+
+def test_no_usable_checkpoint_at_all_is_refused_every_time_and_keeps_the_results(
+    tmp_path, trained_run, capsys
+):
+    from allegro_jax.cli import main
+    from allegro_jax.train.checkpoint import CheckpointError
+
+    data, original = trained_run
+    run = shutil.copytree(original, tmp_path / "run")
+    before = _snapshot(run)
+    for step_dir in [*(run / "checkpoints").iterdir(), *(run / "checkpoints_best").iterdir()]:
+        _damage(step_dir)
+    refusal = r"holds a trained model \(model/: epoch \d, validation loss .*3 metrics rows"
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=refusal):
+        train_and_evaluate(_config(data, max_epochs=3), run)
+    assert _snapshot(run) == before
+    assert not list((run / "checkpoints").iterdir())  # all moved to corrupt_checkpoints/
+    # a re-run: the same refusal (nothing restarts from step 0 over the results)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_config_dict(data, max_epochs=3)))
+    capsys.readouterr()
+    assert main(["train", str(config), "--workdir", str(run)]) == 4
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and "use a new --workdir" in err and "Traceback" not in err
+    assert _snapshot(run) == before
+
+
+def test_a_start_from_step_0_only_when_nothing_beyond_epoch_1_would_be_lost(tmp_path):
+    from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
+    from allegro_jax.train.loop import _restore_or_refuse
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = _MetricsLog(run, 0)
+    log.append({"epoch": 1, "step": 4, "validation_loss": 1.0})  # killed before a checkpoint
+    store = CheckpointStore(run)
+    try:
+        assert _restore_or_refuse(store, None, run) is None
+        log.append({"epoch": 2, "step": 8, "validation_loss": 0.9})
+        with pytest.raises(CheckpointError, match=r"2 metrics rows \(epochs 1-2\)"):
+            _restore_or_refuse(store, None, run)
+    finally:
+        store.close()
+
+
+def test_saving_below_a_newer_step_is_a_clear_error_not_a_missing_file(tmp_path):
+    """orbax would drop the older step on save (max_to_keep) and the manifest write failed."""
+    import jax.numpy as jnp
+
+    from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
+
+    store = CheckpointStore(tmp_path)
+    try:
+        store.save(40, {"a": jnp.ones(3)}, {"step": 40}, best=True)
+        with pytest.raises(CheckpointError, match=r"holds the newer step\(s\) \[40\]"):
+            store.save(4, {"a": jnp.zeros(3)}, {"step": 4}, best=True)
+        assert store.steps(best=True) == [40]
+    finally:
+        store.close()
