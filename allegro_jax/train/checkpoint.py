@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +34,47 @@ MANIFEST = "allegro_manifest.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be restored (the message names the file or directory)."""
+
+
+class _UnretrievedReadErrorFilter(logging.Filter):
+    """Drops asyncio's "Future/Task exception was never retrieved" of tensorstore reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            str(record.msg).startswith(("Future exception was", "Task exception was"))
+            and exc is not None
+            and "tensorstore_spec" in str(exc)
+        )
+
+
+def _drop_closed_event_loop_noise() -> None:
+    """Silence orbax's "Event loop is closed" tracebacks after a failed restore.
+
+    orbax runs each restore in its own asyncio event loop. When one array of a damaged
+    checkpoint cannot be read, the restore fails and the loop is closed while tensorstore is
+    still completing the other reads; each completion then raises ``RuntimeError('Event
+    loop is closed')`` in a callback, which reaches :func:`sys.unraisablehook` and prints a
+    traceback (hundreds of lines for one damaged step), and the reads that failed too are
+    logged by asyncio as "Future/Task exception was never retrieved". The failure itself is
+    reported by :meth:`CheckpointStore.restore`; exactly these messages are dropped, every
+    other unraisable exception and asyncio log record still goes through.
+    """
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedReadErrorFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_UnretrievedReadErrorFilter())
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_event_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_event_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _sha256(path: Path) -> str:
@@ -100,6 +143,7 @@ class CheckpointStore:
     """
 
     def __init__(self, workdir: str | os.PathLike, keep: int = 3):
+        _drop_closed_event_loop_noise()
         self.workdir = Path(workdir).resolve()
         self.directory = self.workdir / "checkpoints"
         self.best_directory = self.workdir / "checkpoints_best"
