@@ -1,18 +1,28 @@
 """Bad inputs in data loading and graph building (issue 17): a clear error or the right result.
 
 * a search box vesin cannot grid (a structure spanning ~5e5 Å) used to kill the interpreter
-  with SIGFPE: it is searched with the KD-tree instead.
+  with SIGFPE: it is searched with the KD-tree instead;
+* unreadable data files (truncated or empty npz, a wrong atom count in extxyz, undecodable
+  bytes) and a malformed YAML config: a ``DataFileError``/``ConfigError`` naming the file
+  and the frame or line; the CLI prints one paragraph, exit code 2, no traceback.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from allegro_jax.data.datasets import read_dataset
+from allegro_jax.data.errors import DataFileError
 from allegro_jax.data.neighborlist import neighbor_list, vesin_grid_is_safe
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
 
 # Runs in a subprocess: before the guard, vesin's SIGFPE killed the interpreter.
 _FAR_FLUNG = """
@@ -75,3 +85,97 @@ def test_kdtree_backend_matches_brute_force_far_apart():
     expected = neighbor_list(positions, np.zeros((3, 3)), False, 2.0, backend="brute")
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- unreadable files ------------------------------------------------------------------------
+
+
+def _water_frames(n: int = 4) -> list:
+    import ase.build
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for k in range(n):
+        atoms = ase.build.molecule("H2O")
+        atoms.positions += 0.01 * k
+        atoms.calc = SinglePointCalculator(atoms, energy=-14.0 - 0.1 * k, forces=np.zeros((3, 3)))
+        frames.append(atoms)
+    return frames
+
+
+def _good_extxyz(path: Path) -> list[str]:
+    import ase.io
+
+    ase.io.write(path, _water_frames())
+    return path.read_text().splitlines(keepends=True)  # 4 frames of 5 lines
+
+
+def _bad_files(directory: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, regex its DataFileError must match)."""
+    lines = _good_extxyz(directory / "good.extxyz")
+    out = {}
+
+    def write(name: str, text: str | bytes, pattern: str):
+        path = directory / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        out[name] = (path, pattern)
+
+    more = lines.copy()
+    more[10] = "4\n"  # frame 2 announces 4 atoms, has 3
+    write("more_atoms.extxyz", "".join(more), r"frame 2 \(atom count 4 at line 11\): line 16")
+    fewer = lines.copy()
+    fewer[10] = "2\n"  # frame 2 announces 2 atoms, has 3
+    write("fewer_atoms.extxyz", "".join(fewer), r"frame 3 should start at line 15.*count 2")
+    raw = "".join(lines).encode()
+    garbled = raw[:300] + b"\xff\xfe" + raw[302:]
+    write("undecodable.extxyz", garbled, r"frame 0: line 5 is not UTF-8")
+    write("cut.extxyz", "".join(lines)[:-40], r"frame 3 .*line 20, its atom 2, has \d column")
+    write("empty.extxyz", "", r"empty \(0 bytes\)")
+    np.savez(
+        directory / "good.npz",
+        nuclear_charges=np.array([8, 1, 1]),
+        coords=np.zeros((2, 3, 3)) + [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]],
+        energies=np.zeros(2),
+        forces=np.zeros((2, 3, 3)),
+    )
+    npz = (directory / "good.npz").read_bytes()
+    write("truncated.npz", npz[: len(npz) // 2], r"truncated, damaged or not an npz.*BadZipFile")
+    write("empty.npz", b"", r"cannot read this npz file: the file is empty")
+    write("text.npz", "hello", r"not an npz archive")
+    return out
+
+
+def test_unreadable_data_files_raise_data_file_errors_naming_file_and_frame(tmp_path):
+    bad = _bad_files(tmp_path)
+    assert len(read_dataset(tmp_path / "good.extxyz")) == 4
+    assert len(read_dataset(tmp_path / "good.npz")) == 2
+    for name, (path, pattern) in bad.items():
+        with pytest.raises(DataFileError, match=pattern) as err:
+            read_dataset(path)
+        assert str(path) in str(err.value), name
+
+
+def _train_cli(tmp_path: Path, config: dict | str, capsys) -> tuple[int, str]:
+    from allegro_jax.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    capsys.readouterr()
+    code = main(["train", str(path), "--workdir", str(tmp_path / "run")])
+    return code, capsys.readouterr().err
+
+
+def test_the_cli_reports_bad_files_and_configs_in_one_paragraph(tmp_path, capsys):
+    bad = _bad_files(tmp_path)
+    base = yaml.safe_load(TEST_YAML.read_text()) | {"n_train": 1, "n_val": 1}
+    for name in ("truncated.npz", "empty.npz", "more_atoms.extxyz", "undecodable.extxyz"):
+        path, pattern = bad[name]
+        code, err = _train_cli(tmp_path, base | {"dataset_file_name": str(path)}, capsys)
+        assert code == 2, (name, err)
+        assert err.startswith(f"error: {path}: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    # a malformed YAML config: the line, no traceback
+    code, err = _train_cli(tmp_path, "r_max: 4.0\nl_max: [1, 2\nbatch_size: 4\n", capsys)
+    assert code == 2 and "not valid YAML at line 3" in err and "Traceback" not in err
+    code, err = _train_cli(tmp_path, "r_max: 4.0\n\tl_max: 1\n", capsys)
+    assert code == 2 and "not valid YAML at line 2" in err
