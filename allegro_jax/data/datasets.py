@@ -426,6 +426,35 @@ def _lookup(atoms, key: str, per_atom: bool) -> tuple[Any, bool]:
     return None, False
 
 
+def describe_frame_keys(path: str | os.PathLike, format: str | None = None) -> str:
+    """The label keys of a file's first frame, for error messages.
+
+    Returns:
+        e.g. ``"the first frame has the keys ['dft_forces', 'energy', ...]; per-atom
+        [n_atoms, 3] arrays: ['dft_forces']"``.
+    """
+    import ase.io
+
+    try:
+        atoms = ase.io.read(path, index=0, format=format)
+    except Exception as err:  # noqa: BLE001 - only for a message
+        return f"its first frame cannot be read ({type(err).__name__})"
+    vectors = sorted(
+        k
+        for k, v in atoms.arrays.items()
+        if k not in ("positions", "numbers") and np.shape(v) == (len(atoms), 3)
+    )
+    vectors += sorted(
+        k
+        for k, v in (getattr(atoms.calc, "results", None) or {}).items()
+        if np.shape(v) == (len(atoms), 3)
+    )
+    return (
+        f"the first frame has the keys {_available_keys(atoms)}; per-atom [n_atoms, 3] "
+        f"arrays: {vectors}"
+    )
+
+
 def _available_keys(atoms) -> list[str]:
     keys = set(atoms.info) | set(atoms.arrays)
     if atoms.calc is not None:

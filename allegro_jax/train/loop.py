@@ -31,6 +31,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,13 @@ import yaml
 from ase.data import chemical_symbols
 
 from allegro_jax.config import AllegroConfig
-from allegro_jax.data.datasets import random_split, read_dataset
+from allegro_jax.data.datasets import (
+    DataKeyError,
+    describe_frame_keys,
+    random_split,
+    read_dataset,
+    recommended_read_kwargs,
+)
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
 from allegro_jax.ensemble import member, stack_members
 from allegro_jax.io.atomic import atomic_open, atomic_write_text
@@ -85,11 +92,45 @@ def read_structures(config: TrainConfig, path: str) -> list:
     return read_dataset(resolved, **kwargs)
 
 
+def check_loss_labels(config: TrainConfig, path: str, structures: Sequence) -> None:
+    """The labels the loss uses must be in the file: at least one frame with forces (stress).
+
+    Frames without forces or stress are fine (their labels are masked), but a file where
+    none has them while ``loss_coeffs`` weighs them would train silently without that term
+    (the forces under another key than the config's, e.g.).
+
+    Raises:
+        DataKeyError: naming the file, the key looked up, the keys the first frame has and
+            the two ways out (``forces_key``/``stress_key``, or a zero loss weight).
+    """
+    for label in ("forces", "stress"):
+        weight = config.loss_coeffs[label]
+        if weight <= 0 or any(getattr(s, label) is not None for s in structures):
+            continue
+        resolved = config.resolve_path(path)
+        key = getattr(config, f"{label}_key")
+        if key is None:
+            key = recommended_read_kwargs(resolved).get(f"{label}_key", label)
+        if resolved.suffix == ".npz":
+            found = "this npz file has none"
+        elif key.lower() == "none":
+            found = f"{label}_key is none (ignored)"
+        else:
+            found = f"no frame has {label} under the key {key!r}; {describe_frame_keys(resolved)}"
+        raise DataKeyError(
+            f"{resolved}: the loss uses {label} (loss_coeffs.{label} = {weight:g}) but {found}. "
+            f"Set {label}_key to the key that holds them, or loss_coeffs.{label}: 0 to train "
+            f"without {label}."
+        )
+
+
 def load_splits(config: TrainConfig) -> tuple[list, list]:
-    """The seeded (train, validation) structures of a config."""
+    """The seeded (train, validation) structures of a config (see :func:`check_loss_labels`)."""
     data = read_structures(config, config.dataset_file_name)
+    check_loss_labels(config, config.dataset_file_name, data)
     if config.validation_dataset_file_name:
         val_data = read_structures(config, config.validation_dataset_file_name)
+        check_loss_labels(config, config.validation_dataset_file_name, val_data)
         n_train = config.n_train or len(data)
         (train_idx,) = random_split(len(data), (n_train,), config.dataset_seed)
         (val_idx,) = random_split(len(val_data), (config.n_val,), config.dataset_seed + 1)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from faults import kill_group, start_lock_holder
@@ -278,3 +279,47 @@ def test_a_damaged_checkpoint_without_manifest_falls_back_quietly(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "restored", proc.stderr[-3000:]
     for noise in ("Event loop is closed", "exception was never retrieved", "Traceback"):
         assert noise not in proc.stderr, proc.stderr[-3000:]
+
+
+# ---- item 5: forces under an unexpected key ------------------------------------------------
+
+
+def _dft_forces_file(path: Path) -> Path:
+    """Water frames whose forces are stored as the per-atom array ``dft_forces``."""
+    import ase.build
+    import ase.io
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(6):
+        atoms = ase.build.molecule("H2O")
+        atoms.positions += rng.normal(scale=0.05, size=(3, 3))
+        atoms.info["energy"] = -14.0 + rng.normal(scale=0.1)
+        atoms.new_array("dft_forces", rng.normal(size=(3, 3)))
+        frames.append(atoms)
+    ase.io.write(path, frames)
+    return path
+
+
+def test_forces_under_another_key_are_an_error_not_an_energy_only_model(tmp_path, capsys):
+    from allegro_jax.cli import main
+    from allegro_jax.data.datasets import DataKeyError
+    from allegro_jax.train.loop import load_splits
+
+    data = _dft_forces_file(tmp_path / "water.extxyz")
+    cfg = _config_dict(data, n_train=4, n_val=2)
+    with pytest.raises(DataKeyError, match=r"loss_coeffs.forces = 1\) but no frame has forces"):
+        train_and_evaluate(TrainConfig.from_dict(cfg), tmp_path / "run")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["train", str(config), "--workdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {data}: the loss uses forces") and err.count("\n") == 1
+    assert "arrays: ['dft_forces']" in err and "Set forces_key" in err and "Traceback" not in err
+    # the two ways out
+    train, val = load_splits(TrainConfig.from_dict(cfg | {"forces_key": "dft_forces"}))
+    assert all(s.forces is not None for s in train + val)
+    no_forces = {"total_energy": 1.0, "forces": 0.0}
+    train, _ = load_splits(TrainConfig.from_dict(cfg | {"loss_coeffs": no_forces}))
+    assert all(s.forces is None for s in train)
