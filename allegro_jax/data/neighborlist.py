@@ -59,7 +59,7 @@ def neighbor_list(
     r_max: float,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
 ) -> PairArrays:
     """All ordered pairs closer than ``r_max``, with their integer image shifts.
 
@@ -71,8 +71,9 @@ def neighbor_list(
         r_max: cutoff radius in Å; pairs with ``|r_ij| < r_max`` are kept.
         backend: ``"vesin"``, ``"kdtree"``, ``"matscipy"`` or ``"brute"``.
         min_distance: raise if two atoms (or an atom and its own image) are closer than
-            this (Å); ``None`` or ``0`` disables the check (exactly coincident pairs are
-            then dropped silently).
+            this (Å; default :data:`~allegro_jax.data.validate.DEFAULT_MIN_DISTANCE`, 0.1 Å);
+            ``None`` or ``0`` disables the check (exactly coincident pairs are then dropped
+            silently).
 
     Returns:
         ``(centers, neighbors, shifts)``: ``[n_edges]`` int64 ``i``, ``[n_edges]`` int64

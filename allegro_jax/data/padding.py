@@ -215,7 +215,7 @@ def graph_inputs_from_structure(
     r_max: float,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
 ) -> GraphInputs:
     """Validate a structure, map its species and compute its neighbour list.
 
@@ -224,7 +224,8 @@ def graph_inputs_from_structure(
         type_names: the model's chemical symbols (type index = position).
         r_max: cutoff radius in Å.
         backend: neighbour-list backend, see :func:`neighbor_list`.
-        min_distance: coincident-atom threshold in Å (``None`` disables the check).
+        min_distance: closest allowed distance between atoms in Å (default 0.1 Å,
+            :data:`~allegro_jax.data.validate.DEFAULT_MIN_DISTANCE`; ``None`` disables it).
 
     Returns:
         The structure's :class:`GraphInputs`.
@@ -260,12 +261,19 @@ def precompute_graph_inputs(
     r_max: float,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
+    source: str | None = None,
 ) -> list[GraphInputs]:
-    """:func:`graph_inputs_from_structure` for a data set; errors name the structure index."""
+    """:func:`graph_inputs_from_structure` for a data set.
+
+    Errors are :class:`~allegro_jax.data.errors.DataError` naming the structure's position,
+    or, with ``source`` (the file the structures were read from), the file and the frame
+    (``Structure.info["index"]``).
+    """
     inputs = []
     for index, structure in enumerate(structures):
-        with validate.frame_context(index):
+        frame = structure.info.get("index") if isinstance(structure.info, dict) else None
+        with validate.frame_context(index, source=source, frame=frame):
             inputs.append(
                 graph_inputs_from_structure(
                     structure, type_names, r_max, backend=backend, min_distance=min_distance
@@ -443,7 +451,7 @@ def build_graph(
     dtype: np.dtype | type = np.float32,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
 ) -> AtomicGraph:
     """Validate, compute neighbour lists, concatenate and pad a batch of structures.
 
@@ -455,7 +463,8 @@ def build_graph(
         budget: static sizes; ``None`` picks :func:`round_budget` of the real counts.
         dtype: float dtype of positions, shifts and cells.
         backend: neighbour-list backend for :class:`Structure` items.
-        min_distance: coincident-atom threshold in Å (``None`` disables the check).
+        min_distance: closest allowed distance between atoms in Å (default 0.1 Å,
+            :data:`~allegro_jax.data.validate.DEFAULT_MIN_DISTANCE`; ``None`` disables it).
 
     Returns:
         An :class:`AtomicGraph` of numpy arrays.

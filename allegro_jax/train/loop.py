@@ -145,6 +145,12 @@ def load_splits(config: TrainConfig) -> tuple[list, list]:
     return [data[i] for i in train_idx], [data[i] for i in val_idx]
 
 
+def default_type_names(structures: Sequence) -> list[str]:
+    """The elements of a data set, sorted by atomic number (the default ``type_names``)."""
+    z = sorted({int(n) for s in structures for n in np.unique(s.numbers)})
+    return [chemical_symbols[n] for n in z]
+
+
 def complete_model_config(
     model: dict[str, Any], train: list, *, neighbor_stats: bool = True
 ) -> tuple[AllegroConfig, DatasetStatistics]:
@@ -158,8 +164,7 @@ def complete_model_config(
     """
     model = dict(model)
     if "type_names" not in model:
-        z = sorted({int(n) for s in train for n in np.unique(s.numbers)})
-        model["type_names"] = [chemical_symbols[n] for n in z]
+        model["type_names"] = default_type_names(train)
     if model.get("pair_potential"):  # statistics of what the network learns
         probe = AllegroConfig.from_dict({**model, "avg_num_neighbors": 1.0})
         train = subtract_pair_potential(probe, train)
@@ -344,18 +349,27 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
     # ---- data and statistics ------------------------------------------------------------
     train_structs, val_structs = load_splits(config)
     model_config_path = workdir / "model_config.json"
+    model_config = None
     if model_config_path.exists():  # resume: the statistics of the first start
         _check_ensemble_size(workdir / "train_config.yaml", n_members)
         model_config = AllegroConfig.from_dict(json.loads(model_config_path.read_text()))
         _warn_config_changes(workdir / "train_config.yaml", config)
+        types, r_max = model_config.type_names, model_config.r_max
     else:
+        types = config.model.get("type_names") or default_type_names(train_structs)
+        r_max = config.model["r_max"]
+    # neighbour lists first: they validate every structure (errors name the file and frame)
+    train_file = str(config.resolve_path(config.dataset_file_name))
+    val_file = train_file
+    if config.validation_dataset_file_name:
+        val_file = str(config.resolve_path(config.validation_dataset_file_name))
+    train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype, source=train_file)
+    val = SplitData(val_structs, types, r_max, config.val_batch_size, np_dtype, source=val_file)
+    if model_config is None:
         model_config, stats = complete_model_config(config.model, train_structs)
         atomic_write_text(workdir / "statistics.json", stats.to_json(indent=2))
         atomic_write_text(workdir / "train_config.yaml", yaml.safe_dump(_normalised_config(config)))
         atomic_write_text(model_config_path, json.dumps(model_config.to_dict(), indent=2))
-    types, r_max = model_config.type_names, model_config.r_max
-    train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype)
-    val = SplitData(val_structs, types, r_max, config.val_batch_size, np_dtype)
     use_stress = config.loss_coeffs["stress"] > 0 and train.has_stress
 
     # ---- model, optimiser, state --------------------------------------------------------

@@ -4,7 +4,8 @@
   with SIGFPE: it is searched with the KD-tree instead;
 * unreadable data files (truncated or empty npz, a wrong atom count in extxyz, undecodable
   bytes) and a malformed YAML config: a ``DataFileError``/``ConfigError`` naming the file
-  and the frame or line; the CLI prints one paragraph, exit code 2, no traceback.
+  and the frame or line; the CLI prints one paragraph, exit code 2, no traceback;
+* atoms closer than 0.1 Å: an error naming the file, the frame and the atoms.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 import yaml
 
 from allegro_jax.data.datasets import read_dataset
-from allegro_jax.data.errors import DataFileError
+from allegro_jax.data.errors import DataError, DataFileError
+from allegro_jax.data.graph import Structure
 from allegro_jax.data.neighborlist import neighbor_list, vesin_grid_is_safe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,3 +181,29 @@ def test_the_cli_reports_bad_files_and_configs_in_one_paragraph(tmp_path, capsys
     assert code == 2 and "not valid YAML at line 3" in err and "Traceback" not in err
     code, err = _train_cli(tmp_path, "r_max: 4.0\n\tl_max: 1\n", capsys)
     assert code == 2 and "not valid YAML at line 2" in err
+
+
+# ---- overlapping atoms ---------------------------------------------------------------------
+
+
+def test_atoms_closer_than_0_1_angstrom_are_an_error_naming_file_frame_and_atoms(tmp_path, capsys):
+    from allegro_jax.data.padding import build_graph
+
+    water = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    close = water.copy()
+    close[2] = close[1] + [0.0, 0.05, 0.0]  # the two H 0.05 Å apart
+    with pytest.raises(DataError, match=r"structure 1: atoms 1 and 2 are only 0.05 Å apart"):
+        build_graph([Structure([8, 1, 1], water), Structure([8, 1, 1], close)], ("H", "O"), 4.0)
+    assert build_graph([Structure([8, 1, 1], water)], ("H", "O"), 4.0).edge_mask.sum() == 6
+    # in training data: the file and the frame (not the position in the shuffled split)
+    import ase.io
+
+    frames = _water_frames(6)
+    frames[4].positions[2] = frames[4].positions[1] + [0.0, 0.05, 0.0]
+    path = tmp_path / "close.extxyz"
+    ase.io.write(path, frames)
+    base = yaml.safe_load(TEST_YAML.read_text()) | {"n_train": 4, "n_val": 2}
+    code, err = _train_cli(tmp_path, base | {"dataset_file_name": str(path)}, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith(f"error: {path}, frame 4: atoms 1 and 2 are only 0.05 Å apart"), err
+    assert "closer than min_distance 0.1 Å" in err and "fix or remove it" in err
