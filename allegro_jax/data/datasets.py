@@ -56,6 +56,7 @@ import numpy as np
 
 from allegro_jax.data.errors import DataError, DataFileError
 from allegro_jax.data.graph import Structure
+from allegro_jax.data.validate import as_atomic_numbers
 from allegro_jax.units import (  # noqa: F401  (re-exported for readers' users)
     GPA_TO_EV_PER_A3,
     HARTREE_TO_EV,
@@ -157,6 +158,13 @@ def _npz_problem(where: str, err: Exception) -> str:
     )
 
 
+def _atomic_numbers(path: str | os.PathLike, key: str, values: np.ndarray) -> np.ndarray:
+    try:
+        return as_atomic_numbers(values)
+    except ValueError as err:
+        raise DataError(f"{os.fspath(path)}: {key}: {err}") from None
+
+
 def _read_only(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     array.setflags(write=False)
@@ -188,7 +196,7 @@ def read_rmd17(path: str | os.PathLike) -> list[Structure]:
     """
     with _open_npz(path) as data:
         _require_keys(path, data.files, _RMD17_KEYS)
-        numbers = np.asarray(data["nuclear_charges"], dtype=np.int64).reshape(-1)
+        numbers = _atomic_numbers(path, "nuclear_charges", data["nuclear_charges"])
         coords = np.asarray(data["coords"], dtype=np.float64)
         energies = np.asarray(data["energies"], dtype=np.float64)
         forces = np.asarray(data["forces"], dtype=np.float64)
@@ -344,7 +352,7 @@ def read_qm9(
         _require_keys(path, data.files, (*_QM9_KEYS, energy_key))
         natoms = np.asarray(data["natoms"], dtype=np.int64)
         offsets = np.asarray(data["offsets"], dtype=np.int64)
-        numbers = np.asarray(data["Z"], dtype=np.int64)
+        numbers = _atomic_numbers(path, "Z", data["Z"])
         positions = np.asarray(data["R_ang"], dtype=np.float64)
         energies = np.asarray(data[energy_key], dtype=np.float64)
 

@@ -176,6 +176,29 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return mat
 
 
+def as_atomic_numbers(numbers: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Atomic numbers as a one-dimensional int64 array, refusing non-integer values.
+
+    A plain ``astype(int)`` would turn ``[8.0, 1.9, 1.2]`` into O, H, H without a word.
+
+    Raises:
+        ValueError: a non-integer or non-numeric value (naming the first atom with one).
+    """
+    z = np.asarray(numbers).reshape(-1)
+    if z.dtype == np.bool_ or not np.issubdtype(z.dtype, np.number) or np.iscomplexobj(z):
+        raise ValueError(f"atomic numbers must be integers, got dtype {z.dtype}")
+    if not np.issubdtype(z.dtype, np.integer):
+        bad = ~np.isfinite(z) | (np.mod(z, 1) != 0)
+        if bad.any():
+            atom = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"atomic numbers must be integers, but atom {atom} has {float(z[atom])!r} "
+                f"({int(bad.sum())} non-integer value(s)); a fractional atomic number is a "
+                "damaged or mis-converted file"
+            )
+    return z.astype(np.int64)
+
+
 def check_numbers(numbers: np.ndarray, n_atoms: int) -> np.ndarray:
     """Check that atomic numbers are ``n_atoms`` integers in 1..118.
 
@@ -195,8 +218,7 @@ def check_numbers(numbers: np.ndarray, n_atoms: int) -> np.ndarray:
     if z.shape[0] != n_atoms:
         raise ValueError(f"numbers has length {z.shape[0]} but positions has {n_atoms} atoms")
     if z.size and not np.issubdtype(z.dtype, np.integer):
-        if not np.issubdtype(z.dtype, np.number) or not np.all(np.equal(np.mod(z, 1), 0)):
-            raise ValueError(f"numbers must be integers, got dtype {z.dtype}")
+        as_atomic_numbers(z)
     z = z.astype(np.int64)
     bad = (z < 1) | (z >= len(_CHEMICAL_SYMBOLS))
     if bad.any():

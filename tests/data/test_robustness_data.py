@@ -5,7 +5,8 @@
 * unreadable data files (truncated or empty npz, a wrong atom count in extxyz, undecodable
   bytes) and a malformed YAML config: a ``DataFileError``/``ConfigError`` naming the file
   and the frame or line; the CLI prints one paragraph, exit code 2, no traceback;
-* atoms closer than 0.1 Å: an error naming the file, the frame and the atoms.
+* atoms closer than 0.1 Å: an error naming the file, the frame and the atoms;
+* fractional atomic numbers (``[8.0, 1.9, 1.2]`` used to become O, H, H): an error.
 """
 
 from __future__ import annotations
@@ -207,3 +208,23 @@ def test_atoms_closer_than_0_1_angstrom_are_an_error_naming_file_frame_and_atoms
     assert code == 2 and "Traceback" not in err, err
     assert err.startswith(f"error: {path}, frame 4: atoms 1 and 2 are only 0.05 Å apart"), err
     assert "closer than min_distance 0.1 Å" in err and "fix or remove it" in err
+
+
+# ---- fractional atomic numbers -------------------------------------------------------------
+
+
+def test_fractional_atomic_numbers_are_an_error(tmp_path):
+    positions = [[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]
+    with pytest.raises(ValueError, match=r"atom 1 has 1.9 \(2 non-integer value\(s\)\)"):
+        Structure(numbers=[8.0, 1.9, 1.2], positions=positions)
+    assert Structure(numbers=[8.0, 1.0, 1.0], positions=positions).numbers.tolist() == [8, 1, 1]
+    path = tmp_path / "fractional.npz"
+    np.savez(
+        path,
+        nuclear_charges=np.array([8.0, 1.9, 1.2]),
+        coords=np.array([positions] * 2),
+        energies=np.zeros(2),
+        forces=np.zeros((2, 3, 3)),
+    )
+    with pytest.raises(DataError, match=rf"{path}: nuclear_charges: .*atom 1 has 1.9"):
+        read_dataset(path)
