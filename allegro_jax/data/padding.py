@@ -347,6 +347,13 @@ def batch_graph_inputs(
 ) -> AtomicGraph:
     """Concatenate precomputed structures and pad them to a budget.
 
+    For a dtype narrower than float64, each structure's positions are first brought near
+    the origin in float64 (:func:`local_frame`: atoms wrapped into the cell along periodic
+    directions, the shifts adjusted, then the whole structure translated by a whole number of
+    Å), so that casting them loses no precision for a structure far from the origin: every
+    edge vector ``pos[j] - pos[i] + shift @ cell`` stays the same, and so do the energy,
+    forces and stress. float64 graphs keep the positions as given.
+
     Args:
         inputs: the structures of the batch (same ``r_max`` and ``type_names``).
         budget: the static sizes; ``None`` picks :func:`round_budget` of the real counts.
@@ -387,14 +394,18 @@ def batch_graph_inputs(
     graph_mask = np.zeros(n_graphs, dtype=bool)  # [n_graphs]
 
     if inputs:
-        positions[:n_real_nodes] = np.concatenate([x.positions for x in inputs])
+        if dtype == np.float64:
+            frames = [(x.positions, x.shifts) for x in inputs]
+        else:  # near the origin before the cast (see the docstring)
+            frames = [local_frame(x) for x in inputs]
+        positions[:n_real_nodes] = np.concatenate([pos for pos, _ in frames])
         species[:n_real_nodes] = np.concatenate([x.species for x in inputs])
         node_graph[:n_real_nodes] = np.repeat(np.arange(n_real_graphs), n_atoms)
         node_mask[:n_real_nodes] = True
         edge_offsets = np.repeat(node_offsets, [x.n_edges for x in inputs])  # [n_real_edges]
         edge_center[:n_real_edges] = np.concatenate([x.centers for x in inputs]) + edge_offsets
         edge_neighbor[:n_real_edges] = np.concatenate([x.neighbors for x in inputs]) + edge_offsets
-        edge_shift[:n_real_edges] = np.concatenate([x.shifts for x in inputs])
+        edge_shift[:n_real_edges] = np.concatenate([shifts for _, shifts in frames])
         edge_mask[:n_real_edges] = True
         cell[:n_real_graphs] = np.stack([x.cell for x in inputs])
         pbc[:n_real_graphs] = np.stack([x.pbc for x in inputs])
@@ -419,6 +430,37 @@ def batch_graph_inputs(
         n_node=n_node,
         graph_mask=graph_mask,
     )
+
+
+def local_frame(inputs: GraphInputs) -> tuple[np.ndarray, np.ndarray]:
+    """The structure's positions near the origin, with the same edge vectors (float64).
+
+    Along periodic directions every atom is wrapped into the cell (``f in [0, 1)``, integer
+    offsets ``W`` per atom, the edge shifts become ``S + W[j] - W[i]``); then the whole
+    structure is translated by its bounding-box centre rounded to whole Å (a structure
+    centred within 0.5 Å of the origin is left as it is). Both steps keep every
+    ``r_ij = pos[j] - pos[i] + S @ cell`` and, computed in float64, lose nothing, so a
+    float32 cast afterwards is as precise as for a structure at the origin.
+
+    Returns:
+        ``(positions [n_atoms, 3] float64, shifts [n_edges, 3] int64)``.
+    """
+    positions, shifts = inputs.positions, inputs.shifts
+    if not positions.size:
+        return positions, shifts
+    pbc = inputs.pbc
+    if pbc.any():
+        rows = inputs.cell[pbc]  # [k, 3]
+        dual = np.linalg.solve(rows @ rows.T, rows)  # [k, 3], dual @ rows.T = 1
+        wraps = np.floor(positions @ dual.T).astype(np.int64)  # [n_atoms, k]
+        if wraps.any():
+            positions = positions - wraps @ rows
+            shifts = shifts.copy()
+            shifts[:, pbc] += wraps[inputs.neighbors] - wraps[inputs.centers]
+    centre = np.round(0.5 * (positions.min(axis=0) + positions.max(axis=0)))  # [3]
+    if centre.any():
+        positions = positions - centre
+    return positions, shifts
 
 
 def padding_positions(n_padding: int, real_positions: np.ndarray, r_max: float) -> np.ndarray:

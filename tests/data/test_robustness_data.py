@@ -6,7 +6,9 @@
   bytes) and a malformed YAML config: a ``DataFileError``/``ConfigError`` naming the file
   and the frame or line; the CLI prints one paragraph, exit code 2, no traceback;
 * atoms closer than 0.1 Å: an error naming the file, the frame and the atoms;
-* fractional atomic numbers (``[8.0, 1.9, 1.2]`` used to become O, H, H): an error.
+* fractional atomic numbers (``[8.0, 1.9, 1.2]`` used to become O, H, H): an error;
+* float32 graphs of a structure translated far away: the same energy and forces (the
+  positions are brought near the origin in float64 before the cast).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from systems import random_molecule
 
 from allegro_jax.data.datasets import read_dataset
 from allegro_jax.data.errors import DataError, DataFileError
@@ -228,3 +231,68 @@ def test_fractional_atomic_numbers_are_an_error(tmp_path):
     )
     with pytest.raises(DataError, match=rf"{path}: nuclear_charges: .*atom 1 has 1.9"):
         read_dataset(path)
+
+
+# ---- float32 precision far from the origin -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def float32_model():
+    import jax
+
+    from allegro_jax.config import AllegroConfig
+    from allegro_jax.nn.model import make_model
+
+    config = AllegroConfig(
+        type_names=("O", "Si"),
+        r_max=4.0,
+        l_max=1,
+        num_layers=1,
+        num_scalar_features=8,
+        num_tensor_features=4,
+        avg_num_neighbors=10.0,
+        model_dtype="float32",
+    )
+    init_fn, apply_fn = make_model(config)
+    params = init_fn(jax.random.PRNGKey(0))
+    apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
+    return config, params, apply
+
+
+def _predict(model, structure: Structure, stress: bool = False) -> dict:
+    from allegro_jax.data.padding import build_graph
+
+    config, params, apply = model
+    graph = build_graph([structure], config.type_names, config.r_max, dtype=np.float32)
+    assert graph.positions.dtype == np.float32
+    out = apply(params, graph, stress=stress)
+    n = structure.n_atoms
+    result = {"energy": float(out["energy"][0]), "forces": np.asarray(out["forces"][:n])}
+    if stress:
+        result["stress"] = np.asarray(out["stress"][0])
+    return result
+
+
+def test_float32_energy_and_forces_do_not_change_far_from_the_origin(float32_model):
+    molecule = random_molecule(np.random.default_rng(0), n=6, numbers=(8, 14), min_dist=1.0)
+    near = _predict(float32_model, molecule)
+    for offset in (1e6, -3.3e5):
+        moved = offset * np.array([1.0, 0.7, -0.2]) + molecule.positions
+        far = _predict(float32_model, Structure(molecule.numbers, moved))
+        np.testing.assert_allclose(far["energy"], near["energy"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(far["forces"], near["forces"], rtol=1e-5, atol=1e-6)
+
+
+def test_float32_periodic_structure_unwrapped_and_translated(float32_model):
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.numbers[::4] = 8
+    atoms.rattle(0.05, seed=1)
+    cell, positions = np.asarray(atoms.cell), atoms.positions
+    near = _predict(float32_model, Structure(atoms.numbers, positions, cell, True), stress=True)
+    rng = np.random.default_rng(1)
+    unwrapped = positions + rng.integers(-3000, 3000, size=(len(atoms), 3)) @ cell + 2.5e5
+    far = _predict(float32_model, Structure(atoms.numbers, unwrapped, cell, True), stress=True)
+    for key in ("energy", "forces", "stress"):
+        np.testing.assert_allclose(far[key], near[key], rtol=1e-5, atol=1e-6, err_msg=key)
