@@ -296,3 +296,19 @@ def test_float32_periodic_structure_unwrapped_and_translated(float32_model):
     far = _predict(float32_model, Structure(atoms.numbers, unwrapped, cell, True), stress=True)
     for key in ("energy", "forces", "stress"):
         np.testing.assert_allclose(far[key], near[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_evaluate_reports_bad_files_in_one_paragraph(tmp_path, float32_model, capsys):
+    from allegro_jax.cli import main
+    from allegro_jax.train.export import save_model
+
+    config, params, _ = float32_model
+    save_model(tmp_path / "model", config, params)
+    bad = _bad_files(tmp_path)
+    for name in ("truncated.npz", "fewer_atoms.extxyz", "empty.extxyz"):
+        path, pattern = bad[name]
+        capsys.readouterr()
+        code = main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(path)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: {path}: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
