@@ -10,8 +10,8 @@ Orbax writes a step into a temporary directory and renames it when complete, so 
 killed at any point leaves only complete steps (temporaries are cleaned up on the next
 start). The manifest, written after the rename, catches later damage (a truncated or
 altered file): :meth:`CheckpointStore.restore_latest` names the damaged file, moves that
-step to ``corrupt_checkpoints/`` and falls back to the previous good one, and to the best
-checkpoint when every step of ``checkpoints/`` is damaged.
+step to ``corrupt_checkpoints/`` and falls back to the newest good step of ``checkpoints/``
+and ``checkpoints_best/`` (the best one is the fallback when every other step is damaged).
 """
 
 from __future__ import annotations

@@ -790,12 +790,17 @@ def _restore_or_refuse(store: CheckpointStore, target: Any, workdir: Path) -> tu
                 f"moved away?). {_refusal(workdir, previous)}"
             )
         return None
-    if store.problems and store.restored_from.parent == store.best_directory:
+    if store.problems:
+        from_best = store.restored_from.parent == store.best_directory
+        what = (
+            f"every checkpoint in {store.directory} is damaged; falling back to the best checkpoint"
+            if from_best and not store.steps()
+            else "resuming from the newest good checkpoint"
+        )
         print(
-            f"every checkpoint in {store.directory} is damaged (moved to "
-            f"{workdir / 'corrupt_checkpoints'}); falling back to the best checkpoint "
-            f"{store.restored_from}: the epochs after it are trained again and their "
-            f"metrics rows replaced",
+            f"{len(store.problems)} damaged checkpoint(s) moved to "
+            f"{workdir / 'corrupt_checkpoints'}; {what} {store.restored_from}: the epochs after "
+            "it are trained again and their metrics rows replaced",
             flush=True,
         )
     return restored
