@@ -40,6 +40,7 @@ shows up in the column labelled xz. :func:`recommended_read_kwargs` applies that
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -53,7 +54,9 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from allegro_jax.data.errors import DataError, DataFileError
 from allegro_jax.data.graph import Structure
+from allegro_jax.data.validate import as_atomic_numbers
 from allegro_jax.units import (  # noqa: F401  (re-exported for readers' users)
     GPA_TO_EV_PER_A3,
     HARTREE_TO_EV,
@@ -86,8 +89,11 @@ _RMD17_KEYS = ("nuclear_charges", "coords", "energies", "forces")
 _QM9_KEYS = ("natoms", "offsets", "Z", "R_ang")
 
 
-class DataKeyError(KeyError):
-    """A key a reader needs is missing (prints its message without ``KeyError``'s quotes)."""
+class DataKeyError(DataError, KeyError):
+    """A key a reader needs is missing (prints its message without ``KeyError``'s quotes).
+
+    A :class:`~allegro_jax.data.errors.DataError` (so a ``ValueError``) and a ``KeyError``.
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -108,7 +114,55 @@ def _check_finite(path: str | os.PathLike, name: str, values: np.ndarray) -> Non
         frames = np.flatnonzero(bad)
         shown = ", ".join(str(int(f)) for f in frames[:10])
         more = f" and {len(frames) - 10} more" if len(frames) > 10 else ""
-        raise ValueError(f"{os.fspath(path)}: non-finite {name} in frame(s) {shown}{more}")
+        raise DataError(f"{os.fspath(path)}: non-finite {name} in frame(s) {shown}{more}")
+
+
+@contextlib.contextmanager
+def _open_npz(path: str | os.PathLike) -> Iterator[Any]:
+    """``np.load`` of an npz archive; an unreadable file becomes a :class:`DataFileError`.
+
+    Reading its members inside the ``with`` block is covered too (a damaged member fails
+    only when it is read).
+    """
+    where = os.fspath(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy/zipfile raise many types
+        raise DataFileError(_npz_problem(where, err)) from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataFileError(
+            f"{where}: this is a single .npy array, not an npz archive of named arrays; "
+            "save the data with numpy.savez (rMD17: nuclear_charges, coords, energies, forces)"
+        )
+    try:
+        with data:
+            yield data
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise DataFileError(_npz_problem(where, err)) from err
+
+
+def _npz_problem(where: str, err: Exception) -> str:
+    if os.path.isfile(where) and os.path.getsize(where) == 0:
+        what = "the file is empty (0 bytes)"
+    elif "pickled" in str(err):
+        what = "it is not an npz archive (it would need unpickling, which is never done)"
+    else:
+        what = f"it is truncated, damaged or not an npz archive ({type(err).__name__}: {err})"
+    return (
+        f"{where}: cannot read this npz file: {what}. Copy or download it again (rMD17: "
+        "allegro_jax.data.datasets.download checks the SHA256), or regenerate it with numpy.savez."
+    )
+
+
+def _atomic_numbers(path: str | os.PathLike, key: str, values: np.ndarray) -> np.ndarray:
+    try:
+        return as_atomic_numbers(values)
+    except ValueError as err:
+        raise DataError(f"{os.fspath(path)}: {key}: {err}") from None
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -136,12 +190,13 @@ def read_rmd17(path: str | os.PathLike) -> list[Structure]:
         when the file has it. The arrays are read-only views into one block per file.
 
     Raises:
+        DataFileError: the file is empty, truncated or not an npz archive.
         DataKeyError: a key is missing.
-        ValueError: inconsistent shapes or non-finite values (naming the frames).
+        DataError: inconsistent shapes or non-finite values (naming the frames).
     """
-    with np.load(path) as data:
+    with _open_npz(path) as data:
         _require_keys(path, data.files, _RMD17_KEYS)
-        numbers = np.asarray(data["nuclear_charges"], dtype=np.int64).reshape(-1)
+        numbers = _atomic_numbers(path, "nuclear_charges", data["nuclear_charges"])
         coords = np.asarray(data["coords"], dtype=np.float64)
         energies = np.asarray(data["energies"], dtype=np.float64)
         forces = np.asarray(data["forces"], dtype=np.float64)
@@ -154,7 +209,7 @@ def read_rmd17(path: str | os.PathLike) -> list[Structure]:
         ("forces", forces, (n_frames, n_atoms, 3)),
     ):
         if arr.shape != shape:
-            raise ValueError(f"{os.fspath(path)}: {name} has shape {arr.shape}, expected {shape}")
+            raise DataError(f"{os.fspath(path)}: {name} has shape {arr.shape}, expected {shape}")
     for name, arr in (("coords", coords), ("energies", energies), ("forces", forces)):
         _check_finite(path, name, arr)
 
@@ -285,17 +340,19 @@ def read_qm9(
         the file. Arrays are read-only views into the file's ragged arrays.
 
     Raises:
-        ValueError: unknown target, inconsistent ragged arrays or non-finite values.
+        ValueError: unknown target.
+        DataFileError: the file is empty, truncated or not an npz archive.
+        DataError: inconsistent ragged arrays or non-finite values.
         DataKeyError: a key is missing.
     """
     if target not in QM9_TARGETS:
         raise ValueError(f"unknown QM9 target {target!r}; choose one of {list(QM9_TARGETS)}")
     energy_key = QM9_TARGETS[target]
-    with np.load(path) as data:
+    with _open_npz(path) as data:
         _require_keys(path, data.files, (*_QM9_KEYS, energy_key))
         natoms = np.asarray(data["natoms"], dtype=np.int64)
         offsets = np.asarray(data["offsets"], dtype=np.int64)
-        numbers = np.asarray(data["Z"], dtype=np.int64)
+        numbers = _atomic_numbers(path, "Z", data["Z"])
         positions = np.asarray(data["R_ang"], dtype=np.float64)
         energies = np.asarray(data[energy_key], dtype=np.float64)
 
@@ -309,7 +366,7 @@ def read_qm9(
         or positions.shape != (numbers.shape[0], 3)
         or energies.shape != (n_mol,)
     ):
-        raise ValueError(
+        raise DataError(
             f"{where}: inconsistent ragged arrays (natoms {natoms.shape}, offsets "
             f"{offsets.shape}, Z {numbers.shape}, R_ang {positions.shape}, {energy_key} "
             f"{energies.shape}); expected offsets = [0, cumsum(natoms)]"
@@ -319,7 +376,7 @@ def read_qm9(
     if bad_atoms.any():
         molecules = np.unique(np.searchsorted(offsets, np.flatnonzero(bad_atoms), "right") - 1)
         shown = ", ".join(str(int(m)) for m in molecules[:10])
-        raise ValueError(f"{where}: non-finite R_ang in molecule(s) {shown}")
+        raise DataError(f"{where}: non-finite R_ang in molecule(s) {shown}")
 
     view = QM9Structures(
         _read_only(numbers),
@@ -377,6 +434,35 @@ def _lookup(atoms, key: str, per_atom: bool) -> tuple[Any, bool]:
     return None, False
 
 
+def describe_frame_keys(path: str | os.PathLike, format: str | None = None) -> str:
+    """The label keys of a file's first frame, for error messages.
+
+    Returns:
+        e.g. ``"the first frame has the keys ['dft_forces', 'energy', ...]; per-atom
+        [n_atoms, 3] arrays: ['dft_forces']"``.
+    """
+    import ase.io
+
+    try:
+        atoms = ase.io.read(path, index=0, format=format)
+    except Exception as err:  # noqa: BLE001 - only for a message
+        return f"its first frame cannot be read ({type(err).__name__})"
+    vectors = sorted(
+        k
+        for k, v in atoms.arrays.items()
+        if k not in ("positions", "numbers") and np.shape(v) == (len(atoms), 3)
+    )
+    vectors += sorted(
+        k
+        for k, v in (getattr(atoms.calc, "results", None) or {}).items()
+        if np.shape(v) == (len(atoms), 3)
+    )
+    return (
+        f"the first frame has the keys {_available_keys(atoms)}; per-atom [n_atoms, 3] "
+        f"arrays: {vectors}"
+    )
+
+
 def _available_keys(atoms) -> list[str]:
     keys = set(atoms.info) | set(atoms.arrays)
     if atoms.calc is not None:
@@ -428,9 +514,13 @@ def read_ase(
         frame's index in the file (or in the selection, for negative indices).
 
     Raises:
+        DataFileError: ASE cannot read the file (empty, truncated, a wrong atom count,
+            undecodable bytes; for (ext)xyz the message names the frame and the line, see
+            :func:`locate_xyz_problem`).
         DataKeyError: a required label is missing (naming file, frame, key and the keys
             the frame has).
-        ValueError: bad options, shapes or cells, or non-finite values (naming the frame).
+        DataError: shapes, cells or non-finite values (naming the frame).
+        ValueError: bad options.
     """
     import ase.io
 
@@ -449,9 +539,18 @@ def read_ase(
     _voigt_to_full(np.zeros(6), stress_voigt_order)  # validate the order up front
 
     where = os.fspath(path)
-    frames = ase.io.read(path, index=index, format=format)
+    if os.path.isfile(where) and os.path.getsize(where) == 0:
+        raise DataFileError(f"{where}: the file is empty (0 bytes); copy or write it again")
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - ASE's readers raise many types
+        raise DataFileError(_ase_problem(where, format, err)) from err
     if not isinstance(frames, list):
         frames = [frames]
+    if not frames:
+        raise DataFileError(f"{where}: no frames (selection {index!r}); check the file and index")
     ids = _source_indices(index, len(frames)) or list(range(len(frames)))
 
     structures = []
@@ -476,13 +575,13 @@ def read_ase(
         if energy is not None:
             energy = np.asarray(energy, dtype=np.float64)
             if energy.size != 1:
-                raise ValueError(f"{where}: frame {frame_id}: energy has shape {energy.shape}")
+                raise DataError(f"{where}: frame {frame_id}: energy has shape {energy.shape}")
             energy = float(energy.reshape(()))
         forces = labels["forces"]
         if forces is not None:
             forces = np.array(forces, dtype=np.float64)
             if forces.shape != (n_atoms, 3):
-                raise ValueError(
+                raise DataFileError(
                     f"{where}: frame {frame_id}: forces have shape {forces.shape}, "
                     f"expected {(n_atoms, 3)}"
                 )
@@ -495,7 +594,7 @@ def read_ase(
             elif raw.size == 9:
                 stress = raw.reshape(3, 3).copy()
             else:
-                raise ValueError(
+                raise DataError(
                     f"{where}: frame {frame_id}: stress has {raw.size} components, "
                     "expected 6 (Voigt) or 9"
                 )
@@ -507,14 +606,14 @@ def read_ase(
             ("stress", stress),
         ):
             if value is not None and not np.isfinite(value).all():
-                raise ValueError(f"{where}: non-finite {name} in frame {frame_id}")
+                raise DataError(f"{where}: non-finite {name} in frame {frame_id}")
 
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = np.array(atoms.cell, dtype=np.float64)
         if not pbc.any():
             cell = np.zeros((3, 3))
         elif np.linalg.matrix_rank(cell[pbc], tol=1e-8) < pbc.sum():
-            raise ValueError(
+            raise DataError(
                 f"{where}: frame {frame_id} is periodic along {pbc.tolist()} but those "
                 f"lattice vectors are zero or linearly dependent: {cell.tolist()}"
             )
@@ -535,6 +634,112 @@ def read_ase(
             )
         )
     return structures
+
+
+def _ase_problem(where: str, format: str | None, err: Exception) -> str:
+    """A one-paragraph description of why ASE could not read ``where``."""
+    suffix = Path(where).suffix.lower()
+    located = None
+    if format in ("xyz", "extxyz") or (format is None and suffix in (".xyz", ".extxyz")):
+        located = locate_xyz_problem(where)
+    ase_error = f"{type(err).__name__}: {str(err).strip()[:300]}"
+    if located is not None:
+        return (
+            f"{where}: {located}. Fix or remove that frame (an xyz frame is a line with the "
+            "number of atoms N, a comment line (extxyz: its properties), then N atom lines). "
+            f"(ASE: {ase_error})"
+        )
+    frame = _first_unreadable_frame(where, format)
+    at = "" if frame is None else f" at frame {frame} (the first one it cannot parse)"
+    return (
+        f"{where}: ASE cannot read this file{at}: {ase_error}. Check that the file is complete "
+        "and in the format its suffix says (or give the format explicitly)."
+    )
+
+
+def _first_unreadable_frame(where: str, format: str | None) -> int | None:
+    import ase.io
+
+    n_read = 0
+    try:
+        for _ in ase.io.iread(where, index=":", format=format):
+            n_read += 1
+    except Exception:  # noqa: BLE001 - the same failure, now with a frame count
+        return n_read
+    return None
+
+
+def locate_xyz_problem(path: str | os.PathLike) -> str | None:
+    """The first structural problem of an (ext)xyz file, naming its frame and line.
+
+    Walks the file frame by frame (atom count line, comment line, that many atom lines) and
+    checks that every line is UTF-8 text, every count an integer and every atom line of a
+    frame has as many columns as the frame's first one (a wrong atom count shows up as the
+    next frame's count or comment line read as an atom). ASE's own errors say neither.
+
+    Returns:
+        The problem (e.g. ``"frame 2 (atom count 4 at line 11): line 14, its atom 3, has
+        1 column(s) where the frame's first atom line has 7: the atom count 4 is probably
+        wrong"``), or None if none was found.
+    """
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+
+    def text(k: int, frame: int) -> str:
+        try:
+            return lines[k].decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _XyzProblem(
+                f"frame {frame}: line {k + 1} is not UTF-8 text (byte 0x{lines[k][err.start]:02x} "
+                f"at column {err.start + 1}); the file is damaged or not an xyz file"
+            ) from None
+
+    try:
+        k, frame, previous = 0, 0, ""
+        while k < len(lines):
+            header = text(k, frame)
+            if not header.strip():
+                if all(not line.strip() for line in lines[k:]):
+                    return None  # trailing blank lines
+                raise _XyzProblem(f"line {k + 1} is blank where frame {frame} should start")
+            try:
+                n_atoms = int(header.split()[0])
+            except ValueError:
+                raise _XyzProblem(
+                    f"frame {frame} should start at line {k + 1} with its number of atoms, but "
+                    f"the line reads {header.strip()[:60]!r}{previous}"
+                ) from None
+            where = f"frame {frame} (atom count {n_atoms} at line {k + 1})"
+            previous = f" (is the atom count {n_atoms} of frame {frame} at line {k + 1} wrong?)"
+            if k + 1 + n_atoms >= len(lines):
+                raise _XyzProblem(
+                    f"{where}: the file ends after {max(len(lines) - k - 2, 0)} atom line(s); "
+                    "it is truncated or the atom count is wrong"
+                )
+            text(k + 1, frame)
+            columns = None
+            for a in range(n_atoms):
+                line = text(k + 2 + a, frame)
+                n_columns = len(line.split())
+                if columns is None:
+                    columns = n_columns
+                elif n_columns != columns:
+                    raise _XyzProblem(
+                        f"{where}: line {k + 3 + a}, its atom {a}, has {n_columns} column(s) "
+                        f"where the frame's first atom line has {columns}: the atom count "
+                        f"{n_atoms} is probably wrong (or the line is cut)"
+                    )
+            k += n_atoms + 2
+            frame += 1
+    except _XyzProblem as problem:
+        return str(problem)
+    return None
+
+
+class _XyzProblem(Exception):
+    pass
 
 
 _ISOLATED_ATOM_FILES = ("isolated_atoms.xyz", "iso_atoms.xyz")  # acac, 3bpa: energies only
@@ -585,17 +790,18 @@ def read_dataset(path: str | os.PathLike, **kwargs: Any) -> list[Structure] | QM
         The structures.
 
     Raises:
-        ValueError: an npz that is neither rMD17 nor QM9.
+        DataFileError: an unreadable file, or an npz that is neither rMD17 nor QM9.
+        DataError: bad content (see the readers).
     """
     path = Path(path)
     if path.suffix == ".npz":
-        with np.load(path) as data:
+        with _open_npz(path) as data:
             files = set(data.files)
         if {"nuclear_charges", "coords"} <= files:
             return read_rmd17(path, **kwargs)
         if {"natoms", "offsets"} <= files:
             return read_qm9(path, **kwargs)
-        raise ValueError(
+        raise DataError(
             f"{path}: npz is neither rMD17 (nuclear_charges, coords, ...) nor QM9 (natoms, "
             f"offsets, Z, R_ang, ...); it has {sorted(files)}"
         )

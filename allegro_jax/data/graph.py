@@ -21,6 +21,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from allegro_jax.data.validate import as_atomic_numbers
+
 
 @dataclasses.dataclass
 class Structure:
@@ -47,7 +49,7 @@ class Structure:
     info: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
+        self.numbers = as_atomic_numbers(self.numbers)  # refuses fractional numbers
         self.positions = np.asarray(self.positions, dtype=np.float64)
         self.cell = np.asarray(self.cell, dtype=np.float64)
         self.pbc = np.broadcast_to(np.asarray(self.pbc, dtype=bool), (3,)).copy()

@@ -12,6 +12,12 @@ the positions as given (they are never wrapped).
 
 Backends:
   * ``"vesin"`` (default): vesin's cell list, the fastest (see ``benchmarks/neighborlist.py``).
+    vesin caps its grid at 1e5 cells by shrinking every axis in proportion; for an elongated
+    search box (a molecule spanning ~5e5 Å along one axis, a slab with an atom far out in
+    the vacuum) an axis then gets no cell and the library divides by zero, which kills the
+    interpreter with SIGFPE. Such boxes are detected beforehand (:func:`vesin_grid_is_safe`)
+    and searched with ``"kdtree"`` instead.
+  * ``"kdtree"``: scipy's KD-tree over the periodic images (O(n log n) for any extent).
   * ``"matscipy"``: matscipy's cell list (needs the ``dev`` extra).
   * ``"brute"``: an O(n_atoms^2 * n_images) numpy enumeration of lattice images; the test
     oracle.
@@ -36,8 +42,8 @@ import numpy as np
 
 from allegro_jax.data import validate
 
-Backend = Literal["vesin", "matscipy", "brute"]
-BACKENDS: tuple[str, ...] = ("vesin", "matscipy", "brute")
+Backend = Literal["vesin", "kdtree", "matscipy", "brute"]
+BACKENDS: tuple[str, ...] = ("vesin", "kdtree", "matscipy", "brute")
 
 # The libraries search up to r_max * (1 + _SEARCH_SLACK) so that pairs right at the cutoff
 # are decided by this module's float64 distance, identically for every backend.
@@ -53,7 +59,7 @@ def neighbor_list(
     r_max: float,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
 ) -> PairArrays:
     """All ordered pairs closer than ``r_max``, with their integer image shifts.
 
@@ -63,10 +69,11 @@ def neighbor_list(
             directions, e.g. zeros for a molecule).
         pbc: ``[3]`` bool (or one bool) periodicity along each lattice vector.
         r_max: cutoff radius in Å; pairs with ``|r_ij| < r_max`` are kept.
-        backend: ``"vesin"``, ``"matscipy"`` or ``"brute"``.
+        backend: ``"vesin"``, ``"kdtree"``, ``"matscipy"`` or ``"brute"``.
         min_distance: raise if two atoms (or an atom and its own image) are closer than
-            this (Å); ``None`` or ``0`` disables the check (exactly coincident pairs are
-            then dropped silently).
+            this (Å; default :data:`~allegro_jax.data.validate.DEFAULT_MIN_DISTANCE`, 0.1 Å);
+            ``None`` or ``0`` disables the check (exactly coincident pairs are then dropped
+            silently).
 
     Returns:
         ``(centers, neighbors, shifts)``: ``[n_edges]`` int64 ``i``, ``[n_edges]`` int64
@@ -220,10 +227,41 @@ def _search_frame(
     return positions - low @ complement, box
 
 
+# vesin's cap on the number of cells of its grid (MAX_NUMBER_OF_CELLS in cpu_cell_list.cpp)
+_VESIN_MAX_CELLS = 1e5
+
+
+def vesin_grid_is_safe(box: np.ndarray, cutoff: float) -> bool:
+    """Whether vesin's cell list can search ``box`` (rows: the box vectors) at ``cutoff``.
+
+    vesin (0.6) divides each axis into ``trunc(d / cutoff)`` cells (``d``: the distance
+    between the box's faces), and when the total exceeds 1e5 it rescales every axis keeping
+    the ratios, truncating each: an elongated box then gets 0 cells along a short axis, and
+    vesin divides by zero (SIGFPE). This repeats the computation and asks for at least two
+    cells per axis after the rescaling (a margin over vesin's arithmetic; checked against
+    crashes in subprocesses for boxes from 1 to 1e6 Å).
+    """
+    box = np.asarray(box, dtype=np.float64)
+    volume = abs(float(np.linalg.det(box)))
+    if not volume > 0.0:
+        return False
+    faces = [np.linalg.norm(np.cross(box[(k + 1) % 3], box[(k + 2) % 3])) for k in range(3)]
+    cells = [max(np.trunc(volume / face / cutoff), 1.0) for face in faces]
+    if cells[0] * cells[1] * cells[2] <= _VESIN_MAX_CELLS:
+        return True
+    ratio_xy, ratio_yz = cells[0] / cells[1], cells[1] / cells[2]
+    n_z = np.cbrt(_VESIN_MAX_CELLS / (ratio_xy * ratio_yz * ratio_yz))
+    n_y = ratio_yz * np.trunc(n_z)
+    n_x = ratio_xy * np.trunc(n_y)
+    return bool(min(n_z, n_y, n_x) >= 2.0)
+
+
 def _vesin_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: float) -> PairArrays:
     import vesin
 
     points, box = _search_frame(positions, cell, pbc, r)
+    if not vesin_grid_is_safe(box, r):  # vesin would crash the interpreter (SIGFPE)
+        return _kdtree_pairs(positions, cell, pbc, r)
     calculator = vesin.NeighborList(cutoff=r, full_list=True)
     centers, neighbors, shifts = calculator.compute(
         points=points, box=box, periodic=pbc, quantities="ijS", copy=True
@@ -247,27 +285,63 @@ def _matscipy_pairs(
     return centers, neighbors, shifts
 
 
-def _brute_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: float) -> PairArrays:
-    """Reference search: wrap along the periodic directions, then try every image.
+def _wrapped_images(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[range]]:
+    """Atoms wrapped along the periodic directions and the images a pair within ``r`` needs.
 
     With ``P`` the periodic rows and ``B = (P P^T)^{-1} P`` their dual vectors (``B P^T = 1``),
     the fractional coordinate of a vector along periodic axis ``a`` is ``f_a = r . B_a`` and
     ``|f_a| <= |r| |B_a|``. After wrapping every atom to ``f in [0, 1)``, a pair within ``r``
-    therefore needs ``|S_a| <= ceil(r |B_a|) + 1``; all those images are enumerated. The
-    shifts are then translated back to the unwrapped positions.
+    therefore needs ``|S_a| <= ceil(r |B_a|) + 1``.
+
+    Returns:
+        ``(wraps [n_atoms, k] int64, wrapped [n_atoms, 3], P [k, 3], images)``, with
+        ``wrapped = positions - wraps @ P`` and ``images`` one range per periodic axis.
     """
-    n_atoms = positions.shape[0]
     periodic_rows = cell[pbc]  # [k, 3]
-    if periodic_rows.shape[0]:
-        dual = np.linalg.solve(periodic_rows @ periodic_rows.T, periodic_rows)  # [k, 3]
-        wraps = np.floor(positions @ dual.T).astype(np.int64)  # [n_atoms, k]
-        wrapped = positions - wraps @ periodic_rows  # [n_atoms, 3]
-        bounds = np.ceil(r * np.linalg.norm(dual, axis=1)).astype(np.int64) + 1  # [k]
-        images = [range(-int(b), int(b) + 1) for b in bounds]
-    else:
-        wraps = np.zeros((n_atoms, 0), dtype=np.int64)
-        wrapped = positions
-        images = []
+    if not periodic_rows.shape[0]:
+        return np.zeros((positions.shape[0], 0), dtype=np.int64), positions, periodic_rows, []
+    dual = np.linalg.solve(periodic_rows @ periodic_rows.T, periodic_rows)  # [k, 3]
+    wraps = np.floor(positions @ dual.T).astype(np.int64)  # [n_atoms, k]
+    wrapped = positions - wraps @ periodic_rows  # [n_atoms, 3]
+    bounds = np.ceil(r * np.linalg.norm(dual, axis=1)).astype(np.int64) + 1  # [k]
+    return wraps, wrapped, periodic_rows, [range(-int(b), int(b) + 1) for b in bounds]
+
+
+def _kdtree_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: float) -> PairArrays:
+    """scipy's KD-tree over the images of :func:`_wrapped_images` (any extent, no grid)."""
+    from scipy.spatial import cKDTree
+
+    wraps, wrapped, periodic_rows, images = _wrapped_images(positions, cell, pbc, r)
+    tree = cKDTree(wrapped)
+    found_i, found_j, found_s = [], [], []
+    for image in itertools.product(*images):
+        image = np.asarray(image, dtype=np.int64)  # [k]
+        # j within r of wrapped[i] - image @ P: r_ij = wrapped[j] - wrapped[i] + image @ P
+        hits = tree.query_ball_point(wrapped - image @ periodic_rows, r, return_sorted=False)
+        counts = np.fromiter((len(h) for h in hits), dtype=np.int64, count=len(hits))
+        if not counts.sum():
+            continue
+        i = np.repeat(np.arange(len(hits)), counts)
+        j = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits])
+        shift = np.zeros((i.size, 3), dtype=np.int64)
+        shift[:, pbc] = image[None, :] - wraps[j] + wraps[i]
+        found_i.append(i)
+        found_j.append(j)
+        found_s.append(shift)
+    if not found_i:
+        return _empty_pairs()
+    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+
+
+def _brute_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: float) -> PairArrays:
+    """Reference search: wrap along the periodic directions, then try every image.
+
+    The images are those of :func:`_wrapped_images`; the shifts are then translated back to
+    the unwrapped positions.
+    """
+    wraps, wrapped, periodic_rows, images = _wrapped_images(positions, cell, pbc, r)
     deltas = wrapped[None, :, :] - wrapped[:, None, :]  # [n_atoms, n_atoms, 3]
     found_i, found_j, found_s = [], [], []
     for image in itertools.product(*images):
@@ -287,6 +361,7 @@ def _brute_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: fl
 
 _SEARCH_FNS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float], PairArrays]] = {
     "vesin": _vesin_pairs,
+    "kdtree": _kdtree_pairs,
     "matscipy": _matscipy_pairs,
     "brute": _brute_pairs,
 }

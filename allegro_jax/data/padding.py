@@ -215,7 +215,7 @@ def graph_inputs_from_structure(
     r_max: float,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
 ) -> GraphInputs:
     """Validate a structure, map its species and compute its neighbour list.
 
@@ -224,7 +224,8 @@ def graph_inputs_from_structure(
         type_names: the model's chemical symbols (type index = position).
         r_max: cutoff radius in Å.
         backend: neighbour-list backend, see :func:`neighbor_list`.
-        min_distance: coincident-atom threshold in Å (``None`` disables the check).
+        min_distance: closest allowed distance between atoms in Å (default 0.1 Å,
+            :data:`~allegro_jax.data.validate.DEFAULT_MIN_DISTANCE`; ``None`` disables it).
 
     Returns:
         The structure's :class:`GraphInputs`.
@@ -260,12 +261,19 @@ def precompute_graph_inputs(
     r_max: float,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
+    source: str | None = None,
 ) -> list[GraphInputs]:
-    """:func:`graph_inputs_from_structure` for a data set; errors name the structure index."""
+    """:func:`graph_inputs_from_structure` for a data set.
+
+    Errors are :class:`~allegro_jax.data.errors.DataError` naming the structure's position,
+    or, with ``source`` (the file the structures were read from), the file and the frame
+    (``Structure.info["index"]``).
+    """
     inputs = []
     for index, structure in enumerate(structures):
-        with validate.frame_context(index):
+        frame = structure.info.get("index") if isinstance(structure.info, dict) else None
+        with validate.frame_context(index, source=source, frame=frame):
             inputs.append(
                 graph_inputs_from_structure(
                     structure, type_names, r_max, backend=backend, min_distance=min_distance
@@ -339,6 +347,13 @@ def batch_graph_inputs(
 ) -> AtomicGraph:
     """Concatenate precomputed structures and pad them to a budget.
 
+    For a dtype narrower than float64, each structure's positions are first brought near
+    the origin in float64 (:func:`local_frame`: atoms wrapped into the cell along periodic
+    directions, the shifts adjusted, then the whole structure translated by a whole number of
+    Å), so that casting them loses no precision for a structure far from the origin: every
+    edge vector ``pos[j] - pos[i] + shift @ cell`` stays the same, and so do the energy,
+    forces and stress. float64 graphs keep the positions as given.
+
     Args:
         inputs: the structures of the batch (same ``r_max`` and ``type_names``).
         budget: the static sizes; ``None`` picks :func:`round_budget` of the real counts.
@@ -379,14 +394,18 @@ def batch_graph_inputs(
     graph_mask = np.zeros(n_graphs, dtype=bool)  # [n_graphs]
 
     if inputs:
-        positions[:n_real_nodes] = np.concatenate([x.positions for x in inputs])
+        if dtype == np.float64:
+            frames = [(x.positions, x.shifts) for x in inputs]
+        else:  # near the origin before the cast (see the docstring)
+            frames = [local_frame(x) for x in inputs]
+        positions[:n_real_nodes] = np.concatenate([pos for pos, _ in frames])
         species[:n_real_nodes] = np.concatenate([x.species for x in inputs])
         node_graph[:n_real_nodes] = np.repeat(np.arange(n_real_graphs), n_atoms)
         node_mask[:n_real_nodes] = True
         edge_offsets = np.repeat(node_offsets, [x.n_edges for x in inputs])  # [n_real_edges]
         edge_center[:n_real_edges] = np.concatenate([x.centers for x in inputs]) + edge_offsets
         edge_neighbor[:n_real_edges] = np.concatenate([x.neighbors for x in inputs]) + edge_offsets
-        edge_shift[:n_real_edges] = np.concatenate([x.shifts for x in inputs])
+        edge_shift[:n_real_edges] = np.concatenate([shifts for _, shifts in frames])
         edge_mask[:n_real_edges] = True
         cell[:n_real_graphs] = np.stack([x.cell for x in inputs])
         pbc[:n_real_graphs] = np.stack([x.pbc for x in inputs])
@@ -411,6 +430,37 @@ def batch_graph_inputs(
         n_node=n_node,
         graph_mask=graph_mask,
     )
+
+
+def local_frame(inputs: GraphInputs) -> tuple[np.ndarray, np.ndarray]:
+    """The structure's positions near the origin, with the same edge vectors (float64).
+
+    Along periodic directions every atom is wrapped into the cell (``f in [0, 1)``, integer
+    offsets ``W`` per atom, the edge shifts become ``S + W[j] - W[i]``); then the whole
+    structure is translated by its bounding-box centre rounded to whole Å (a structure
+    centred within 0.5 Å of the origin is left as it is). Both steps keep every
+    ``r_ij = pos[j] - pos[i] + S @ cell`` and, computed in float64, lose nothing, so a
+    float32 cast afterwards is as precise as for a structure at the origin.
+
+    Returns:
+        ``(positions [n_atoms, 3] float64, shifts [n_edges, 3] int64)``.
+    """
+    positions, shifts = inputs.positions, inputs.shifts
+    if not positions.size:
+        return positions, shifts
+    pbc = inputs.pbc
+    if pbc.any():
+        rows = inputs.cell[pbc]  # [k, 3]
+        dual = np.linalg.solve(rows @ rows.T, rows)  # [k, 3], dual @ rows.T = 1
+        wraps = np.floor(positions @ dual.T).astype(np.int64)  # [n_atoms, k]
+        if wraps.any():
+            positions = positions - wraps @ rows
+            shifts = shifts.copy()
+            shifts[:, pbc] += wraps[inputs.neighbors] - wraps[inputs.centers]
+    centre = np.round(0.5 * (positions.min(axis=0) + positions.max(axis=0)))  # [3]
+    if centre.any():
+        positions = positions - centre
+    return positions, shifts
 
 
 def padding_positions(n_padding: int, real_positions: np.ndarray, r_max: float) -> np.ndarray:
@@ -443,7 +493,7 @@ def build_graph(
     dtype: np.dtype | type = np.float32,
     *,
     backend: Backend = "vesin",
-    min_distance: float | None = 1e-6,
+    min_distance: float | None = validate.DEFAULT_MIN_DISTANCE,
 ) -> AtomicGraph:
     """Validate, compute neighbour lists, concatenate and pad a batch of structures.
 
@@ -455,7 +505,8 @@ def build_graph(
         budget: static sizes; ``None`` picks :func:`round_budget` of the real counts.
         dtype: float dtype of positions, shifts and cells.
         backend: neighbour-list backend for :class:`Structure` items.
-        min_distance: coincident-atom threshold in Å (``None`` disables the check).
+        min_distance: closest allowed distance between atoms in Å (default 0.1 Å,
+            :data:`~allegro_jax.data.validate.DEFAULT_MIN_DISTANCE`; ``None`` disables it).
 
     Returns:
         An :class:`AtomicGraph` of numpy arrays.

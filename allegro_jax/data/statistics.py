@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from allegro_jax.data.graph import Structure
+from allegro_jax.data.validate import frame_context
 
 NeighborListFn = Callable[
     [np.ndarray, np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -211,12 +212,14 @@ def compute_statistics(
     neighbors_type = np.zeros(n_types, dtype=np.int64)
     force_sq_type = np.zeros(n_types)  # sum of squared components
     force_atoms_type = np.zeros(n_types, dtype=np.int64)  # atoms with forces
-    for structure in structures:
-        types = atom_types(structure.numbers, z_of_type)  # [n_atoms]
+    for position, structure in enumerate(structures):
+        frame = structure.info.get("index") if isinstance(structure.info, dict) else None
+        with frame_context(position, frame=frame):
+            types = atom_types(structure.numbers, z_of_type)  # [n_atoms]
+            nbrs = neighbor_counts(structure, r_max, neighbor_list_fn)  # [n_atoms]
         row = np.bincount(types, minlength=n_types)  # [n_types]
         counts_rows.append(row)
         n_atoms_type += row
-        nbrs = neighbor_counts(structure, r_max, neighbor_list_fn)  # [n_atoms]
         neighbors_type += np.bincount(types, weights=nbrs, minlength=n_types).astype(np.int64)
         if structure.energy is not None:
             energies.append(structure.energy)

@@ -1,9 +1,9 @@
 """Host-side validation of atomic structures before they become graphs.
 
 Every check raises :class:`ValueError` with a message that names the problem and the
-offending atom (and, through :func:`frame_context`, the offending frame). The checks are
-pure functions of numpy arrays so that the neighbour list, the batching code and data
-loaders can share them.
+offending atom (and, through :func:`frame_context`, the offending frame and file, as a
+:class:`~allegro_jax.data.errors.DataError`). The checks are pure functions of numpy arrays
+so that the neighbour list, the batching code and data loaders can share them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ import numpy as np
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 from ase.data import chemical_symbols as _CHEMICAL_SYMBOLS
 
+from allegro_jax.data.errors import DataError
+
+# Atoms closer than this (Å) are an error: no bond is shorter than ~0.74 Å (H2), so such a
+# pair is a damaged or mis-converted frame (e.g. coordinates in the wrong unit), which a
+# model would otherwise learn from or predict on without a word.
+DEFAULT_MIN_DISTANCE = 0.1
+
 # A periodic lattice vector shorter than this (Å) counts as zero.
 _MIN_LATTICE_LENGTH = 1e-8
 # Periodic lattice vectors whose normalised volume |a1 x a2 . a3| / (|a1| |a2| |a3|) (or its
@@ -22,20 +29,33 @@ _MIN_LATTICE_LENGTH = 1e-8
 _MIN_NORMALISED_VOLUME = 1e-8
 
 
+def describe_structure(index: int, source: str | None = None, frame: int | None = None) -> str:
+    """``"structure {index}"``, or ``"{source}, frame {frame}"`` when the file is known."""
+    if source is None:
+        return f"structure {index}"
+    return f"{source}, frame {index if frame is None else frame}"
+
+
 @contextlib.contextmanager
-def frame_context(index: int) -> Iterator[None]:
-    """Prefix the message of any ``ValueError`` raised inside with ``structure {index}: ``.
+def frame_context(
+    index: int, *, source: str | None = None, frame: int | None = None
+) -> Iterator[None]:
+    """Prefix the message of any ``ValueError`` raised inside with the structure it concerns.
 
     Args:
-        index: position of the structure in the caller's sequence (e.g. the frame index).
+        index: position of the structure in the caller's sequence.
+        source: the file the structure was read from, if known.
+        frame: its frame index in that file (``Structure.info["index"]`` of the readers);
+            defaults to ``index``.
 
     Raises:
-        ValueError: re-raised with the frame prefix.
+        DataError: (a ``ValueError``) ``"structure {index}: ..."``, or ``"{source}, frame
+            {frame}: ..."`` when ``source`` is given.
     """
     try:
         yield
     except ValueError as err:
-        raise ValueError(f"structure {index}: {err}") from err
+        raise DataError(f"{describe_structure(index, source, frame)}: {err}") from err
 
 
 def check_r_max(r_max: float) -> float:
@@ -156,6 +176,29 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return mat
 
 
+def as_atomic_numbers(numbers: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Atomic numbers as a one-dimensional int64 array, refusing non-integer values.
+
+    A plain ``astype(int)`` would turn ``[8.0, 1.9, 1.2]`` into O, H, H without a word.
+
+    Raises:
+        ValueError: a non-integer or non-numeric value (naming the first atom with one).
+    """
+    z = np.asarray(numbers).reshape(-1)
+    if z.dtype == np.bool_ or not np.issubdtype(z.dtype, np.number) or np.iscomplexobj(z):
+        raise ValueError(f"atomic numbers must be integers, got dtype {z.dtype}")
+    if not np.issubdtype(z.dtype, np.integer):
+        bad = ~np.isfinite(z) | (np.mod(z, 1) != 0)
+        if bad.any():
+            atom = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"atomic numbers must be integers, but atom {atom} has {float(z[atom])!r} "
+                f"({int(bad.sum())} non-integer value(s)); a fractional atomic number is a "
+                "damaged or mis-converted file"
+            )
+    return z.astype(np.int64)
+
+
 def check_numbers(numbers: np.ndarray, n_atoms: int) -> np.ndarray:
     """Check that atomic numbers are ``n_atoms`` integers in 1..118.
 
@@ -175,8 +218,7 @@ def check_numbers(numbers: np.ndarray, n_atoms: int) -> np.ndarray:
     if z.shape[0] != n_atoms:
         raise ValueError(f"numbers has length {z.shape[0]} but positions has {n_atoms} atoms")
     if z.size and not np.issubdtype(z.dtype, np.integer):
-        if not np.issubdtype(z.dtype, np.number) or not np.all(np.equal(np.mod(z, 1), 0)):
-            raise ValueError(f"numbers must be integers, got dtype {z.dtype}")
+        as_atomic_numbers(z)
     z = z.astype(np.int64)
     bad = (z < 1) | (z >= len(_CHEMICAL_SYMBOLS))
     if bad.any():
@@ -272,11 +314,13 @@ def check_coincident_atoms(
     k = int(candidates[np.lexsort((neighbors[candidates], centers[candidates]))[0]])
     i, j, shift = int(centers[k]), int(neighbors[k]), shifts[k].tolist()
     what = (
-        f"atom {i} coincides with its own periodic image (shift {shift})"
+        f"atom {i} is only {float(distances[k]):.3g} Å from its own periodic image (shift "
+        f"{shift}; a lattice vector that short is unphysical)"
         if i == j
-        else f"atoms {i} and {j} are coincident (image shift {shift})"
+        else f"atoms {i} and {j} are only {float(distances[k]):.3g} Å apart (image shift {shift})"
     )
     raise ValueError(
-        f"{what}: distance {float(distances[k]):.3g} Å < min_distance {min_distance:g} Å "
-        f"({int(close.sum())} ordered pair(s) affected)"
+        f"{what}, closer than min_distance {min_distance:g} Å ({int(close.sum())} ordered "
+        f"pair(s) affected): overlapping atoms mean a damaged or mis-converted structure "
+        f"(e.g. coordinates in the wrong unit); fix or remove it"
     )

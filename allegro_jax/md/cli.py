@@ -436,10 +436,11 @@ def _run_md(args: argparse.Namespace) -> int:
         return err.code
     finally:
         if not existed and out.is_dir():  # a failed start leaves no empty folder behind
-            from ..io.runlock import LOCK_FILE
+            from ..io.runlock import HOLDER_FILE, LOCK_FILE
 
-            if {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+            if {p.name for p in out.iterdir()} <= {LOCK_FILE, HOLDER_FILE}:
                 (out / LOCK_FILE).unlink(missing_ok=True)
+                (out / HOLDER_FILE).unlink(missing_ok=True)
                 out.rmdir()
 
 

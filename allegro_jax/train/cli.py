@@ -9,32 +9,45 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done, 2 bad config/data, 3 non-finite loss, 4 checkpoints, 5 directory busy."""
+    from allegro_jax.io.runlock import RunLockedError
     from allegro_jax.train.checkpoint import CheckpointError
     from allegro_jax.train.config import load_config
     from allegro_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
     try:
         config = load_config(args.config, parse_overrides(args.set))
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (OSError, ValueError) as err:
+        print(f"error: {_one_paragraph(err)}", file=sys.stderr)
         return 2
     workdir = args.workdir or config.workdir or str(Path("runs") / Path(args.config).stem)
     try:
         summary = train_and_evaluate(config, workdir)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 4
-    except ValueError as err:  # e.g. resuming with another ensemble_size
+    except RunLockedError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 5
+    # a missing or unreadable file, bad data (DataError names the file and the frame), a
+    # resume with another ensemble_size, ...: expected errors, one paragraph, no traceback
+    except (OSError, ValueError) as err:
+        print(f"error: {_one_paragraph(err)}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "best_validation"}, indent=2))
     return 0
+
+
+def _one_paragraph(err: BaseException) -> str:
+    """The message of an expected error on one line (``OSError``: with its file name)."""
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in str(err):
+        text = f"{err}: {err.filename}"
+    else:
+        text = str(err)
+    return " ".join(text.split())
 
 
 def parse_overrides(items: list[str] | None) -> dict:
@@ -66,8 +79,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
             jax.config.update("jax_enable_x64", True)
         metrics = evaluate_model(args.model, args.data, batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (OSError, ValueError) as err:  # missing or bad files, bad data: no traceback
+        print(f"error: {_one_paragraph(err)}", file=sys.stderr)
         return 2
     default = Path(args.model) / f"eval_{Path(args.data).stem}.json"
     out = Path(args.output) if args.output else default

@@ -33,6 +33,10 @@ _PATH_KEYS = ("dataset_file_name", "validation_dataset_file_name", "test_dataset
 _LOSS_KEYS = {"total_energy": "PerAtomMSELoss", "forces": "MSELoss", "stress": "MSELoss"}
 
 
+class ConfigError(ValueError):
+    """A training config file cannot be used (the message names the file, the line and why)."""
+
+
 def _loss_coeffs(value: Any) -> dict[str, float]:
     """Normalise ``loss_coeffs`` to ``{total_energy, forces, stress}`` floats.
 
@@ -348,15 +352,32 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
     Raises:
         FileNotFoundError: the config file does not exist.
-        ValueError: invalid YAML or config.
+        ConfigError: invalid YAML (naming the line) or config (a ``ValueError``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {str(path)!r}")
-    with open(path) as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a text file (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start} is not UTF-8); a config is a YAML text file of 'key: value' lines"
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(
+            f"{path}: not valid YAML{where}: {problem}. Fix the file (a config is 'key: value' "
+            "lines; nested values are indented with spaces, never tabs)."
+        ) from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a config must be a YAML mapping of 'key: value' lines, got "
+            f"{type(data).__name__}"
+        )
     overrides = dict(overrides or {})
     for key in _PATH_KEYS:  # paths typed on the command line are relative to the cwd
         value = overrides.get(key)
@@ -366,4 +387,4 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     try:
         return TrainConfig.from_dict(data, source_dir=str(path.resolve().parent))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise ConfigError(f"{path}: {err}") from err

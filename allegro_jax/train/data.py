@@ -37,6 +37,10 @@ class SplitData:
         batch_size: structures per batch.
         dtype: float dtype of the batches.
         inputs: precomputed :class:`GraphInputs` (else computed here, once).
+        source: the file the structures were read from (named with the frame in errors).
+
+    Raises:
+        DataError: an invalid structure (too close atoms, an unknown element, ...).
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class SplitData:
         batch_size: int,
         dtype: Any = np.float32,
         inputs: Sequence[GraphInputs] | None = None,
+        source: str | None = None,
     ):
         self.structures = list(structures)
         if not self.structures:
@@ -54,7 +59,7 @@ class SplitData:
         self.inputs = (
             list(inputs)
             if inputs is not None
-            else precompute_graph_inputs(self.structures, type_names, r_max)
+            else precompute_graph_inputs(self.structures, type_names, r_max, source=source)
         )
         self.batch_size = int(batch_size)
         self.dtype = np.dtype(dtype)

@@ -59,7 +59,9 @@ def evaluate_model(
     n_members = read_ensemble_size(model_path)
     structures = (read_fn or read_dataset)(data_path)
     dtype = np.float64 if config.model_dtype == "float64" else np.float32
-    split = SplitData(structures, config.type_names, config.r_max, batch_size, dtype)
+    split = SplitData(
+        structures, config.type_names, config.r_max, batch_size, dtype, source=str(data_path)
+    )
     _, apply_fn = make_model(config)
     coeffs = {"total_energy": 1.0, "forces": 1.0}
     extra: dict[str, Any] = {}

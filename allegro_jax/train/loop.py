@@ -31,6 +31,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,19 @@ import yaml
 from ase.data import chemical_symbols
 
 from allegro_jax.config import AllegroConfig
-from allegro_jax.data.datasets import random_split, read_dataset
+from allegro_jax.data.datasets import (
+    DataKeyError,
+    describe_frame_keys,
+    random_split,
+    read_dataset,
+    recommended_read_kwargs,
+)
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
 from allegro_jax.ensemble import member, stack_members
+from allegro_jax.io.atomic import atomic_open, atomic_write_text
+from allegro_jax.io.runlock import RunLock
 from allegro_jax.nn.model import make_model, subtract_pair_potential
-from allegro_jax.train.checkpoint import CheckpointStore
+from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.data import SplitData, epoch_permutation, prefetch
 from allegro_jax.train.ensemble import (
@@ -83,11 +92,45 @@ def read_structures(config: TrainConfig, path: str) -> list:
     return read_dataset(resolved, **kwargs)
 
 
+def check_loss_labels(config: TrainConfig, path: str, structures: Sequence) -> None:
+    """The labels the loss uses must be in the file: at least one frame with forces (stress).
+
+    Frames without forces or stress are fine (their labels are masked), but a file where
+    none has them while ``loss_coeffs`` weighs them would train silently without that term
+    (the forces under another key than the config's, e.g.).
+
+    Raises:
+        DataKeyError: naming the file, the key looked up, the keys the first frame has and
+            the two ways out (``forces_key``/``stress_key``, or a zero loss weight).
+    """
+    for label in ("forces", "stress"):
+        weight = config.loss_coeffs[label]
+        if weight <= 0 or any(getattr(s, label) is not None for s in structures):
+            continue
+        resolved = config.resolve_path(path)
+        key = getattr(config, f"{label}_key")
+        if key is None:
+            key = recommended_read_kwargs(resolved).get(f"{label}_key", label)
+        if resolved.suffix == ".npz":
+            found = "this npz file has none"
+        elif key.lower() == "none":
+            found = f"{label}_key is none (ignored)"
+        else:
+            found = f"no frame has {label} under the key {key!r}; {describe_frame_keys(resolved)}"
+        raise DataKeyError(
+            f"{resolved}: the loss uses {label} (loss_coeffs.{label} = {weight:g}) but {found}. "
+            f"Set {label}_key to the key that holds them, or loss_coeffs.{label}: 0 to train "
+            f"without {label}."
+        )
+
+
 def load_splits(config: TrainConfig) -> tuple[list, list]:
-    """The seeded (train, validation) structures of a config."""
+    """The seeded (train, validation) structures of a config (see :func:`check_loss_labels`)."""
     data = read_structures(config, config.dataset_file_name)
+    check_loss_labels(config, config.dataset_file_name, data)
     if config.validation_dataset_file_name:
         val_data = read_structures(config, config.validation_dataset_file_name)
+        check_loss_labels(config, config.validation_dataset_file_name, val_data)
         n_train = config.n_train or len(data)
         (train_idx,) = random_split(len(data), (n_train,), config.dataset_seed)
         (val_idx,) = random_split(len(val_data), (config.n_val,), config.dataset_seed + 1)
@@ -100,6 +143,12 @@ def load_splits(config: TrainConfig) -> tuple[list, list]:
         )
     train_idx, val_idx = random_split(len(data), (n_train, config.n_val), config.dataset_seed)
     return [data[i] for i in train_idx], [data[i] for i in val_idx]
+
+
+def default_type_names(structures: Sequence) -> list[str]:
+    """The elements of a data set, sorted by atomic number (the default ``type_names``)."""
+    z = sorted({int(n) for s in structures for n in np.unique(s.numbers)})
+    return [chemical_symbols[n] for n in z]
 
 
 def complete_model_config(
@@ -115,8 +164,7 @@ def complete_model_config(
     """
     model = dict(model)
     if "type_names" not in model:
-        z = sorted({int(n) for s in train for n in np.unique(s.numbers)})
-        model["type_names"] = [chemical_symbols[n] for n in z]
+        model["type_names"] = default_type_names(train)
     if model.get("pair_potential"):  # statistics of what the network learns
         probe = AllegroConfig.from_dict({**model, "avg_num_neighbors": 1.0})
         train = subtract_pair_potential(probe, train)
@@ -153,12 +201,16 @@ class _MetricsLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        with open(self.jsonl, "w") as f:
+        """Rewrite both files atomically: a kill at any point leaves every row in one of them.
+
+        ``metrics.jsonl`` (the one read back) is replaced first, then ``metrics.csv``.
+        """
+        with atomic_open(self.jsonl) as f:
             for row in self.rows:
                 f.write(json.dumps(row) + "\n")
         if self.rows:
             self.header = list(self.rows[0])
-        with open(self.csv, "w", newline="") as f:
+        with atomic_open(self.csv, newline="") as f:
             if self.header:
                 writer = csv.DictWriter(f, fieldnames=self.header)
                 writer.writeheader()
@@ -176,6 +228,7 @@ class _MetricsLog:
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+            os.fsync(f.fileno())  # on disk before the epoch's checkpoint
 
 
 def evaluate_split(eval_step, params, split: SplitData, prefetch_size: int = 2) -> ErrorSums:
@@ -188,12 +241,6 @@ def evaluate_split(eval_step, params, split: SplitData, prefetch_size: int = 2) 
 
 def _count_params(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _first(x: Any) -> Any:
@@ -282,10 +329,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         FileNotFoundError: a data file is missing.
         ValueError: resuming a run with a different ``ensemble_size``.
         allegro_jax.train.checkpoint.CheckpointError: every checkpoint is damaged.
+        allegro_jax.io.runlock.RunLockedError: another process is training in ``workdir``
+            (the run directory is locked for the whole call, see :mod:`allegro_jax.io.runlock`).
     """
     t_start = time.perf_counter()
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    with RunLock(workdir, purpose="training"):
+        return _train_and_evaluate(config, workdir, t_start)
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> dict[str, Any]:
+    """:func:`train_and_evaluate` with the run directory locked."""
     if config.model.get("model_dtype") == "float64":
         jax.config.update("jax_enable_x64", True)
     np_dtype = np.float64 if config.model.get("model_dtype") == "float64" else np.float32
@@ -295,18 +349,27 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
     # ---- data and statistics ------------------------------------------------------------
     train_structs, val_structs = load_splits(config)
     model_config_path = workdir / "model_config.json"
+    model_config = None
     if model_config_path.exists():  # resume: the statistics of the first start
         _check_ensemble_size(workdir / "train_config.yaml", n_members)
         model_config = AllegroConfig.from_dict(json.loads(model_config_path.read_text()))
         _warn_config_changes(workdir / "train_config.yaml", config)
+        types, r_max = model_config.type_names, model_config.r_max
     else:
+        types = config.model.get("type_names") or default_type_names(train_structs)
+        r_max = config.model["r_max"]
+    # neighbour lists first: they validate every structure (errors name the file and frame)
+    train_file = str(config.resolve_path(config.dataset_file_name))
+    val_file = train_file
+    if config.validation_dataset_file_name:
+        val_file = str(config.resolve_path(config.validation_dataset_file_name))
+    train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype, source=train_file)
+    val = SplitData(val_structs, types, r_max, config.val_batch_size, np_dtype, source=val_file)
+    if model_config is None:
         model_config, stats = complete_model_config(config.model, train_structs)
-        _atomic_write(workdir / "statistics.json", stats.to_json(indent=2))
-        _atomic_write(workdir / "train_config.yaml", yaml.safe_dump(_normalised_config(config)))
-        _atomic_write(model_config_path, json.dumps(model_config.to_dict(), indent=2))
-    types, r_max = model_config.type_names, model_config.r_max
-    train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype)
-    val = SplitData(val_structs, types, r_max, config.val_batch_size, np_dtype)
+        atomic_write_text(workdir / "statistics.json", stats.to_json(indent=2))
+        atomic_write_text(workdir / "train_config.yaml", yaml.safe_dump(_normalised_config(config)))
+        atomic_write_text(model_config_path, json.dumps(model_config.to_dict(), indent=2))
     use_stress = config.loss_coeffs["stress"] > 0 and train.has_stress
 
     # ---- model, optimiser, state --------------------------------------------------------
@@ -350,8 +413,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         )
 
     store = CheckpointStore(workdir, keep=config.checkpoint_keep)
-    restored = store.restore_latest(state)
-    last_saved = None
+    try:
+        restored = _restore_or_refuse(store, state, workdir)
+    except BaseException:
+        store.close()
+        raise
+    last_saved = None  # the step of the newest checkpoint this run can fall back to
+    last_saved_dir = store.restored_from
     # the best validation loss per member, float64 on the host (the state's float32 field
     # is a copy; the exact value travels in the checkpoint's JSON metadata)
     best_val = np.full(n_members, np.inf)
@@ -364,13 +432,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
             best_val = np.asarray(state.best_val_loss, np.float64).reshape(-1)
         print(
             f"resuming from checkpoint step {int(_first(state.step))} "
-            f"(epoch {int(_first(state.epoch))}, meta {meta})",
+            f"(epoch {int(_first(state.epoch))}, {store.restored_from}, meta {meta})",
             flush=True,
         )
     # what model/ holds (its validation losses): it is only replaced by better weights
-    exported_val, exported_params = np.full(n_members, np.inf), None
-    if restored is not None:
-        exported_val, exported_params = _exported_losses(workdir / "model", n_members)
+    exported_val, exported_params = _exported_losses(workdir / "model", n_members)
     model_changed = False
     log = _MetricsLog(workdir, int(_first(state.epoch)))
     # CPU seconds of this process (all threads), added to those of the rows kept on resume
@@ -416,10 +482,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
         }
 
     def save(best: bool = False) -> None:
-        nonlocal last_saved
-        store.save(int(_first(state.step)), state, meta(), best=best)
+        nonlocal last_saved, last_saved_dir
+        directory = store.save(int(_first(state.step)), state, meta(), best=best)
         if not best:
-            last_saved = int(_first(state.step))
+            last_saved, last_saved_dir = int(_first(state.step)), directory
 
     def check_finite(where: str) -> None:
         bad = int(np.max(np.asarray(state.bad_step)))
@@ -427,8 +493,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
             last = (
                 "no checkpoint was written yet"
                 if last_saved is None
-                else f"the last good checkpoint is {store.directory / str(last_saved)} "
-                f"(step {last_saved})"
+                else f"the last good checkpoint is {last_saved_dir} (step {last_saved})"
             )
             raise NonFiniteLossError(
                 f"non-finite loss or gradient at step {bad} ({where}); that update was not "
@@ -698,10 +763,86 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
                 config.resolve_path(config.test_dataset_file_name),
                 read_fn=lambda p: read_structures(config, str(p)),
             )
-            _atomic_write(test_path, json.dumps(test_metrics, indent=2))
+            atomic_write_text(test_path, json.dumps(test_metrics, indent=2))
         summary["test"] = json.loads(test_path.read_text())
-    _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _restore_or_refuse(store: CheckpointStore, target: Any, workdir: Path) -> tuple | None:
+    """The newest good checkpoint (:meth:`CheckpointStore.restore_latest`), or None.
+
+    None (a start from step 0) only when that loses nothing: a directory without usable
+    checkpoints that holds results beyond the first epoch (``model/``, metrics rows) is
+    refused with a :class:`CheckpointError` saying what to do, on every invocation, rather
+    than trained again from step 0 over them.
+    """
+    try:
+        restored = store.restore_latest(target)
+    except CheckpointError as err:
+        previous = _previous_results(workdir)
+        if previous is not None:
+            raise CheckpointError(f"{err}. {_refusal(workdir, previous)}") from err
+        print(
+            f"{err}; this run had not finished its first epoch: training starts again from step 0",
+            flush=True,
+        )
+        return None
+    if restored is None:
+        previous = _previous_results(workdir)
+        if previous is not None:
+            raise CheckpointError(
+                f"no checkpoint in {store.directory} or {store.best_directory} (deleted or "
+                f"moved away?). {_refusal(workdir, previous)}"
+            )
+        return None
+    if store.problems:
+        from_best = store.restored_from.parent == store.best_directory
+        what = (
+            f"every checkpoint in {store.directory} is damaged; falling back to the best checkpoint"
+            if from_best and not store.steps()
+            else "resuming from the newest good checkpoint"
+        )
+        print(
+            f"{len(store.problems)} damaged checkpoint(s) moved to "
+            f"{workdir / 'corrupt_checkpoints'}; {what} {store.restored_from}: the epochs after "
+            "it are trained again and their metrics rows replaced",
+            flush=True,
+        )
+    return restored
+
+
+def _previous_results(workdir: Path) -> str | None:
+    """What a training from step 0 would overwrite in ``workdir`` beyond its first epoch."""
+    epochs = []
+    if (workdir / "metrics.jsonl").exists():
+        for line in (workdir / "metrics.jsonl").read_text().splitlines():
+            try:
+                epochs.append(int(json.loads(line)["epoch"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    meta = _read_model_metadata(workdir / "model")
+    entries = [e for e in meta.get("members") or [meta] if isinstance(e, dict) and "epoch" in e]
+    model_epoch = max((int(e["epoch"]) for e in entries), default=None)
+    if max([*epochs, model_epoch or 0]) <= 1:
+        return None
+    parts = []
+    if model_epoch is not None:
+        losses = [e.get("validation", {}).get("loss") for e in entries]
+        shown = ", ".join(f"{v:.4g}" for v in losses if isinstance(v, int | float))
+        parts.append(f"a trained model (model/: epoch {model_epoch}, validation loss {shown})")
+    if epochs:
+        parts.append(f"{len(epochs)} metrics rows (epochs {min(epochs)}-{max(epochs)})")
+    return " and ".join(parts)
+
+
+def _refusal(workdir: Path, previous: str) -> str:
+    return (
+        f"The run directory {workdir} holds {previous}, which a training from step 0 would "
+        "replace, so nothing was trained and they were left as they are. To keep them and "
+        "train again, use a new --workdir; to start over in this directory, first move "
+        "model/, metrics.csv and metrics.jsonl elsewhere."
+    )
 
 
 def _read_model_metadata(model_dir: Path) -> dict:

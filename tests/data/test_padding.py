@@ -20,6 +20,7 @@ from allegro_jax.data.padding import (
     budget_of,
     build_graph,
     distinct_budgets,
+    local_frame,
     max_budget,
     pad_graph_values,
     pad_node_values,
@@ -116,7 +117,10 @@ def test_round_trip(aspirin_structures, dtype):
     node, edge = 0, 0
     for k, (structure, x) in enumerate(zip(structures, inputs, strict=True)):
         atoms = slice(node, node + structure.n_atoms)
-        np.testing.assert_array_equal(graph.positions[atoms], structure.positions.astype(dtype))
+        # float32: positions near the origin (local_frame), the same edge vectors
+        local_positions, local_shifts = local_frame(x)
+        expected = structure.positions if dtype == np.float64 else local_positions
+        np.testing.assert_array_equal(graph.positions[atoms], expected.astype(dtype))
         symbols = structure.to_ase().get_chemical_symbols()
         np.testing.assert_array_equal(graph.species[atoms], [TYPES.index(s) for s in symbols])
         assert np.all(graph.node_graph[atoms] == k) and graph.node_mask[atoms].all()
@@ -127,7 +131,14 @@ def test_round_trip(aspirin_structures, dtype):
         edges = slice(edge, edge + len(centers))
         np.testing.assert_array_equal(graph.edge_center[edges], centers + node)
         np.testing.assert_array_equal(graph.edge_neighbor[edges], neighbors + node)
-        np.testing.assert_array_equal(graph.edge_shift[edges], shifts)
+        np.testing.assert_array_equal(
+            graph.edge_shift[edges], shifts if dtype == np.float64 else local_shifts
+        )
+        np.testing.assert_allclose(
+            edge_vectors(local_positions, structure.cell, centers, neighbors, local_shifts),
+            edge_vectors(structure.positions, structure.cell, centers, neighbors, shifts),
+            atol=1e-10,
+        )
         assert graph.edge_mask[edges].all()
         np.testing.assert_array_equal(graph.cell[k], structure.cell.astype(dtype))
         np.testing.assert_array_equal(graph.pbc[k], structure.pbc)

@@ -38,9 +38,9 @@ def test_non_finite_cell(pbc):
 
 def test_coincident_atoms_names_both_atoms():
     positions = np.vstack([POSITIONS, POSITIONS[1] + 1e-8])
-    with pytest.raises(ValueError, match=r"atoms 1 and 4 are coincident"):
+    with pytest.raises(ValueError, match=r"atoms 1 and 4 are only 1.73e-08 Å apart"):
         neighbor_list(positions, CUBE, True, 3.0)
-    with pytest.raises(ValueError, match=r"atoms 1 and 4 are coincident"):
+    with pytest.raises(ValueError, match=r"atoms 1 and 4 are only 1.73e-08 Å apart"):
         neighbor_list(positions, np.zeros((3, 3)), False, 3.0, backend="matscipy")
 
 
@@ -48,7 +48,7 @@ def test_coincident_atoms_names_both_atoms():
 def test_coincident_through_periodic_image(backend):
     positions = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 1e-9], [2.0, 2.0, 2.0]])
     with pytest.raises(
-        ValueError, match=r"atoms 0 and 1 are coincident \(image shift \[-1, 0, 0\]"
+        ValueError, match=r"atoms 0 and 1 are only 1e-09 Å apart \(image shift \[-1, 0, 0\]"
     ):
         neighbor_list(positions, CUBE, True, 3.0, backend=backend)
     # Not an error without periodicity along x.
@@ -57,9 +57,13 @@ def test_coincident_through_periodic_image(backend):
 
 def test_coincidence_threshold_is_a_parameter():
     positions = np.array([[0.0, 0.0, 0.0], [1e-3, 0.0, 0.0]])
-    assert neighbor_list(positions, CUBE, False, 3.0)[0].size == 2  # default 1e-6 Å
+    assert neighbor_list(positions, CUBE, False, 3.0, min_distance=1e-6)[0].size == 2
     with pytest.raises(ValueError, match=r"min_distance 0.01 Å"):
         neighbor_list(positions, CUBE, False, 3.0, min_distance=1e-2)
+    far = np.array([[0.0, 0.0, 0.0], [0.11, 0.0, 0.0]])
+    assert neighbor_list(far, CUBE, False, 3.0)[0].size == 2  # the default is 0.1 Å
+    with pytest.raises(ValueError, match=r"only 0.09 Å apart.*min_distance 0.1 Å"):
+        neighbor_list(far * 0.09 / 0.11, CUBE, False, 3.0)
     exact = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     centers, neighbors, _ = neighbor_list(exact, CUBE, False, 3.0, min_distance=None)
     assert not np.any((centers == 0) & (neighbors == 1)), "exact zero distances are dropped"
@@ -71,7 +75,7 @@ def test_coincidence_threshold_is_a_parameter():
 def test_self_image_coincidence(backend):
     """A lattice vector shorter than min_distance puts an atom too close to its own image."""
     cell = np.diag([0.5, 3.0, 3.0])
-    with pytest.raises(ValueError, match=r"atom 0 coincides with its own periodic image"):
+    with pytest.raises(ValueError, match=r"atom 0 is only 0.5 Å from its own periodic image"):
         neighbor_list(np.zeros((1, 3)), cell, True, 2.0, backend=backend, min_distance=0.6)
 
 

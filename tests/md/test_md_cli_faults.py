@@ -218,7 +218,7 @@ def test_a_second_process_on_a_locked_directory_is_refused(setup, capsys):
         assert holder.stdout.readline().strip() == b"locked"
         assert main(_args(setup, out)) == 2
         err = capsys.readouterr().err
-        assert "in use by another allegro-jax process" in err
+        assert "is in use by another" in err
         assert not (out / "thermo.csv").exists()
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
