@@ -124,6 +124,12 @@ class TrainConfig:
             single-device step on the whole batch. ``batch_size`` stays the global size.
         num_devices: devices for ``data_parallel`` (``None``: all of ``jax.devices()``).
         workdir: default work directory (the CLI's ``--workdir`` overrides it).
+        initial_model: a trained model (a model or run directory that
+            :func:`allegro_jax.train.export.load_model` accepts) whose weights, type names
+            and statistics a NEW run starts from (fine-tuning, or continuing a run whose
+            checkpoints are gone); the optimiser, EMA and schedule start afresh. Ignored
+            when the run directory has a checkpoint. Architecture keys given in ``model``
+            must agree with the initial model's.
         model: the model's keys (an :class:`AllegroConfig` dict, possibly incomplete).
         source_dir: the YAML file's folder: relative data paths resolve against it first.
     """
@@ -176,6 +182,7 @@ class TrainConfig:
     data_parallel: bool = False
     num_devices: int | None = None
     workdir: str | None = None
+    initial_model: str | None = None
     source_dir: str | None = None
 
     def __post_init__(self):

@@ -350,10 +350,16 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
     train_structs, val_structs = load_splits(config)
     model_config_path = workdir / "model_config.json"
     model_config = None
+    initial_dir = None
+    if config.initial_model:
+        initial_dir = config.resolve_path(config.initial_model)
     if model_config_path.exists():  # resume: the statistics of the first start
         _check_ensemble_size(workdir / "train_config.yaml", n_members)
         model_config = AllegroConfig.from_dict(json.loads(model_config_path.read_text()))
         _warn_config_changes(workdir / "train_config.yaml", config)
+        types, r_max = model_config.type_names, model_config.r_max
+    elif initial_dir is not None:  # a new run from a trained model: its types and statistics
+        model_config = _initial_model_config(initial_dir, config, n_members)
         types, r_max = model_config.type_names, model_config.r_max
     else:
         types = config.model.get("type_names") or default_type_names(train_structs)
@@ -365,8 +371,9 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         val_file = str(config.resolve_path(config.validation_dataset_file_name))
     train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype, source=train_file)
     val = SplitData(val_structs, types, r_max, config.val_batch_size, np_dtype, source=val_file)
-    if model_config is None:
-        model_config, stats = complete_model_config(config.model, train_structs)
+    if not model_config_path.exists():
+        from_data, stats = complete_model_config(config.model, train_structs)
+        model_config = model_config or from_data
         atomic_write_text(workdir / "statistics.json", stats.to_json(indent=2))
         atomic_write_text(workdir / "train_config.yaml", yaml.safe_dump(_normalised_config(config)))
         atomic_write_text(model_config_path, json.dumps(model_config.to_dict(), indent=2))
@@ -423,6 +430,8 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
     # the best validation loss per member, float64 on the host (the state's float32 field
     # is a copy; the exact value travels in the checkpoint's JSON metadata)
     best_val = np.full(n_members, np.inf)
+    if restored is None and initial_dir is not None:
+        state = _start_from_model(initial_dir, state, tx, config, n_members)
     if restored is not None:
         state, meta = restored
         last_saved = int(_first(state.step))
@@ -749,6 +758,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         "compiled_train_shapes": _cache_size(train_step),
         "compiled_eval_shapes": _cache_size(eval_step),
         "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
     }
     if ensemble:
         summary["ensemble_size"] = n_members
@@ -767,6 +777,61 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         summary["test"] = json.loads(test_path.read_text())
     atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+_STATISTICS_KEYS = ("type_names", "avg_num_neighbors", "per_type_energy_shifts", "per_type_energy_scales")
+
+
+def _initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int) -> AllegroConfig:
+    """The model config of ``initial_model``, checked against the run's config."""
+    from allegro_jax.train.export import read_ensemble_size, read_model_config
+
+    model_config = read_model_config(initial_dir)
+    if read_ensemble_size(initial_dir) != n_members:
+        raise ValueError(
+            f"initial_model {initial_dir} holds {read_ensemble_size(initial_dir)} model(s), "
+            f"this run trains ensemble_size {n_members}"
+        )
+    given = {k: v for k, v in config.model.items() if k not in _STATISTICS_KEYS}
+    theirs = model_config.to_dict()
+    differ = {
+        k: (v, theirs[k])
+        for k, v in given.items()
+        if k in theirs and json.dumps(v, default=str) != json.dumps(theirs[k], default=str)
+    }
+    if differ:
+        detail = ", ".join(f"{k}: {a!r} here, {b!r} there" for k, (a, b) in sorted(differ.items()))
+        raise ValueError(
+            f"initial_model {initial_dir} has another architecture than this config ({detail}); "
+            "remove those keys from the config or start without initial_model"
+        )
+    return model_config
+
+
+def _start_from_model(initial_dir: Path, state: Any, tx: Any, config: TrainConfig, n_members: int):
+    """A fresh train state whose parameters (and EMA) are ``initial_model``'s weights."""
+    from flax import serialization
+
+    from allegro_jax.train.export import PARAMS_FILE, _model_dir
+
+    path = _model_dir(initial_dir) / PARAMS_FILE
+    loaded = serialization.from_state_dict(
+        state.params, serialization.msgpack_restore(path.read_bytes())
+    )
+    want, want_def = jax.tree.flatten(state.params)
+    got, got_def = jax.tree.flatten(loaded)
+    if want_def != got_def or any(np.shape(a) != np.shape(b) for a, b in zip(want, got)):
+        raise ValueError(f"{path}: its parameters do not fit this run's model")
+    params = jax.tree.map(lambda w, a: jnp.asarray(a, w.dtype), state.params, loaded)
+    print(f"starting from the weights of {initial_dir} (new optimiser and EMA)", flush=True)
+    if n_members > 1:
+        return stack_members(
+            [
+                create_train_state(member(params, k), tx, config.learning_rate, member(state.rng, k))
+                for k in range(n_members)
+            ]
+        )
+    return create_train_state(params, tx, config.learning_rate, state.rng)
 
 
 def _restore_or_refuse(store: CheckpointStore, target: Any, workdir: Path) -> tuple | None:

@@ -1,0 +1,81 @@
+"""``initial_model``: a new run starts from a trained model's weights and statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from flax import serialization
+from systems import ASPIRIN, write_aspirin_subset
+
+from allegro_jax.train.config import TrainConfig
+from allegro_jax.train.loop import train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
+
+
+def _config(data: Path, **overrides) -> TrainConfig:
+    cfg = yaml.safe_load(TEST_YAML.read_text())
+    cfg.update(dataset_file_name=str(data), **overrides)
+    return TrainConfig.from_dict(cfg)
+
+
+def _params(model_dir: Path):
+    return serialization.msgpack_restore((model_dir / "params.msgpack").read_bytes())
+
+
+def _max_diff(a, b) -> float:
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    if not ASPIRIN.is_file():
+        pytest.skip("rMD17 aspirin is not available")
+    tmp = tmp_path_factory.mktemp("initial")
+    data = write_aspirin_subset(tmp / "a.npz", 0, 20)
+    train_and_evaluate(_config(data, max_epochs=3), tmp / "a")
+    other = write_aspirin_subset(tmp / "b.npz", 20, 20)  # other frames: other statistics
+    return tmp, other
+
+
+def test_a_new_run_starts_from_the_initial_model(trained, capsys):
+    tmp, other = trained
+    frozen = {"learning_rate": 1e-12, "early_stopping_lower_bounds": {"LR": 0.0}, "max_epochs": 1}
+    capsys.readouterr()
+    train_and_evaluate(_config(other, initial_model=str(tmp / "a" / "model"), **frozen), tmp / "b")
+    assert "starting from the weights of" in capsys.readouterr().out
+    # the weights and the statistics are the initial model's, not fresh ones
+    assert _max_diff(_params(tmp / "b" / "model"), _params(tmp / "a" / "model")) < 1e-6
+    theirs = json.loads((tmp / "a" / "model_config.json").read_text())
+    ours = json.loads((tmp / "b" / "model_config.json").read_text())
+    for key in ("per_type_energy_shifts", "avg_num_neighbors", "type_names"):
+        assert ours[key] == theirs[key]
+    # control: the same run without initial_model starts elsewhere
+    train_and_evaluate(_config(other, **frozen), tmp / "c")
+    assert _max_diff(_params(tmp / "c" / "model"), _params(tmp / "a" / "model")) > 1e-3
+    c_config = json.loads((tmp / "c" / "model_config.json").read_text())
+    assert c_config["per_type_energy_shifts"] != theirs["per_type_energy_shifts"]
+
+    # a re-run resumes from its own checkpoint; the initial model is not loaded again
+    capsys.readouterr()
+    train_and_evaluate(
+        _config(other, initial_model=str(tmp / "a" / "model"), **(frozen | {"max_epochs": 2})),
+        tmp / "b",
+    )
+    out = capsys.readouterr().out
+    assert "starting from the weights of" not in out
+    rows = (tmp / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_an_initial_model_of_another_architecture_is_refused(trained):
+    tmp, other = trained
+    config = _config(other, initial_model=str(tmp / "a"), num_scalar_features=16)
+    with pytest.raises(ValueError, match="another architecture.*num_scalar_features: 16 here, 8"):
+        train_and_evaluate(config, tmp / "d")
