@@ -1,4 +1,4 @@
-"""Command-line interface: ``allegro-jax demo`` (more sub-commands arrive with training/MD)."""
+"""Command-line interface: ``allegro-jax demo | train | evaluate | md | lammps | export``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lammps"]:  # LAMMPS-style options (-in, -var, -log): not argparse's
+        from .lammps.runner import main as lammps_main
+
+        return lammps_main(argv[1:])
     parser = argparse.ArgumentParser(prog="allegro-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
@@ -110,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     from .md.cli import add_md_parser
 
     add_md_parser(sub)
+    sub.add_parser(
+        "lammps",
+        help="run a LAMMPS input with pair_style allegro/jax (allegro-jax lammps -in in.lammps; "
+        "under mpiexec on any number of ranks)",
+        add_help=False,
+    )
     args = parser.parse_args(argv)
     return args.func(args)
 
