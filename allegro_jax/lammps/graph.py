@@ -32,6 +32,7 @@ graph 1, padding graph 2; cells are zero (ghosts are explicit images).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,6 +75,23 @@ class LocalGraphCounts:
     @property
     def n_edges(self) -> int:
         return self.n_owned_edges + self.n_ghost_edges
+
+
+class LocalGraph(NamedTuple):
+    """One rank's padded graph and what it holds.
+
+    Attributes:
+        graph: the padded :class:`AtomicGraph` (owned atoms are nodes ``0 .. nlocal-1``).
+        counts: its real sizes.
+        budget: its padded sizes.
+        nodes: ``[counts.n_nodes]`` index into the LAMMPS arrays (owned + ghost) of each
+            real node.
+    """
+
+    graph: AtomicGraph
+    counts: LocalGraphCounts
+    budget: Budget
+    nodes: np.ndarray
 
 
 def _pairs(points: np.ndarray, r_max: float, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +138,7 @@ def build_local_graph(
     budget: Budget | None = None,
     dtype: np.dtype | type = np.float64,
     n_threads: int = 1,
-) -> tuple[AtomicGraph, LocalGraphCounts, Budget]:
+) -> LocalGraph:
     """One rank's padded graph from LAMMPS's owned + ghost coordinates.
 
     Args:
@@ -133,7 +151,7 @@ def build_local_graph(
         n_threads: threads of the neighbour search.
 
     Returns:
-        ``(graph, counts, budget)``. Node ``k < nlocal`` is owned atom ``k``; the model's
+        The :class:`LocalGraph`. Node ``k < nlocal`` is owned atom ``k``; the model's
         ``forces[:nlocal]`` are the exact forces on the owned atoms, ``energy[0]`` their
         energy and ``virial[0]`` this rank's share of the virial (module docstring).
     """
@@ -214,4 +232,4 @@ def build_local_graph(
         n_node=np.array([nlocal, n_real - nlocal, 0], dtype=np.int32),
         graph_mask=np.array([True, True, False]),
     )
-    return graph, counts, budget
+    return LocalGraph(graph, counts, budget, candidates[order])

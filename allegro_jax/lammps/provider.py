@@ -236,10 +236,10 @@ def type_map(
         missing = [t for t in range(1, ntypes + 1) if t not in labels]
         if missing:
             raise LammpsSetupError(
-                f"atom type(s) {missing} have no element: name one element per type in the "
-                f"pair_coeff line (pair_coeff * * <model> {' '.join(model[:ntypes])} ...) or "
-                "define type labels (labelmap atom 1 O 2 H, or an 'Atom Type Labels' section "
-                "in the data file)"
+                f"atom type(s) {missing} have no element: name the element of each of the "
+                f"{ntypes} types, in type order, in the pair_coeff line (pair_coeff * * <model> "
+                f"<element of type 1> ...; the model knows {model}) or define type labels "
+                "(labelmap atom 1 O 2 H, or an 'Atom Type Labels' section in the data file)"
             )
         elements = [labels[t] for t in range(1, ntypes + 1)]
         origin = "type labels"
@@ -262,15 +262,17 @@ class CallStats:
 
     calls: int = 0
     graph_s: float = 0.0
-    model_s: float = 0.0
+    model_s: float = 0.0  # model calls of an already compiled shape
+    compile_s: float = 0.0  # first calls of a new padded shape (compilation included)
+    compile_calls: int = 0
     comm_s: float = 0.0
     total_s: float = 0.0
-    compiles: int = 0
     last: LocalGraphCounts | None = None
     budgets: list = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("calls", "graph_s", "model_s", "comm_s", "total_s")}
+        keys = ("calls", "graph_s", "model_s", "compile_s", "compile_calls", "comm_s", "total_s")
+        out = {k: getattr(self, k) for k in keys}
         out["distinct_budgets"] = len(self.budgets)
         out["last"] = None if self.last is None else dataclasses.asdict(self.last)
         return out
@@ -287,6 +289,7 @@ class AllegroLammps:
             atom type labels.
         comm: the ``mpi4py`` communicator LAMMPS runs on (default: ``MPI_COMM_WORLD``).
         fix_id: the ID of the fix external.
+        min_sizes: the smallest padded ``(nodes, edges)`` per rank (sizes grow as needed).
 
     Raises:
         LammpsSetupError: on every rank, if the units are not ``metal``, an atom type maps to
@@ -301,6 +304,7 @@ class AllegroLammps:
         *,
         comm: Any = None,
         fix_id: str = FIX_ID,
+        min_sizes: tuple[int, int] | None = None,
     ):
         import jax
 
@@ -328,6 +332,10 @@ class AllegroLammps:
             self.comm, lambda: type_map(ntypes, config.type_names, elements, labels)
         )
         self.budget: Budget | None = None
+        if min_sizes is not None:
+            self.budget = Budget(
+                n_nodes=max(min_sizes[0], 2), n_edges=max(min_sizes[1], 1), n_graphs=3
+            )
         self.stats = CallStats()
         self.error: str | None = None
         self._attach()
@@ -352,7 +360,7 @@ class AllegroLammps:
         types = " ".join(f"{t + 1}={e}" for t, e in enumerate(self.elements))
         return (
             f"allegro-jax: {self.potential.source} ({self.potential.config.generation}, "
-            f"{self.potential.config.model_dtype}, r_max {self.r_max:g} Å) as fix external "
+            f"{self.potential.config.model_dtype}, r_max {self.r_max:g} A) as fix external "
             f"'{self.fix_id}'; types {types}; ghost cutoff 2*r_max + skin via pair_style zero "
             f"{2 * self.r_max:g}"
         )
@@ -367,7 +375,7 @@ class AllegroLammps:
         x = self.lmp.numpy.extract_atom("x", nelem=n)
         types = self.lmp.numpy.extract_atom("type", nelem=n)
         species = self.type_map[np.asarray(types)]
-        graph, counts, budget = build_local_graph(
+        graph, counts, budget, _ = build_local_graph(
             np.asarray(x)[:n],
             species,
             nlocal,
@@ -375,7 +383,8 @@ class AllegroLammps:
             budget=self.budget,
             dtype=self.pos_dtype,
         )
-        if budget != self.budget:
+        new_shape = budget not in self.stats.budgets
+        if new_shape:
             self.stats.budgets.append(budget)
         self.budget = budget
         t1 = time.perf_counter()
@@ -386,7 +395,11 @@ class AllegroLammps:
         atomic = np.asarray(out["atomic_energies"][:nlocal], dtype=np.float64)
         t2 = time.perf_counter()
         self.stats.graph_s += t1 - t0
-        self.stats.model_s += t2 - t1
+        if new_shape:  # compiles (the first call of each padded shape)
+            self.stats.compile_s += t2 - t1
+            self.stats.compile_calls += 1
+        else:
+            self.stats.model_s += t2 - t1
         self.stats.last = counts
         if not (
             np.isfinite(energy) and np.all(np.isfinite(forces)) and np.all(np.isfinite(virial))

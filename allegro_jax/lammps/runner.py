@@ -48,9 +48,10 @@ USAGE = """usage: allegro-jax lammps -in INPUT [LAMMPS options, e.g. -var T 300 
        mpiexec -n N allegro-jax lammps -in INPUT
 
 Runs the LAMMPS input INPUT with an Allegro model as the force field:
-    pair_style   allegro/jax
+    pair_style   allegro/jax [nodes N] [edges M]
     pair_coeff   * * <model or run directory> [element of type 1] [element of type 2] ...
 Without elements, the atom type labels of the data file (or labelmap) are used.
+nodes/edges: smallest padded sizes per rank (sizes grow as needed; each size compiles once).
 Units must be 'metal'. Every other line is an ordinary LAMMPS command."""
 
 
@@ -130,6 +131,7 @@ class LammpsSession:
         self.lmp = lammps.lammps(cmdargs=list(args), **kwargs)
         self.comm = make_comm(self.lmp, comm)
         self.active = False
+        self.min_sizes: tuple[int, int] | None = None
         self.provider: AllegroLammps | None = None
         self.providers: list[AllegroLammps] = []
         self._potentials: dict[str, Potential] = {}
@@ -185,11 +187,7 @@ class LammpsSession:
         text = " ".join(line.text.replace("&\n", " ").split("#", 1)[0].split())
         if line.kind == "pair_style":
             words = _words(self.lmp.expand(text) or text)
-            if len(words) > 2:
-                raise LammpsSetupError(
-                    f"{where}pair_style {STYLE} takes no arguments, got {' '.join(words[2:])!r}; "
-                    f"the model is named in pair_coeff: pair_coeff * * <model> <elements>"
-                )
+            self.min_sizes = parse_style_args(words[2:], where)
             self._echo(text)
             self.active = True
             return
@@ -212,7 +210,9 @@ class LammpsSession:
             self._potentials[model] = potential
         self.detach()
         try:
-            self.provider = AllegroLammps(self.lmp, potential, elements, comm=self._mpi_comm)
+            self.provider = AllegroLammps(
+                self.lmp, potential, elements, comm=self._mpi_comm, min_sizes=self.min_sizes
+            )
         except LammpsSetupError as err:
             raise LammpsSetupError(f"{where}{err}") from None
         self.providers.append(self.provider)
@@ -245,27 +245,28 @@ class LammpsSession:
         return None
 
     def summary(self) -> str:
-        """Force calls and time per call (slowest rank), compiled shapes."""
-        calls = sum(p.stats.calls for p in self.providers)
+        """Force calls and time per call (slowest rank; compilations apart)."""
+        stats = [p.stats for p in self.providers]
+        calls = sum(st.calls for st in stats)
         if not calls:
             return "allegro-jax: no force calls"
         local = np.array(
             [
-                sum(p.stats.total_s for p in self.providers),
-                sum(p.stats.graph_s for p in self.providers),
-                sum(p.stats.model_s for p in self.providers),
-                sum(p.stats.comm_s for p in self.providers),
-                max(len(p.stats.budgets) for p in self.providers),
+                sum(st.total_s - st.compile_s for st in stats),
+                sum(st.graph_s for st in stats),
+                sum(st.model_s for st in stats),
+                sum(st.comm_s for st in stats),
+                sum(st.compile_s for st in stats),
+                sum(st.compile_calls for st in stats),
             ]
         )
-        rows = self.comm.allgather(local)
-        worst = np.max(np.stack(rows), axis=0)
-        ms = 1e3 / calls
+        worst = np.max(np.stack(self.comm.allgather(local)), axis=0)
+        ms = 1e3 / max(calls - worst[5], 1)
         return (
-            f"allegro-jax: {calls} force calls on {self.comm.size} rank(s), slowest rank "
+            f"allegro-jax: {calls} force calls on {self.comm.size} rank(s); slowest rank "
             f"{worst[0] * ms:.2f} ms/call (neighbours {worst[1] * ms:.2f}, model "
-            f"{worst[2] * ms:.2f}, energy sum {worst[3] * ms:.2f}), at most {int(worst[4])} "
-            "padded shapes per rank"
+            f"{worst[2] * ms:.2f}, MPI sum {worst[3] * ms:.2f}) plus {worst[4]:.1f} s for "
+            f"{int(worst[5])} compiled shapes"
         )
 
     def close(self) -> None:
@@ -279,6 +280,28 @@ class LammpsSession:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def parse_style_args(args: Sequence[str], where: str = "") -> tuple[int, int] | None:
+    """``pair_style allegro/jax [nodes N] [edges M]``: the smallest padded sizes per rank.
+
+    Padded sizes only grow during a run (each new size compiles once); giving the final
+    sizes up front compiles one shape for the whole run (and lets a JAX compilation cache
+    share it between ranks and runs)."""
+    sizes = {"nodes": 0, "edges": 0}
+    usage = (
+        f"usage: pair_style {STYLE} [nodes N] [edges M] (smallest padded atoms and edges "
+        "per rank); the model is named in pair_coeff: pair_coeff * * <model> <elements>"
+    )
+    if len(args) % 2:
+        raise LammpsSetupError(f"{where}{usage}; got {' '.join(args)!r}")
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        if key not in sizes or not value.isdigit() or int(value) < 1:
+            raise LammpsSetupError(f"{where}{usage}; got {key} {value}")
+        sizes[key] = int(value)
+    if not any(sizes.values()):
+        return None
+    return sizes["nodes"], sizes["edges"]
 
 
 def _read_input(path: Path) -> str:
