@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     from .md.cli import add_md_parser
 
     add_md_parser(sub)
+    from .io.export import add_export_parser
+
+    add_export_parser(sub)
     sub.add_parser(
         "lammps",
         help="run a LAMMPS input with pair_style allegro/jax (allegro-jax lammps -in in.lammps; "
