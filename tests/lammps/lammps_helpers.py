@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -134,3 +135,33 @@ def lammps_virial(pressure_virial: np.ndarray, volume: float) -> np.ndarray:
     """The 3x3 virial (eV) from LAMMPS's virial-only pressure vector (bar; xx yy zz xy xz yz)."""
     w = np.asarray(pressure_virial) * volume / NKTV2P
     return np.array([[w[0], w[3], w[4]], [w[3], w[1], w[5]], [w[4], w[5], w[2]]])
+
+
+def emulate_ranks(structure, n_ranks: int, ghost_cut: float):
+    """Per rank: (positions [owned + ghosts], atom index of each, n_owned)."""
+    cell = structure.cell
+    frac = structure.positions @ np.linalg.inv(cell)
+    frac -= np.floor(frac)
+    pos = frac @ cell
+    heights = np.abs(np.linalg.det(cell)) / np.linalg.norm(
+        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
+    )
+    reach = np.ceil(ghost_cut / heights).astype(int) + 1
+    images = np.array(list(itertools.product(*(range(-r, r + 1) for r in reach))))
+    all_pos = (pos[None] + (images @ cell)[:, None]).reshape(-1, 3)  # [n_img * n, 3]
+    all_idx = np.tile(np.arange(structure.n_atoms), len(images))
+    is_home = np.repeat(np.all(images == 0, axis=1), structure.n_atoms)
+    owner = np.minimum((frac[:, 0] * n_ranks).astype(int), n_ranks - 1)
+    ranks = []
+    for r in range(n_ranks):
+        owned = np.flatnonzero(owner == r)
+        d = np.linalg.norm(all_pos[:, None] - pos[owned][None], axis=-1).min(axis=1)
+        ghost = np.flatnonzero((d < ghost_cut) & ~(is_home & np.isin(all_idx, owned)))
+        ranks.append(
+            (
+                np.concatenate([pos[owned], all_pos[ghost]]),
+                np.concatenate([owned, all_idx[ghost]]),
+                owned.size,
+            )
+        )
+    return pos, ranks

@@ -1,53 +1,21 @@
 """The rank-local graph (owned atoms + ghost centres) is exact, without LAMMPS.
 
-LAMMPS's ghost atoms are emulated: a periodic structure is split into slabs (owned atoms);
-each slab's ghosts are all periodic images (of every atom, its own included) within
-``2 r_max + skin`` of an owned atom. The owned forces, the summed energies and the summed
-virials must equal the single-graph model's.
+LAMMPS's ghost atoms are emulated (``lammps_helpers.emulate_ranks``): a periodic structure
+is split into slabs (owned atoms); each slab's ghosts are all periodic images (of every
+atom, its own included) within ``2 r_max + skin`` of an owned atom. The owned forces, the
+summed energies and the summed virials must equal the single-graph model's.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import jax
 import numpy as np
 import pytest
-from lammps_helpers import reference, tiny_config, triclinic_cell, water
+from lammps_helpers import emulate_ranks, reference, tiny_config, triclinic_cell, water
 
 from allegro_jax.data.graph import Structure
 from allegro_jax.lammps.graph import build_local_graph, local_graph_budget
 from allegro_jax.nn.model import make_model
-
-
-def emulate_ranks(structure, n_ranks: int, ghost_cut: float):
-    """Per rank: (positions [owned + ghosts], atom index of each, n_owned)."""
-    cell = structure.cell
-    frac = structure.positions @ np.linalg.inv(cell)
-    frac -= np.floor(frac)
-    pos = frac @ cell
-    heights = np.abs(np.linalg.det(cell)) / np.linalg.norm(
-        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
-    )
-    reach = np.ceil(ghost_cut / heights).astype(int) + 1
-    images = np.array(list(itertools.product(*(range(-r, r + 1) for r in reach))))
-    all_pos = (pos[None] + (images @ cell)[:, None]).reshape(-1, 3)  # [n_img * n, 3]
-    all_idx = np.tile(np.arange(structure.n_atoms), len(images))
-    is_home = np.repeat(np.all(images == 0, axis=1), structure.n_atoms)
-    owner = np.minimum((frac[:, 0] * n_ranks).astype(int), n_ranks - 1)
-    ranks = []
-    for r in range(n_ranks):
-        owned = np.flatnonzero(owner == r)
-        d = np.linalg.norm(all_pos[:, None] - pos[owned][None], axis=-1).min(axis=1)
-        ghost = np.flatnonzero((d < ghost_cut) & ~(is_home & np.isin(all_idx, owned)))
-        ranks.append(
-            (
-                np.concatenate([pos[owned], all_pos[ghost]]),
-                np.concatenate([owned, all_idx[ghost]]),
-                owned.size,
-            )
-        )
-    return pos, ranks
 
 
 @pytest.mark.parametrize("system", ["water", "triclinic"])
