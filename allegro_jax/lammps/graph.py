@@ -21,6 +21,14 @@ on them, with no reverse communication. (Several images of one atom are separate
 edge ending at owned atom ``k`` is counted once, at the node ``k`` itself, so small boxes
 with many images are exact too.)
 
+With the atom IDs (``tags``), ghosts that are periodic images of the rank's OWN atoms are
+folded into those atoms: an edge to such an image becomes an edge to the owned node plus a
+Cartesian displacement (``edge_shift`` with a unit ``cell``), and each other rank's atom is a
+ghost centre through one image only (any image within ``r_max`` of an owned atom sees the
+whole neighbourhood, folded). Every edge of the periodic system that starts at an owned atom
+or at a ghost centre is then present exactly once, so the forces stay exact, and a single
+rank (all ghosts are its own images) evaluates exactly the periodic single-process graph.
+
 Each rank's energy is ``energy[0]`` (owned atoms only; ghost-centre energies duplicate other
 ranks' atoms). Its virial is ``virial[0]``, the derivative with respect to a strain of the
 edges that start at owned atoms: summed over ranks (LAMMPS does that for fix virials) it is
@@ -57,6 +65,8 @@ class LocalGraphCounts:
         n_ghost_centres: ghost atoms within ``r_max`` of an owned atom (energies evaluated).
         n_ghost_neighbours: other ghost atoms that are neighbours of a ghost centre.
         n_ghost_available: ghost atoms LAMMPS provided.
+        n_ghost_images: ghost atoms (near the owned ones) that are periodic images of owned
+            atoms, folded into them (with ``tags``).
         n_owned_edges: edges starting at owned atoms.
         n_ghost_edges: edges starting at ghost centres (the ghost-shell work).
     """
@@ -65,6 +75,7 @@ class LocalGraphCounts:
     n_ghost_centres: int
     n_ghost_neighbours: int
     n_ghost_available: int
+    n_ghost_images: int
     n_owned_edges: int
     n_ghost_edges: int
 
@@ -138,6 +149,8 @@ def build_local_graph(
     budget: Budget | None = None,
     dtype: np.dtype | type = np.float64,
     n_threads: int = 1,
+    ghost_centres: bool = True,
+    tags: np.ndarray | None = None,
 ) -> LocalGraph:
     """One rank's padded graph from LAMMPS's owned + ghost coordinates.
 
@@ -149,6 +162,13 @@ def build_local_graph(
         budget: the previous budget (the result is at least as large).
         dtype: float dtype of the graph's positions.
         n_threads: threads of the neighbour search.
+        ghost_centres: False leaves out the ghost centres (owned energies only): the forces
+            are then NOT exact; for measuring the cost of the ghost shell only.
+        tags: ``[nlocal + nghost]`` atom IDs (LAMMPS ``id``). With them, ghosts that are
+            periodic images of this rank's own atoms are folded into those atoms (edge
+            displacements instead of nodes) and each other rank's atom is a ghost centre
+            once, however many of its images are near: one rank then does exactly the
+            single-process work, and several ranks only the work of the faces they share.
 
     Returns:
         The :class:`LocalGraph`. Node ``k < nlocal`` is owned atom ``k``; the model's
@@ -173,11 +193,41 @@ def build_local_graph(
     i, j = _pairs(points, r_max, n_threads)
 
     n_cand = candidates.shape[0]
+    # a ghost that is a periodic image of one of this rank's own atoms is folded into that
+    # atom: an edge to it becomes an edge to the owned node plus a displacement
+    fold = np.full(n_cand, -1, dtype=np.int64)  # [n_cand] owned atom each candidate is
+    fold[:nlocal] = np.arange(nlocal)
+    if tags is not None and nlocal > 0:
+        tags = np.asarray(tags)
+        owned_tags = tags[:nlocal]
+        by_tag = np.argsort(owned_tags, kind="stable")
+        sorted_tags = owned_tags[by_tag]
+        ghost_tags = tags[candidates[nlocal:]]
+        slot = np.minimum(np.searchsorted(sorted_tags, ghost_tags), nlocal - 1)
+        hit = sorted_tags[slot] == ghost_tags
+        fold[nlocal:][hit] = by_tag[slot[hit]]
+    image = fold >= 0
+    image[:nlocal] = False
+
     centre = np.zeros(n_cand, dtype=bool)
     centre[:nlocal] = True
-    centre[j[i < nlocal]] = True  # ghosts within r_max of an owned atom
+    if ghost_centres:
+        near = np.zeros(n_cand, dtype=bool)
+        near[j[i < nlocal]] = True  # within r_max of an owned atom
+        near[:nlocal] = False
+        near &= ~image
+        if tags is not None:  # one image of each other rank's atom is enough
+            found = np.flatnonzero(near)
+            _, first = np.unique(tags[candidates[found]], return_index=True)
+            near[:] = False
+            near[found[first]] = True
+        centre |= near
     keep = centre[i]
     i, j = i[keep], j[keep]
+    shift = np.zeros((i.shape[0], 3), dtype=np.float64)  # [n_edges, 3] displacement
+    to_image = image[j]
+    shift[to_image] = points[j[to_image]] - points[fold[j[to_image]]]
+    j = np.where(to_image, fold[j], j)
     needed = centre.copy()
     needed[j] = True
 
@@ -194,6 +244,7 @@ def build_local_graph(
         n_ghost_centres=int(ghost_centre.shape[0]),
         n_ghost_neighbours=int(ghost_other.shape[0]),
         n_ghost_available=n_all - nlocal,
+        n_ghost_images=int(np.count_nonzero(image)),
         n_owned_edges=int(np.count_nonzero(i < nlocal)),
         n_ghost_edges=int(np.count_nonzero(i >= nlocal)),
     )
@@ -218,6 +269,10 @@ def build_local_graph(
     edge_neighbor[:e_real] = j
     edge_mask = np.zeros(n_edges, dtype=bool)  # [n_edges]
     edge_mask[:e_real] = True
+    edge_shift = np.zeros((n_edges, 3), dtype=np.float64)  # [n_edges, 3], with cell = I
+    edge_shift[:e_real] = shift
+    cell = np.zeros((N_GRAPHS, 3, 3), dtype=np.float64)
+    cell[:2] = np.eye(3)  # shifts are Cartesian displacements
     graph = AtomicGraph(
         positions=pos.astype(dtype),
         species=spec,
@@ -225,9 +280,9 @@ def build_local_graph(
         node_mask=node_mask,
         edge_center=edge_center,
         edge_neighbor=edge_neighbor,
-        edge_shift=np.zeros((n_edges, 3), dtype=dtype),
+        edge_shift=edge_shift.astype(dtype),
         edge_mask=edge_mask,
-        cell=np.zeros((N_GRAPHS, 3, 3), dtype=dtype),
+        cell=cell.astype(dtype),
         pbc=np.zeros((N_GRAPHS, 3), dtype=bool),
         n_node=np.array([nlocal, n_real - nlocal, 0], dtype=np.int32),
         graph_mask=np.array([True, True, False]),

@@ -374,6 +374,7 @@ class AllegroLammps:
         n = nlocal + nghost
         x = self.lmp.numpy.extract_atom("x", nelem=n)
         types = self.lmp.numpy.extract_atom("type", nelem=n)
+        tags = self.lmp.numpy.extract_atom("id", nelem=n)
         species = self.type_map[np.asarray(types)]
         graph, counts, budget, _ = build_local_graph(
             np.asarray(x)[:n],
@@ -382,6 +383,7 @@ class AllegroLammps:
             self.r_max,
             budget=self.budget,
             dtype=self.pos_dtype,
+            tags=None if tags is None else np.asarray(tags)[:n],
         )
         new_shape = budget not in self.stats.budgets
         if new_shape:

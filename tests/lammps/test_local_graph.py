@@ -39,30 +39,43 @@ def test_owned_forces_energy_virial_are_exact(system):
     for _, ranks in cases.values():
         for x, idx, n_owned in ranks:
             budget = build_local_graph(x, species[idx], n_owned, config.r_max, budget=budget)[2]
+    # without atom IDs: every ghost image is a node; with them (LAMMPS passes its atom IDs):
+    # images of the rank's own atoms are folded into them, other atoms are centres once
     for n_ranks, (_, ranks) in cases.items():
-        energy, virial = 0.0, np.zeros((3, 3))
-        forces = np.full((structure.n_atoms, 3), np.nan)
-        for x, idx, n_owned in ranks:
-            graph, counts, _, nodes = build_local_graph(
-                x, species[idx], n_owned, config.r_max, budget=budget
-            )
-            out = apply(params, graph, stress=True)
-            energy += float(out["energy"][0])
-            virial += np.asarray(out["virial"][0])
-            forces[idx[:n_owned]] = np.asarray(out["forces"][:n_owned])
-            assert counts.n_owned == n_owned and counts.n_ghost_centres > 0
-            assert np.array_equal(nodes[:n_owned], np.arange(n_owned))
-            # ghost centres: the energies of the same atoms seen from another rank or image
-            centres = nodes[: n_owned + counts.n_ghost_centres]
-            np.testing.assert_allclose(
-                np.asarray(out["atomic_energies"][: centres.size]),
-                ref_atoms[idx[centres]],
-                rtol=1e-12,
-            )
-        scale_f, scale_w = np.abs(ref["forces"]).max(), np.abs(ref["virial"]).max()
-        assert abs(energy - ref["energy"]) <= 1e-12 * abs(ref["energy"]), n_ranks
-        np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=1e-12 * scale_f)
-        np.testing.assert_allclose(virial, ref["virial"], rtol=0, atol=1e-12 * scale_w)
+        for with_tags in (False, True):
+            energy, virial = 0.0, np.zeros((3, 3))
+            forces = np.full((structure.n_atoms, 3), np.nan)
+            for x, idx, n_owned in ranks:
+                graph, counts, _, nodes = build_local_graph(
+                    x,
+                    species[idx],
+                    n_owned,
+                    config.r_max,
+                    budget=budget,
+                    tags=idx if with_tags else None,
+                )
+                out = apply(params, graph, stress=True)
+                energy += float(out["energy"][0])
+                virial += np.asarray(out["virial"][0])
+                forces[idx[:n_owned]] = np.asarray(out["forces"][:n_owned])
+                assert counts.n_owned == n_owned
+                assert np.array_equal(nodes[:n_owned], np.arange(n_owned))
+                if with_tags and n_ranks == 1:  # the single-process graph, no ghost nodes
+                    assert counts.n_nodes == n_owned and counts.n_ghost_images > 0
+                else:
+                    assert counts.n_ghost_centres > 0
+                # ghost centres: the energies of the same atoms seen from another rank/image
+                centres = nodes[: n_owned + counts.n_ghost_centres]
+                np.testing.assert_allclose(
+                    np.asarray(out["atomic_energies"][: centres.size]),
+                    ref_atoms[idx[centres]],
+                    rtol=1e-12,
+                )
+            scale_f, scale_w = np.abs(ref["forces"]).max(), np.abs(ref["virial"]).max()
+            case = (n_ranks, with_tags)
+            assert abs(energy - ref["energy"]) <= 1e-12 * abs(ref["energy"]), case
+            np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=1e-12 * scale_f)
+            np.testing.assert_allclose(virial, ref["virial"], rtol=0, atol=1e-12 * scale_w)
 
 
 def _graph_of(config, structure):
@@ -82,6 +95,7 @@ def test_no_owned_atoms_and_budget_growth():
             n_ghost_centres=10,
             n_ghost_neighbours=10,
             n_ghost_available=30,
+            n_ghost_images=0,
             n_owned_edges=9000,
             n_ghost_edges=100,
         )
