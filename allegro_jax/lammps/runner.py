@@ -261,7 +261,13 @@ class LammpsSession:
             ]
         )
         worst = np.max(np.stack(self.comm.allgather(local)), axis=0)
-        ms = 1e3 / max(calls - worst[5], 1)
+        steady = calls - int(worst[5])
+        if steady <= 0:
+            return (
+                f"allegro-jax: {calls} force calls on {self.comm.size} rank(s), each the first "
+                f"of a new padded shape ({worst[4]:.1f} s with compilation)"
+            )
+        ms = 1e3 / steady
         return (
             f"allegro-jax: {calls} force calls on {self.comm.size} rank(s); slowest rank "
             f"{worst[0] * ms:.2f} ms/call (neighbours {worst[1] * ms:.2f}, model "
