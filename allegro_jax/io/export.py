@@ -289,8 +289,11 @@ on every row, which LAMMPS (newton on) sends back to their owners; the virial is
 f.r over owned and ghost rows. For a strictly local model this is exact. The plugin's
 one-hop modes are not: with newton on it packs a HALF list (each boundary pair on one rank
 only), which splits an atom's environment between ranks, and with newton off it drops the
-forces on ghost rows; both are right for pair potentials only. LAMMPS atom type t is
-model type t-1 (the types of the data file must follow type_names)."""
+forces on ghost rows; both are right for pair potentials only. Its communicating mode
+(one-cutoff shell, full rows for owned atoms, ghost forces sent back) would be exact and
+cheaper, but it requires the model to call a feature exchange, which a strictly local
+model has no use for. LAMMPS atom type t is model type t-1 (the types of the data file must
+follow type_names)."""
 
 
 def make_lammps_jax_energy_fn(config: AllegroConfig, params: Any, dtype: str):
