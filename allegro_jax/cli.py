@@ -1,8 +1,9 @@
 """allegro-jax: the Allegro interatomic potential in JAX.
 
 Sub-commands: demo (a model on a generated structure), train (a model from a YAML config),
-evaluate (its errors on a labelled data file) and md (molecular dynamics with it).
-"allegro-jax <command> --help" describes each.
+evaluate (its errors on a labelled data file), md (molecular dynamics with it), lammps (a
+LAMMPS input run with the model as its force field, under mpiexec) and export (a
+jax.export artefact of the model). "allegro-jax <command> --help" describes each.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lammps"]:  # LAMMPS-style options (-in, -var, -log): not argparse's
+        from .lammps.runner import main as lammps_main
+
+        return lammps_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="allegro-jax",
         description=__doc__,
@@ -121,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     from .md.cli import add_md_parser
 
     add_md_parser(sub)
+    from .io.export import add_export_parser
+
+    add_export_parser(sub)
+    sub.add_parser(
+        "lammps",
+        help="run a LAMMPS input with pair_style allegro/jax (allegro-jax lammps -in in.lammps; "
+        "under mpiexec on any number of ranks)",
+        add_help=False,
+    )
     args = parser.parse_args(argv)
     return args.func(args)
 

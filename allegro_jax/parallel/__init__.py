@@ -10,6 +10,23 @@
   atoms move more than half the skin.
 
 Multi-host use: ``docs/multihost.md``.
+
+Limits of the spatial path (why large systems belong in LAMMPS, :mod:`allegro_jax.lammps`):
+
+* **replicated positions**: every device holds the coordinates of ALL atoms (``[n_atoms,
+  3]``) and scatters its forces into an all-atom array, so per-device memory grows with the
+  whole system, not with its domain;
+* **a global all-reduce per force call**: forces (and energies per atom) are summed over
+  devices with a ``psum`` of ``3 n_atoms`` numbers, so the traffic of every step grows with
+  the whole system as well;
+* **host re-partitioning**: ownership, halos and neighbour lists are rebuilt on one host
+  for the whole system (:func:`partition_structure`) whenever an atom moves more than half
+  the skin; that serial work, and the transfer of the new shards, grows with the system.
+
+They cost little while the model's per-edge work dominates (one host, a few devices,
+moderate systems). LAMMPS keeps each rank's memory and traffic proportional to its domain
+(ghost exchange with neighbouring ranks only, atom migration in place): ``allegro-jax
+lammps`` runs the model there.
 """
 
 from .data_parallel import (

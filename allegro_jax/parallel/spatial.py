@@ -27,8 +27,11 @@ compute the ``E_i`` of the atoms it OWNS from their edges alone:
   virial equal the unsharded ones up to the order of floating-point additions.
 
 Positions replicated means one all-reduce of ``3 n_atoms`` numbers per force call, which is
-small next to the model's per-edge work; the per-device work and memory are those of its
-sub-graph.
+small next to the model's per-edge work at moderate sizes; the per-device model work is that
+of its sub-graph. Its limits (see :mod:`allegro_jax.parallel`): every device stores all
+positions and an all-atom force array, the all-reduce and the host-side partitioning grow
+with the whole system rather than with a domain, so this path does not reach the system
+sizes of a LAMMPS domain decomposition (:mod:`allegro_jax.lammps`).
 """
 
 from __future__ import annotations

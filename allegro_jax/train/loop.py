@@ -779,7 +779,12 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
     return summary
 
 
-_STATISTICS_KEYS = ("type_names", "avg_num_neighbors", "per_type_energy_shifts", "per_type_energy_scales")
+_STATISTICS_KEYS = (
+    "type_names",
+    "avg_num_neighbors",
+    "per_type_energy_shifts",
+    "per_type_energy_scales",
+)
 
 
 def _initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int) -> AllegroConfig:
@@ -820,14 +825,18 @@ def _start_from_model(initial_dir: Path, state: Any, tx: Any, config: TrainConfi
     )
     want, want_def = jax.tree.flatten(state.params)
     got, got_def = jax.tree.flatten(loaded)
-    if want_def != got_def or any(np.shape(a) != np.shape(b) for a, b in zip(want, got)):
+    if want_def != got_def or any(
+        np.shape(a) != np.shape(b) for a, b in zip(want, got, strict=True)
+    ):
         raise ValueError(f"{path}: its parameters do not fit this run's model")
     params = jax.tree.map(lambda w, a: jnp.asarray(a, w.dtype), state.params, loaded)
     print(f"starting from the weights of {initial_dir} (new optimiser and EMA)", flush=True)
     if n_members > 1:
         return stack_members(
             [
-                create_train_state(member(params, k), tx, config.learning_rate, member(state.rng, k))
+                create_train_state(
+                    member(params, k), tx, config.learning_rate, member(state.rng, k)
+                )
                 for k in range(n_members)
             ]
         )
