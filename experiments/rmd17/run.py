@@ -143,6 +143,8 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
         print(f"[{mol}] training in {workdir} for at most {args.budget_minutes} min", flush=True)
         summary = train_and_evaluate(config, workdir)
     invocation_s = time.perf_counter() - t0
+    if args.train_only:
+        return {}
 
     test_file = data_dir / f"rmd17_{mol}_test_01.npz"
     test = evaluate_model(workdir, test_file, batch_size=args.test_batch_size)
@@ -170,6 +172,7 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
         "validation_energy_mae_mev": best.get("validation_energy_mae_mev"),
         "validation_force_mae_mev_per_a": best.get("validation_force_mae_mev_per_a"),
         "hardware": hardware(),
+        "training_device": summary.get("device_kind") or hardware(),
         "n_params": summary["n_params"],
         "budget": {
             "variant": args.variant,
@@ -267,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-batch-size", type=int, default=50)
     p.add_argument("--force", action="store_true", help="train on even if the run had stopped")
     p.add_argument("--table-only", action="store_true", help="only regenerate the README table")
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train (or resume) only: no test evaluation, results.json and README untouched "
+        "(e.g. on a GPU machine; evaluate later with the same command without it)",
+    )
     args = p.parse_args(argv)
 
     results = load_results()
@@ -280,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python experiments/rmd17/run.py " + shlex.join(argv or sys.argv[1:])
     for mol in mols:
         entry = run_molecule(mol, args, command)
+        if args.train_only:
+            continue
         results = load_results()  # re-read: keep what other invocations wrote meanwhile
         results.setdefault(mol, {})[args.variant] = entry
         save_results(results)
