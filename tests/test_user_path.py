@@ -40,6 +40,7 @@ def test_readme_user_path_is_complete():
         "allegro-jax train",
         "allegro-jax evaluate",
         "allegro-jax md",
+        "allegro-jax export",
     ):
         assert needed in commands
     python = "\n".join(code for language, code in steps if language == "python")
@@ -84,3 +85,6 @@ def test_readme_user_path_runs(tmp_path, shared_data):
     assert [f.info["step"] for f in frames] == list(range(0, 201, 20))
     assert frames[-1].get_forces().shape == (21, 3)  # aspirin
     assert any("compiling" in out for out in outputs)
+    export = root / "runs" / "tiny_export"
+    assert (export / "allegro.jaxexport").stat().st_size > 0
+    assert (export / "contract.json").is_file()
