@@ -364,19 +364,22 @@ def write_lammps_jax_bundle(
     dtype = dtype or config.model_dtype
     if dtype == "float64" and not jax.config.jax_enable_x64:
         raise ExportError("a float64 bundle needs jax.config.update('jax_enable_x64', True)")
+    from ..nn.cpu_kernel import use_cpu_kernel
+
     energy_fn = make_lammps_jax_energy_fn(config, params, dtype)
-    return lammps_jax_export(
-        energy_fn=energy_fn,
-        path=path,
-        max_atoms=int(max_atoms),
-        max_edges=int(max_edges),
-        cutoff=float(config.r_max),
-        unit_style="metal",
-        precision=dtype,
-        n_hops=2,
-        n_species=config.num_types,
-        platform=platform,
-    )
+    with use_cpu_kernel(False):  # XLA operations only: no custom calls in the bundle
+        return lammps_jax_export(
+            energy_fn=energy_fn,
+            path=path,
+            max_atoms=int(max_atoms),
+            max_edges=int(max_edges),
+            cutoff=float(config.r_max),
+            unit_style="metal",
+            precision=dtype,
+            n_hops=2,
+            n_species=config.num_types,
+            platform=platform,
+        )
 
 
 # -- command line ------------------------------------------------------------------------------
