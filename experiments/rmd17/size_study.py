@@ -87,6 +87,24 @@ def curve(workdir: Path) -> list[tuple[float, float]]:
     ]
 
 
+def count_params(path: Path) -> int:
+    """Number of parameters in a saved ``params.msgpack`` (runs stopped before their summary)."""
+    import numpy as np
+    from flax import serialization
+
+    leaves = []
+
+    def walk(tree):
+        if isinstance(tree, dict):
+            for value in tree.values():
+                walk(value)
+        else:
+            leaves.append(np.size(tree))
+
+    walk(serialization.msgpack_restore(path.read_bytes()))
+    return int(sum(leaves))
+
+
 def best_within(points: list[tuple[float, float]], budget_h: float) -> float | None:
     """The best validation force MAE reached within ``budget_h`` CPU hours (None: the run
     has not used that much CPU yet, or its first epoch took longer)."""
@@ -107,6 +125,8 @@ def report(args: argparse.Namespace) -> dict:
                 continue
             summary = workdir / "summary.json"
             n_params = json.loads(summary.read_text()).get("n_params") if summary.exists() else None
+            if n_params is None and (workdir / "model" / "params.msgpack").exists():
+                n_params = count_params(workdir / "model" / "params.msgpack")
             out["runs"][f"{size}/{mol}"] = {
                 "size": size,
                 "molecule": mol,
