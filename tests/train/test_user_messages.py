@@ -1,0 +1,171 @@
+"""What a user sees from ``train`` and ``evaluate``: config typos, missing files, files with
+energies only, unknown elements, compile messages, the resume line, a clock stop with a
+test file (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from allegro_jax.cli import main
+from allegro_jax.compiling import watch_compiles
+from allegro_jax.config import AllegroConfig
+from allegro_jax.nn.model import make_model
+from allegro_jax.train.export import load_model, save_model
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
+
+
+def _frames(n: int, seed: int = 0, energies: bool = True, forces: bool = True) -> list:
+    """Ethanol frames with EMT labels (energy in ``info``, forces in ``arrays``)."""
+    import ase.build
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = ase.build.molecule("CH3CH2OH")
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        if energies:
+            atoms.info["energy"] = e
+        if forces:
+            atoms.arrays["forces"] = f
+        frames.append(atoms)
+    return frames
+
+
+def _write(path: Path, frames: list) -> Path:
+    import ase.io
+
+    ase.io.write(path, frames, format="extxyz")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained model for H, C, O saved as a trained one would be (evaluate needs no
+    training)."""
+    config = AllegroConfig(
+        type_names=("H", "C", "O"),
+        r_max=3.0,
+        l_max=1,
+        num_layers=1,
+        num_scalar_features=8,
+        num_tensor_features=4,
+        per_type_energy_shifts=(-1.0, -3.0, -4.0),
+        model_dtype="float32",
+    )
+    init_fn, _ = make_model(config)
+    params = jax.jit(init_fn)(jax.random.PRNGKey(0))
+    path = tmp_path_factory.mktemp("model") / "model"
+    save_model(path, config, params, {"note": "untrained, for evaluate tests"})
+    return path
+
+
+def _config_dict(data: Path, **overrides) -> dict:
+    cfg = yaml.safe_load(TEST_YAML.read_text())
+    cfg.update({"dataset_file_name": str(data), "n_train": 8, "n_val": 4, "progress_bar": False})
+    cfg.update(overrides)
+    return cfg
+
+
+# ---- evaluate ----------------------------------------------------------------------------
+
+
+def test_evaluate_scores_an_energy_only_file_and_says_forces_were_skipped(
+    model_dir, tmp_path, capsys
+):
+    """A reaction path or dihedral scan (energies, no forces) is scored on its energies."""
+    frames = _frames(5, seed=1, forces=False)
+    data = _write(tmp_path / "scan.xyz", frames)
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", "--model", str(model_dir), "--data", str(data), "--output", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    metrics = json.loads(out.read_text())
+    assert metrics["n_structures"] == 5 and metrics["frames_with_energy"] == 5
+    assert metrics["frames_with_forces"] == 0 and metrics["skipped"] == ["forces"]
+    assert not any(k.startswith("force_") for k in metrics)
+    _, _, predict = load_model(model_dir)
+    errors = [
+        abs(float(predict(s)["energy"]) - a.info["energy"])
+        for s, a in zip(_structures(data), frames, strict=True)
+    ]
+    assert metrics["energy_mae_mev"] == pytest.approx(1e3 * np.mean(errors), rel=1e-4)
+    assert f"not evaluated: forces (no frame of {data} has them)" in printed.out
+    assert "compiling the model for 5 structures of scan.xyz" in printed.out
+    assert printed.out.index("compiling") < printed.out.index("compiled in")
+
+
+def _structures(path: Path) -> list:
+    from allegro_jax.data.datasets import read_dataset
+
+    return read_dataset(path, required=())
+
+
+def test_evaluate_with_forces_scores_both_and_skips_nothing(model_dir, tmp_path, capsys):
+    data = _write(tmp_path / "full.xyz", _frames(3, seed=2))
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", "--model", str(model_dir), "--data", str(data), "--output", str(out)])
+    assert rc == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["skipped"] == [] and metrics["frames_with_forces"] == 3
+    assert metrics["force_mae_mev_per_a"] > 0 and metrics["energy_mae_mev"] > 0
+    assert "not evaluated" not in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_file_without_labels_in_one_line(model_dir, tmp_path, capsys):
+    data = _write(tmp_path / "bare.xyz", _frames(2, energies=False, forces=False))
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {data}: no frame has an energy, forces or stress")
+    assert err.count("\n") == 1
+
+
+def test_evaluate_names_an_unknown_element_before_compiling(model_dir, tmp_path, capsys):
+    frames = _frames(6, seed=3)
+    frames[4].numbers[0] = 7  # N: not among the model's H, C, O
+    data = _write(tmp_path / "withN.xyz", frames)
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"error: {data}, frame 4: unknown element N")
+    assert "compiling" not in printed.out
+    # and quickly: the evaluate command does not import jax-md (seconds, it compiles on import)
+    code = (
+        "import sys; from allegro_jax.cli import main; "
+        f"rc = main(['evaluate', '--model', {str(model_dir)!r}, '--data', {str(data)!r}]); "
+        "print(rc, 'jax_md' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+    assert proc.stdout.split() == ["2", "False"], proc.stderr[-2000:]
+
+
+def test_a_watched_function_announces_its_first_compile_and_a_new_shape(capsys):
+    fn = watch_compiles(jax.jit(lambda x: (x * 2.0).sum()), "the doubling")
+    fn(np.ones(3))
+    first = capsys.readouterr().out
+    assert first.startswith("compiling the doubling…\ncompiled in ")
+    fn(np.ones(3))
+    assert capsys.readouterr().out == ""  # same shape: nothing compiled, nothing said
+    fn(np.ones(4))
+    again = capsys.readouterr().out
+    assert again.startswith("compiled the doubling again for new input shapes (call 3) in ")
+    assert fn._cache_size() == 2 and len(fn.clocks) == 2
