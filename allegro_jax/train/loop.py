@@ -334,8 +334,34 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
     """
     t_start = time.perf_counter()
     workdir = Path(workdir).resolve()
-    with RunLock(workdir, purpose="training"):
-        return _train_and_evaluate(config, workdir, t_start)
+    # a missing data file is reported before the run directory is created
+    for key in ("dataset_file_name", "validation_dataset_file_name", "test_dataset_file_name"):
+        if getattr(config, key):
+            config.resolve_path(getattr(config, key))
+    created = [p for p in (workdir, *workdir.parents) if not p.exists()]
+    try:
+        with RunLock(workdir, purpose="training"):
+            return _train_and_evaluate(config, workdir, t_start)
+    except BaseException:
+        _remove_empty_run_dirs(created)
+        raise
+
+
+def _remove_empty_run_dirs(created: Sequence[Path]) -> None:
+    """Remove the directories this call created (innermost first) that hold nothing but the
+    run lock's files: a run that failed before writing anything leaves no empty folder."""
+    from allegro_jax.io.runlock import HOLDER_FILE, LOCK_FILE
+
+    for directory in created:
+        try:
+            names = {p.name for p in directory.iterdir()}
+            if not names <= {LOCK_FILE, HOLDER_FILE}:
+                return
+            for name in names:
+                (directory / name).unlink(missing_ok=True)
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> dict[str, Any]:

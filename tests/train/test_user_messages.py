@@ -19,6 +19,7 @@ from allegro_jax.cli import main
 from allegro_jax.compiling import watch_compiles
 from allegro_jax.config import AllegroConfig
 from allegro_jax.nn.model import make_model
+from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.export import load_model, save_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +80,64 @@ def _config_dict(data: Path, **overrides) -> dict:
     cfg.update({"dataset_file_name": str(data), "n_train": 8, "n_val": 4, "progress_bar": False})
     cfg.update(overrides)
     return cfg
+
+
+# ---- config: typos, missing files, empty run folders --------------------------------------
+
+
+def test_a_misspelled_key_suggests_the_valid_one_instead_of_listing_all(tmp_path, capsys):
+    data = _write(tmp_path / "d.extxyz", _frames(3))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_config_dict(data, learning_rat=0.01)))
+    assert main(["train", str(config), "--workdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {config}: unknown config key 'learning_rat' (did you mean 'learning_rate'?)"
+    )
+    assert not (tmp_path / "run").exists()
+    # a nested model key and a loss weight get the same help
+    cfg = _config_dict(data)
+    with pytest.raises(ValueError, match=r"unknown model key 'l_maxx' \(did you mean 'l_max' or"):
+        TrainConfig.from_dict({**cfg, "model": {"l_maxx": 1}})
+    with pytest.raises(ValueError, match=r"'force' \(did you mean 'forces'\?\)"):
+        TrainConfig.from_dict({**cfg, "loss_coeffs": {"force": 1.0}})
+    # nothing close: the valid keys are listed
+    with pytest.raises(ValueError, match=r"unknown config key 'zzz'; valid training keys: .*"):
+        TrainConfig.from_dict({**cfg, "zzz": 1})
+
+
+def test_a_missing_training_file_is_named_once_and_leaves_no_run_folder(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # the config's folder is the working directory
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_config_dict(Path("missing.extxyz"))))
+    assert main(["train", "c.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count(str(tmp_path / "missing.extxyz")) == 1, err
+    assert "Traceback" not in err and "which is the working directory" in err
+    assert not (tmp_path / "runs").exists()  # runs/c was not created
+    # from elsewhere: both places tried, each once
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert main(["train", str(config), "--workdir", "run"]) == 2
+    err = capsys.readouterr().err
+    assert f"tried '{tmp_path / 'missing.extxyz'}' and '{other / 'missing.extxyz'}'" in err
+    assert not (other / "run").exists()
+
+
+def test_a_run_that_fails_on_its_data_removes_only_the_folders_it_created(tmp_path, capsys):
+    data = _write(tmp_path / "d.extxyz", _frames(3))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_config_dict(data, n_train=None, n_val=5)))  # 3 frames
+    assert main(["train", str(config), "--workdir", str(tmp_path / "runs" / "a")]) == 2
+    assert "leaves none for training" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    kept = tmp_path / "mine"
+    (kept / "notes").mkdir(parents=True)
+    assert main(["train", str(config), "--workdir", str(kept)]) == 2
+    assert (kept / "notes").is_dir()  # a folder that existed is left as it was
 
 
 # ---- evaluate ----------------------------------------------------------------------------
