@@ -21,6 +21,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.nn.model import make_model
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.export import load_model, save_model
+from allegro_jax.train.loop import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
@@ -228,3 +229,83 @@ def test_a_watched_function_announces_its_first_compile_and_a_new_shape(capsys):
     again = capsys.readouterr().out
     assert again.startswith("compiled the doubling again for new input shapes (call 3) in ")
     assert fn._cache_size() == 2 and len(fn.clocks) == 2
+
+
+# ---- train: compile messages, progress bar, resume line, clock stop with a test file ------
+
+
+class _FakeBar:
+    """Records when the loop opens its progress bar (printed, so it is ordered with stdout)."""
+
+    def __init__(self, total, initial=0, **_):
+        print(f"BAR OPENED initial={initial} total={total}", flush=True)
+
+    def set_postfix(self, **_):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def two_epochs(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("train")
+    data = _write(directory / "train.extxyz", _frames(12, seed=4))
+    test = _write(directory / "test.extxyz", _frames(3, seed=5))
+    cfg = _config_dict(data, test_dataset_file_name=str(test), max_epochs=2, batch_size=4)
+    return directory, cfg
+
+
+def test_train_says_compiling_and_starts_the_bar_after_the_first_step(
+    two_epochs, capsys, monkeypatch
+):
+    import tqdm.auto
+
+    directory, cfg = two_epochs
+    monkeypatch.setattr(tqdm.auto, "tqdm", _FakeBar)
+    summary = train_and_evaluate(
+        TrainConfig.from_dict({**cfg, "progress_bar": True}), directory / "run"
+    )
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "compiling the training step (batches of 4)…"
+    assert lines[1].startswith("compiled in ")
+    # the first epoch's bar starts at batch 1 of 2, after the compiled first step
+    assert lines[2] == "BAR OPENED initial=1 total=2"
+    assert "BAR OPENED initial=0 total=2" in lines  # the second epoch: a bar from 0
+    assert out.index("compiling the validation step") < out.index("epoch    1")
+    assert "compiling the model for 3 structures of test.extxyz" in out  # the test file
+    assert summary["stop_reason"] == "max_epochs" and summary["test"]["n_structures"] == 3
+
+
+def test_a_clock_stop_says_how_to_evaluate_the_test_set_and_resume_is_readable(two_epochs, capsys):
+    directory, cfg = two_epochs
+    run = directory / "run2"
+    train_and_evaluate(TrainConfig.from_dict(cfg), run)  # 2 epochs, test evaluated
+    capsys.readouterr()
+    summary = train_and_evaluate(
+        TrainConfig.from_dict({**cfg, "max_epochs": 50, "max_wall_time": 1e-3}), run
+    )
+    out = capsys.readouterr().out
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: r["validation_loss"])
+    resume = next(line for line in out.splitlines() if line.startswith("resuming"))
+    assert resume == (  # 8 training frames in batches of 4: 2 steps per epoch
+        f"resuming from checkpoint step 4 (epoch 2 completed); best validation loss "
+        f"{best['validation_loss']:.4g} (epoch {best['epoch']}); checkpoint "
+        f"{run.resolve() / 'checkpoints' / '4'}"
+    )
+    assert "{" not in resume
+    assert summary["stop_reason"] == "max_wall_time" and summary["test"] is None
+    note = summary["test_not_evaluated"]
+    test_file = Path(cfg["test_dataset_file_name"]).resolve()
+    assert note.startswith("test set not evaluated: the run stopped at max_wall_time")
+    assert note.endswith(f"allegro-jax evaluate --model {run.resolve()} --data {test_file}")
+    assert note in out
+    assert json.loads((run / "summary.json").read_text())["test_not_evaluated"] == note
+    # the command it prints works
+    command = note.split("allegro-jax evaluate ", 1)[1].split()
+    assert main(["evaluate", *command, "--output", os.devnull]) == 0
