@@ -11,8 +11,8 @@ Files in ``workdir``:
 * ``model/``: the best model (EMA weights; for an ensemble each member's best),
   :func:`allegro_jax.train.export.load_model`.
 * ``summary.json`` and, with a test file, ``test_metrics.json`` (written when the run has
-  finished; after a clock stop ``summary.json`` has ``"test": null`` and
-  ``test_not_evaluated``, which says why and gives the ``allegro-jax evaluate`` command).
+  finished; after a clock stop ``summary.json`` has no ``test`` but ``test_not_evaluated``,
+  which says why and gives the ``allegro-jax evaluate`` command).
 
 Progress: ``compiling the training step…`` and the compile time before the first step (and
 the validation step's before the first validation), a note if a later step compiles new
@@ -813,7 +813,6 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
     finished = stop_reason in ("max_epochs", "early_stopping_patience", "lr_below_min")
     if config.test_dataset_file_name and not finished:
         note = _test_not_evaluated(config, workdir, stop_reason)
-        summary["test"] = None
         summary["test_not_evaluated"] = note
         print(note, flush=True)
     if config.test_dataset_file_name and (workdir / "model").exists() and finished:
