@@ -153,8 +153,8 @@ class WatchedFunction:
             self.clocks.append(clock)
             if not self.quiet:
                 print(
-                    f"compiled {self.what} again for new input shapes (call {self.calls}) in "
-                    f"{clock.compile_s:.1f} s",
+                    f"compiled {self.what} again at call {self.calls} (its inputs differ in "
+                    f"shape, type or placement from earlier calls) in {clock.compile_s:.1f} s",
                     file=self.stream or sys.stdout,
                     flush=True,
                 )
@@ -166,9 +166,9 @@ def watch_compiles(
 ) -> WatchedFunction:
     """Wrap a jitted ``fn``: its first call runs inside :func:`compiling` (``compiling
     <what>…`` before, the time after; the call is waited for, so the time is the
-    compilation's and the first call's), and a later call that compiles again (new input
-    shapes or types, e.g. a resumed run's restored state) prints ``compiled <what> again
-    ...`` with its seconds when it returns.
+    compilation's and the first call's), and a later call that compiles again (inputs of
+    another shape, type or placement, e.g. in a resumed run) prints ``compiled <what> again
+    at call N ...`` with its seconds when it returns.
 
     Args:
         fn: a jitted function.

@@ -227,7 +227,7 @@ def test_a_watched_function_announces_its_first_compile_and_a_new_shape(capsys):
     assert capsys.readouterr().out == ""  # same shape: nothing compiled, nothing said
     fn(np.ones(4))
     again = capsys.readouterr().out
-    assert again.startswith("compiled the doubling again for new input shapes (call 3) in ")
+    assert again.startswith("compiled the doubling again at call 3 (its inputs differ in shape,")
     assert fn._cache_size() == 2 and len(fn.clocks) == 2
 
 
