@@ -83,3 +83,97 @@ def compiling(
             file=stream,
             flush=True,
         )
+
+
+class _CompileCounter:
+    """Compilations and their seconds since the process started (one global listener)."""
+
+    def __init__(self) -> None:
+        self.n_compiled = 0
+        self.compile_s = 0.0
+        self._registered = False
+
+    def register(self) -> None:
+        if self._registered:
+            return
+        import jax
+
+        def listener(event: str, duration: float, **_: object) -> None:
+            if event in _COMPILE_EVENTS:
+                self.compile_s += duration
+                if event.endswith("backend_compile_duration"):
+                    self.n_compiled += 1
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        self._registered = True
+
+
+_COUNTER = _CompileCounter()
+
+
+class WatchedFunction:
+    """A jitted function whose compilations are announced (see :func:`watch_compiles`).
+
+    Attributes:
+        fn: the wrapped function (``_cache_size`` and other attributes are forwarded).
+        clocks: the :class:`CompileClock` of the first call, then one per later call that
+            compiled (a new input shape).
+    """
+
+    def __init__(self, fn, what: str, stream: TextIO | None, quiet: bool):
+        self.fn = fn
+        self.what = what
+        self.stream = stream
+        self.quiet = quiet
+        self.calls = 0
+        self.clocks: list[CompileClock] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.fn, name)
+
+    def __call__(self, *args, **kwargs):
+        import jax
+
+        if self.calls == 0:
+            with compiling(self.what, stream=self.stream, quiet=self.quiet) as clock:
+                out = jax.block_until_ready(self.fn(*args, **kwargs))
+            self.calls += 1
+            self.clocks.append(clock)
+            return out
+        _COUNTER.register()
+        n0, s0, t0 = _COUNTER.n_compiled, _COUNTER.compile_s, time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.calls += 1
+        if _COUNTER.n_compiled > n0:  # compiled at dispatch, i.e. before the call returned
+            clock = CompileClock(
+                compile_s=_COUNTER.compile_s - s0,
+                wall_s=time.perf_counter() - t0,
+                n_compiled=_COUNTER.n_compiled - n0,
+            )
+            self.clocks.append(clock)
+            if not self.quiet:
+                print(
+                    f"compiled {self.what} again at call {self.calls} (its inputs differ in "
+                    f"shape, type or placement from earlier calls) in {clock.compile_s:.1f} s",
+                    file=self.stream or sys.stdout,
+                    flush=True,
+                )
+        return out
+
+
+def watch_compiles(
+    fn, what: str, *, stream: TextIO | None = None, quiet: bool = False
+) -> WatchedFunction:
+    """Wrap a jitted ``fn``: its first call runs inside :func:`compiling` (``compiling
+    <what>…`` before, the time after; the call is waited for, so the time is the
+    compilation's and the first call's), and a later call that compiles again (inputs of
+    another shape, type or placement, e.g. in a resumed run) prints ``compiled <what> again
+    at call N ...`` with its seconds when it returns.
+
+    Args:
+        fn: a jitted function.
+        what: e.g. ``"the training step"``.
+        stream: where to print (default: ``sys.stdout`` at the time of the call).
+        quiet: print nothing (the clocks still run).
+    """
+    return WatchedFunction(fn, what, stream, quiet)

@@ -1,10 +1,17 @@
-"""Provenance helpers for experiment and benchmark reports: the CPU model and generated
-tables spliced into hand-written READMEs."""
+"""Provenance helpers for experiment and benchmark reports: the CPU model, generated
+tables spliced into hand-written READMEs, and paths and commands recorded without anything
+specific to one machine (:func:`repo_path`, :func:`portable_config`,
+:func:`portable_command`)."""
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -27,3 +34,62 @@ def splice_block(path: Path, start: str, end: str, body: str, new_text: str = ""
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+
+
+# ---- what experiment scripts record: paths that mean the same on every machine ------------
+
+PATH_KEYS = (
+    "dataset_file_name",
+    "validation_dataset_file_name",
+    "test_dataset_file_name",
+    "initial_model",
+    "workdir",
+)
+"""Keys of a training config (:meth:`TrainConfig.to_dict`) that hold paths."""
+
+
+def repo_path(path: str | os.PathLike, repo: str | os.PathLike) -> str:
+    """A path as an experiment records it: relative to the repository root ``repo``
+    (``experiments/rmd17/runs/...``), or to its parent folder (``../shared/data/...``, where
+    the project keeps its data), else absolute.
+
+    Args:
+        path: any path (a relative one is taken relative to the working directory).
+        repo: the repository root.
+    """
+    given, root = Path(os.path.abspath(path)), Path(os.path.abspath(repo))
+    for p, r in ((given, root), (given.resolve(), root.resolve())):  # as given, then real
+        if p.is_relative_to(r):
+            return p.relative_to(r).as_posix()
+        if p.is_relative_to(r.parent):
+            return (Path("..") / p.relative_to(r.parent)).as_posix()
+    return str(given)
+
+
+def portable_config(config: dict[str, Any], repo: str | os.PathLike) -> dict[str, Any]:
+    """A training config dict with its paths (:data:`PATH_KEYS`) made :func:`repo_path`."""
+    return {
+        k: repo_path(v, repo) if k in PATH_KEYS and isinstance(v, str) and v else v
+        for k, v in config.items()
+    }
+
+
+def portable_command(args: Sequence[str], repo: str | os.PathLike) -> str:
+    """A command line as an experiment records it (``shlex.join``): this Python interpreter
+    as ``python``, other programs next to it by their name (``nequip-train``), and absolute
+    paths, also in ``key=/abs/path`` arguments, made :func:`repo_path`."""
+    bindir = Path(sys.executable).parent
+
+    def one(arg: str) -> str:
+        if arg == sys.executable:
+            return "python"
+        if os.path.isabs(arg) and Path(arg).parent == bindir:
+            return Path(arg).name
+        if os.path.isabs(arg):
+            return repo_path(arg, repo)
+        key, sep, value = arg.partition("=")
+        if sep and os.path.isabs(value):
+            return f"{key}={repo_path(value, repo)}"
+        return arg
+
+    return shlex.join(one(str(a)) for a in args)

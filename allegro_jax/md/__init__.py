@@ -1,60 +1,53 @@
 """Molecular dynamics: jax-md energy functions, integrators, ASE calculator, gradients,
-trajectory analysis."""
+trajectory analysis.
 
-from .analysis import (
-    diffusion_coefficient,
-    mean_squared_displacement,
-    rdf,
-    remove_center_of_mass_drift,
-    unwrap,
-)
-from .ase_calculator import AllegroCalculator
-from .differentiable import (
-    Trajectory,
-    make_nve_trajectory_fn,
-    make_rdf_bin_fn,
-    mean_potential_energy,
-    observable_and_grad,
-)
-from .integrate import (
-    MDState,
-    Thermo,
-    make_simulation,
-    make_system,
-    positions_angstrom,
-    state_from_arrays,
-    state_to_arrays,
-)
-from .jax_md import (
-    box_from_cell,
-    make_atomic_energy_fn,
-    make_energy_fn,
-    make_neighbor_fn,
-    make_stress_fn,
-)
+The names below are imported on first use: importing jax-md takes seconds (it compiles on
+import), which ``allegro-jax train``/``evaluate`` (whose CLI registers the ``md`` command
+through :mod:`allegro_jax.md.cli`) should not pay.
+"""
 
-__all__ = [
-    "AllegroCalculator",
-    "MDState",
-    "Thermo",
-    "Trajectory",
-    "box_from_cell",
-    "diffusion_coefficient",
-    "make_atomic_energy_fn",
-    "make_energy_fn",
-    "make_neighbor_fn",
-    "make_nve_trajectory_fn",
-    "make_rdf_bin_fn",
-    "make_simulation",
-    "make_stress_fn",
-    "make_system",
-    "mean_potential_energy",
-    "mean_squared_displacement",
-    "observable_and_grad",
-    "positions_angstrom",
-    "rdf",
-    "remove_center_of_mass_drift",
-    "state_from_arrays",
-    "state_to_arrays",
-    "unwrap",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "AllegroCalculator": "ase_calculator",
+    "box_from_cell": "jax_md",
+    "diffusion_coefficient": "analysis",
+    "make_atomic_energy_fn": "jax_md",
+    "make_energy_fn": "jax_md",
+    "make_neighbor_fn": "jax_md",
+    "make_nve_trajectory_fn": "differentiable",
+    "make_rdf_bin_fn": "differentiable",
+    "make_simulation": "integrate",
+    "make_stress_fn": "jax_md",
+    "make_system": "integrate",
+    "MDState": "integrate",
+    "mean_potential_energy": "differentiable",
+    "mean_squared_displacement": "analysis",
+    "observable_and_grad": "differentiable",
+    "positions_angstrom": "integrate",
+    "rdf": "analysis",
+    "remove_center_of_mass_drift": "analysis",
+    "state_from_arrays": "integrate",
+    "state_to_arrays": "integrate",
+    "Thermo": "integrate",
+    "Trajectory": "differentiable",
+    "unwrap": "analysis",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -86,7 +86,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else default
     out.write_text(json.dumps(metrics, indent=2))
     for key, value in metrics.items():
+        if key == "skipped":
+            continue
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    if metrics.get("skipped"):
+        names = " and ".join(metrics["skipped"])
+        print(f"not evaluated: {names} (no frame of {args.data} has them)")
     print(f"written to {out}")
     return 0
 

@@ -4,7 +4,7 @@ A YAML file is flat, as in nequip: keys that are fields of
 :class:`~allegro_jax.config.AllegroConfig` (``r_max``, ``l_max``, ``num_layers``,
 ``num_scalar_features``, ``num_tensor_features``, ``avg_num_neighbors``, ...) go to the
 model; the others are fields of :class:`TrainConfig`. A nested ``model:`` mapping is also
-accepted. Unknown keys raise an error that lists the valid ones.
+accepted. Unknown keys raise an error that suggests the close valid key (or lists them).
 
 Model normalisation constants that are not given (``avg_num_neighbors``,
 ``per_type_energy_shifts``, ``per_type_energy_scales``) are computed from the training set
@@ -16,6 +16,7 @@ training set, sorted by atomic number.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -37,6 +38,35 @@ class ConfigError(ValueError):
     """A training config file cannot be used (the message names the file, the line and why)."""
 
 
+def unknown_keys_message(what: str, unknown: list[str], valid: dict[str, list[str]]) -> str:
+    """``unknown <what> key 'learning_rat' (did you mean 'learning_rate'?)``.
+
+    Each unknown key gets its close valid keys (:func:`difflib.get_close_matches`); only when
+    some key has none are the valid keys listed (``valid``: group name -> keys).
+
+    Args:
+        what: e.g. ``"config"``, ``"model"``, ``"loss_coeffs"``.
+        unknown: the unknown keys.
+        valid: the valid keys, by group (``{"training": [...], "model": [...]}``).
+    """
+    everything = sorted({k for keys in valid.values() for k in keys})
+    parts, unmatched = [], False
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), everything, n=3, cutoff=0.6)
+        if close:
+            parts.append(f"{key!r} (did you mean {' or '.join(repr(c) for c in close)}?)")
+        else:
+            parts.append(repr(key))
+            unmatched = True
+    text = f"unknown {what} key{'s' if len(unknown) > 1 else ''} " + ", ".join(parts)
+    if unmatched:
+        text += "; valid " + "; valid ".join(
+            f"{group} keys: {sorted(keys)}" if group else f"keys: {sorted(keys)}"
+            for group, keys in valid.items()
+        )
+    return text
+
+
 def _loss_coeffs(value: Any) -> dict[str, float]:
     """Normalise ``loss_coeffs`` to ``{total_energy, forces, stress}`` floats.
 
@@ -46,7 +76,7 @@ def _loss_coeffs(value: Any) -> dict[str, float]:
         raise ValueError(f"loss_coeffs must be a mapping, got {value!r}")
     unknown = sorted(set(value) - set(_LOSS_KEYS))
     if unknown:
-        raise ValueError(f"unknown loss_coeffs keys {unknown}; valid keys: {sorted(_LOSS_KEYS)}")
+        raise ValueError(unknown_keys_message("loss_coeffs", unknown, {"": sorted(_LOSS_KEYS)}))
     out = {k: 0.0 for k in _LOSS_KEYS}
     for key, coeff in value.items():
         if isinstance(coeff, list | tuple):
@@ -272,7 +302,7 @@ class TrainConfig:
         model = dict(self.model)
         unknown = sorted(set(model) - _MODEL_KEYS)
         if unknown:
-            raise ValueError(f"unknown model keys {unknown}; valid: {sorted(_MODEL_KEYS)}")
+            raise ValueError(unknown_keys_message("model", unknown, {"model": sorted(_MODEL_KEYS)}))
         if "r_max" not in model:
             raise ValueError("the model needs r_max")
         set_("model", model)
@@ -301,10 +331,18 @@ class TrainConfig:
         for candidate in tried:
             if candidate.exists():
                 return candidate.resolve()
+        distinct = list(dict.fromkeys(Path(os.path.abspath(t)) for t in tried))
+        where = ""
+        if len(tried) == 2:
+            where = (
+                " (the config's folder, then the working directory)"
+                if len(distinct) == 2
+                else " (the config's folder, which is the working directory)"
+            )
         raise FileNotFoundError(
             f"data file {str(path)!r} not found; tried "
-            + " and ".join(repr(str(t)) for t in tried)
-            + (" (the config's folder, then the working directory)" if len(tried) == 2 else "")
+            + " and ".join(repr(str(t)) for t in distinct)
+            + where
         )
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -336,8 +374,14 @@ class TrainConfig:
         unknown = sorted(set(d) - train_keys)
         if unknown:
             raise ValueError(
-                f"unknown config keys {unknown}; valid training keys: {sorted(train_keys)}; "
-                f"valid model keys: {sorted(_MODEL_KEYS | {'chemical_symbols'})}"
+                unknown_keys_message(
+                    "config",
+                    unknown,
+                    {
+                        "training": sorted(train_keys),
+                        "model": sorted(_MODEL_KEYS | {"chemical_symbols"}),
+                    },
+                )
             )
         missing = [k for k in ("dataset_file_name", "n_val") if k not in d]
         if missing:

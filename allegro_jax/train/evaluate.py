@@ -1,4 +1,9 @@
-"""Evaluate a trained model (or ensemble) on a data file: MAE and RMSE, ensemble spread."""
+"""Evaluate a trained model (or ensemble) on a data file: MAE and RMSE, ensemble spread.
+
+The file's labels decide what is scored: energies, forces and stress, each where a frame
+has it (an energy-only file, e.g. a reaction path or a dihedral scan, gives energy errors
+only); the result names the labels no frame had (``skipped``).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ def evaluate_model(
     *,
     batch_size: int = 16,
     read_fn: Callable[[Path], list] | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Errors of a trained model on every structure of a data file.
 
@@ -27,11 +33,18 @@ def evaluate_model(
         model_path: a run directory or model directory (:func:`load_model`).
         data_path: any file :func:`allegro_jax.data.datasets.read_dataset` reads.
         batch_size: structures per batch.
-        read_fn: reader overriding :func:`read_dataset` (e.g. with label keys).
+        read_fn: reader overriding :func:`read_dataset` (e.g. with label keys); by default
+            no label is required of a frame (energies, forces and stress are scored where
+            present).
+        quiet: do not print the ``compiling…`` line and the compile time.
 
     Returns:
-        ``{"n_structures", "energy_mae_mev", "energy_rmse_mev", "energy_per_atom_*",
-        "force_mae_mev_per_a", "force_rmse_mev_per_a", "stress_*" (if labelled), ...}``.
+        ``{"data", "n_structures", "frames_with_energy", "frames_with_forces",
+        "frames_with_stress", "skipped", "energy_mae_mev", "energy_rmse_mev",
+        "energy_per_atom_*", "force_mae_mev_per_a", "force_rmse_mev_per_a", "stress_*",
+        ...}``: the error keys of the labels the file has; ``skipped`` lists the labels no
+        frame has (``"energy"``, ``"forces"``; ``"stress"`` only for a file with periodic
+        frames).
         For an ensemble these are the errors of the mean prediction, plus
         ``ensemble_size``, the spread (``energy_std_mean_mev``, ``force_std_mean_mev_per_a``
         = σ_i averaged over atoms, ``force_std_max_mev_per_a``), the Pearson correlation
@@ -41,7 +54,12 @@ def evaluate_model(
 
     Raises:
         FileNotFoundError: the model or the data file is missing.
+        DataError: an unknown element (checked for every frame before anything compiles),
+            a file without any label, or other bad data (naming the file and frame).
     """
+    from allegro_jax.compiling import watch_compiles
+    from allegro_jax.data.datasets import DataKeyError, describe_frame_keys
+    from allegro_jax.data.validate import frame_context, types_from_numbers
     from allegro_jax.train.data import SplitData
     from allegro_jax.train.ensemble import (
         evaluate_ensemble_split,
@@ -57,21 +75,51 @@ def evaluate_model(
         raise FileNotFoundError(f"data file not found: {str(data_path)!r}")
     config, params, _ = load_model(model_path)
     n_members = read_ensemble_size(model_path)
-    structures = (read_fn or read_dataset)(data_path)
+    if read_fn is not None:
+        structures = read_fn(data_path)
+    elif data_path.suffix == ".npz":
+        structures = read_dataset(data_path)
+    else:  # score what the file has: no label is required of a frame
+        structures = read_dataset(data_path, required=())
+    structures = list(structures)
+    if not structures:
+        raise DataKeyError(f"{data_path}: no structures to evaluate")
+    # every frame's elements first: an unknown one is reported before anything compiles
+    for i, structure in enumerate(structures):
+        frame = structure.info.get("index") if isinstance(structure.info, dict) else None
+        with frame_context(i, source=str(data_path), frame=frame):
+            types_from_numbers(structure.numbers, config.type_names)
+    counts = {
+        label: sum(getattr(s, label) is not None for s in structures)
+        for label in ("energy", "forces", "stress")
+    }
+    if not any(counts.values()):
+        keys = "" if data_path.suffix == ".npz" else f"; {describe_frame_keys(data_path)}"
+        raise DataKeyError(
+            f"{data_path}: no frame has an energy, forces or stress to compare with{keys}"
+        )
+    periodic = any(np.any(s.pbc) for s in structures)
+    skipped = [label for label, n in counts.items() if n == 0 and (label != "stress" or periodic)]
     dtype = np.float64 if config.model_dtype == "float64" else np.float32
     split = SplitData(
         structures, config.type_names, config.r_max, batch_size, dtype, source=str(data_path)
     )
     _, apply_fn = make_model(config)
+    what = (
+        f"the model for {len(split)} structures of {data_path.name} "
+        f"(batches of {split.batch_size}; {split.num_batches} batch(es))"
+    )
     coeffs = {"total_energy": 1.0, "forces": 1.0}
     extra: dict[str, Any] = {}
     if n_members == 1:
         eval_step = make_eval_step(apply_fn, forces=split.has_forces, stress=split.has_stress)
+        eval_step = watch_compiles(eval_step, what, quiet=quiet)
         metrics = summarize(evaluate_split(eval_step, params, split), coeffs)
     else:
         eval_step = make_ensemble_eval_step(
             apply_fn, forces=split.has_forces, stress=split.has_stress
         )
+        eval_step = watch_compiles(eval_step, f"{what}, {n_members} members", quiet=quiet)
         member_sums, mean_sums, unc = evaluate_ensemble_split(eval_step, params, split)
         metrics = summarize(mean_sums, coeffs) | summarize_uncertainty(unc)
         extra["ensemble_size"] = n_members
@@ -81,4 +129,11 @@ def evaluate_model(
                 if key in m:
                     extra[f"member{k}_{key}"] = m[key]
     metrics.pop("loss")
-    return {"data": str(data_path), "n_structures": len(split), **metrics, **extra}
+    return {
+        "data": str(data_path),
+        "n_structures": len(split),
+        **{f"frames_with_{label}": n for label, n in counts.items()},
+        "skipped": skipped,
+        **metrics,
+        **extra,
+    }

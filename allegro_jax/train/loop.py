@@ -11,7 +11,13 @@ Files in ``workdir``:
 * ``model/``: the best model (EMA weights; for an ensemble each member's best),
   :func:`allegro_jax.train.export.load_model`.
 * ``summary.json`` and, with a test file, ``test_metrics.json`` (written when the run has
-  finished; see :func:`train_and_evaluate` for clock stops).
+  finished; after a clock stop ``summary.json`` has no ``test`` but ``test_not_evaluated``,
+  which says why and gives the ``allegro-jax evaluate`` command).
+
+Progress: ``compiling the training step…`` and the compile time before the first step (and
+the validation step's before the first validation), a note if a later step compiles new
+shapes, then one tqdm bar per epoch (``progress_bar``), opened once the first step has
+compiled so that its rate and ETA leave compilation out.
 
 Resume determinism: everything that influences the future lives in the checkpointed
 :class:`~allegro_jax.train.state.TrainState` (parameters, optimiser and EMA state, the
@@ -41,6 +47,7 @@ import numpy as np
 import yaml
 from ase.data import chemical_symbols
 
+from allegro_jax.compiling import watch_compiles
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.datasets import (
     DataKeyError,
@@ -300,8 +307,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
       resumed run still reproduces an uninterrupted one.
     * The test file (``test_dataset_file_name``) is evaluated once the run has really
       finished (``max_epochs``, early stopping or ``lr`` below its bound), not at a
-      clock stop (``allegro-jax evaluate`` does it on demand), and again only if the
-      model changed since ``test_metrics.json`` was written.
+      clock stop (``allegro-jax evaluate`` does it on demand: the stop prints the command
+      and records it in ``summary.json`` as ``test_not_evaluated``), and again only if
+      the model changed since ``test_metrics.json`` was written.
 
     Ensembles (``ensemble_size: K > 1``): the K train states are stacked (a leading member
     axis on every leaf) and ONE jitted ``jax.vmap`` of the train step updates them on the
@@ -334,8 +342,34 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
     """
     t_start = time.perf_counter()
     workdir = Path(workdir).resolve()
-    with RunLock(workdir, purpose="training"):
-        return _train_and_evaluate(config, workdir, t_start)
+    # a missing data file is reported before the run directory is created
+    for key in ("dataset_file_name", "validation_dataset_file_name", "test_dataset_file_name"):
+        if getattr(config, key):
+            config.resolve_path(getattr(config, key))
+    created = [p for p in (workdir, *workdir.parents) if not p.exists()]
+    try:
+        with RunLock(workdir, purpose="training"):
+            return _train_and_evaluate(config, workdir, t_start)
+    except BaseException:
+        _remove_empty_run_dirs(created)
+        raise
+
+
+def _remove_empty_run_dirs(created: Sequence[Path]) -> None:
+    """Remove the directories this call created (innermost first) that hold nothing but the
+    run lock's files: a run that failed before writing anything leaves no empty folder."""
+    from allegro_jax.io.runlock import HOLDER_FILE, LOCK_FILE
+
+    for directory in created:
+        try:
+            names = {p.name for p in directory.iterdir()}
+            if not names <= {LOCK_FILE, HOLDER_FILE}:
+                return
+            for name in names:
+                (directory / name).unlink(missing_ok=True)
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> dict[str, Any]:
@@ -418,6 +452,15 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         train, val, train_step, eval_step, state = setup_data_parallel(
             config, apply_fn, tx, train, val, state, stress=use_stress
         )
+    # "compiling ...", then the seconds, at each step's first call (and again if a later
+    # call compiles new shapes, e.g. a restored state's)
+    members = f", {n_members} members" if ensemble else ""
+    train_step = watch_compiles(
+        train_step, f"the training step (batches of {config.batch_size}{members})"
+    )
+    eval_step = watch_compiles(
+        eval_step, f"the validation step (batches of {config.val_batch_size}{members})"
+    )
 
     store = CheckpointStore(workdir, keep=config.checkpoint_keep)
     try:
@@ -439,11 +482,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
             best_val = _losses_from_json(meta["best_val_loss"])
         else:  # a checkpoint of an older version
             best_val = np.asarray(state.best_val_loss, np.float64).reshape(-1)
-        print(
-            f"resuming from checkpoint step {int(_first(state.step))} "
-            f"(epoch {int(_first(state.epoch))}, {store.restored_from}, meta {meta})",
-            flush=True,
-        )
+        print(_resume_line(state, best_val, store.restored_from, ensemble), flush=True)
     # what model/ holds (its validation losses): it is only replaced by better weights
     exported_val, exported_params = _exported_losses(workdir / "model", n_members)
     model_changed = False
@@ -573,25 +612,33 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
     except ImportError:  # pragma: no cover
         tqdm = None
 
+    def open_bar(done: int):
+        """The epoch's progress bar, opened once steps are timed (its ETA leaves out the
+        compilation of the first step)."""
+        if tqdm is None or not config.progress_bar:
+            return None
+        return tqdm(
+            total=n_batches,
+            initial=done,
+            desc=f"epoch {epoch + 1}",
+            leave=False,
+            dynamic_ncols=True,
+        )
+
     try:
         while stop_reason is None:
             t_epoch = time.perf_counter()
             first = step - epoch * n_batches  # batches of this epoch already done
             order = epoch_permutation(len(train), config.seed, epoch)
-            bar = None
-            if tqdm is not None and config.progress_bar:
-                bar = tqdm(
-                    total=n_batches,
-                    initial=first,
-                    desc=f"epoch {epoch + 1}",
-                    leave=False,
-                    dynamic_ncols=True,
-                )
+            bar = open_bar(first) if train_step.calls else None
             due = False  # a checkpoint fell due on the epoch's last step
             batches = prefetch(train.batches(order, first), config.prefetch)
             for b, batch in enumerate(batches, start=first):
+                compiled_now = train_step.calls == 0
                 state, metrics = train_step(state, batch)
                 step += 1
+                if compiled_now:  # the bar starts after the compiled first step
+                    bar = open_bar(b + 1)
                 last_batch = b == n_batches - 1
                 if step % config.log_every == 0 or last_batch:
                     check_finite(f"epoch {epoch + 1}, batch {b + 1}/{n_batches}")
@@ -601,7 +648,7 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
                             lr=f"{float(np.mean(metrics['lr'])):.3g}",
                             refresh=False,
                         )
-                if bar is not None:
+                if bar is not None and not compiled_now:
                     bar.update(1)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     if last_batch:
@@ -764,6 +811,10 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         summary["ensemble_size"] = n_members
     test_path = workdir / "test_metrics.json"
     finished = stop_reason in ("max_epochs", "early_stopping_patience", "lr_below_min")
+    if config.test_dataset_file_name and not finished:
+        note = _test_not_evaluated(config, workdir, stop_reason)
+        summary["test_not_evaluated"] = note
+        print(note, flush=True)
     if config.test_dataset_file_name and (workdir / "model").exists() and finished:
         if model_changed or not test_path.exists():
             from allegro_jax.train.evaluate import evaluate_model
@@ -777,6 +828,50 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         summary["test"] = json.loads(test_path.read_text())
     atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _resume_line(state: Any, best_val: np.ndarray, checkpoint: Path | None, ensemble: bool) -> str:
+    """``resuming at epoch 3 (batch 2 of 5), step 12; best validation loss 0.0123 (epoch 2);
+    checkpoint runs/x/checkpoints/12``."""
+    losses = [float(v) for v in np.asarray(best_val).reshape(-1)]
+    epochs = [int(e) for e in np.asarray(state.best_epoch).reshape(-1)]
+    if not any(math.isfinite(v) for v in losses):
+        best = "no validation yet"
+    elif not ensemble:
+        best = f"best validation loss {losses[0]:.4g} (epoch {epochs[0]})"
+    else:
+        best = "best validation losses " + ", ".join(
+            f"{v:.4g} (epoch {e})" if math.isfinite(v) else "none"
+            for v, e in zip(losses, epochs, strict=True)
+        )
+    return (
+        f"resuming from checkpoint step {int(_first(state.step))} (epoch "
+        f"{int(_first(state.epoch))} completed); {best}; checkpoint {checkpoint}"
+    )
+
+
+def _shown_path(path: str | os.PathLike) -> str:
+    """A path as a user types it here: relative to the working directory when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _test_not_evaluated(config: TrainConfig, workdir: Path, stop_reason: str | None) -> str:
+    """Why a run with a test file reports no test errors, and the command that gives them."""
+    import shlex
+
+    test_file = config.resolve_path(config.test_dataset_file_name)
+    model, data = _shown_path(workdir), _shown_path(test_file)
+    command = shlex.join(["allegro-jax", "evaluate", "--model", model, "--data", data])
+    return (
+        f"test set not evaluated: the run stopped at {stop_reason}, and the test file "
+        f"{_shown_path(test_file)} is evaluated only when training has finished (max_epochs, "
+        f"early stopping or the learning-rate bound). Run the same command again to continue "
+        f"training, or evaluate the best model so far now with: {command}"
+    )
 
 
 _STATISTICS_KEYS = (

@@ -4,13 +4,18 @@ Usage (from the repository root; data default ``<repo>/../shared/data/acac``)::
 
     python experiments/acac_ood/run.py --budget-minutes 12
     python experiments/acac_ood/run.py --budget-minutes 12 --cores 1   # pinned to one core
+    python experiments/acac_ood/run.py --budget-minutes 12 --record    # the committed files
     python experiments/acac_ood/run.py --table-only                    # README only
 
 ``--budget-minutes`` is the config's ``max_wall_time`` (data loading and compilation
 included; the test evaluation afterwards is not). The run directory (``--runs-dir``, default
-``experiments/acac_ood/runs/acac``) keeps the checkpoints, so calling the script again
-resumes training; ``--fresh`` starts over. After training, the best-validation (EMA) model
-is evaluated on ``test_MD_300K.xyz`` and ``test_MD_600K.xyz``.
+``experiments/acac_ood/runs``, git-ignored; the run is ``<runs-dir>/acac``) keeps the
+checkpoints, so calling the script again resumes training; ``--fresh`` starts over. After
+training, the best-validation (EMA) model is evaluated on ``test_MD_300K.xyz`` and
+``test_MD_600K.xyz``, and the results go to ``<runs-dir>/results.json`` and
+``<runs-dir>/results_table.md``. Only ``--record`` writes the committed ``results.json`` and
+the README table next to this file (``--table-only`` regenerates that table from the
+committed ``results.json``). Paths are recorded relative to the repository root.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import datetime as dt
 import json
 import os
 import platform
-import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from allegro_jax.runinfo import portable_command, portable_config, repo_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -91,11 +97,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from allegro_jax.train.evaluate import evaluate_model
     from allegro_jax.train.loop import train_and_evaluate
 
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+    data_dir = Path(os.path.abspath(args.data_dir)) if args.data_dir else default_data_dir()
     missing = [f for f in (TRAIN_FILE, *TEST_FILES.values()) if not (data_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"acac files {missing} not found in {data_dir}")
-    workdir = Path(args.runs_dir).resolve() / "acac"
+    workdir = Path(os.path.abspath(args.runs_dir)) / "acac"
     if args.fresh and workdir.exists():
         shutil.rmtree(workdir)
     config = make_config(data_dir, args.budget_minutes)
@@ -124,8 +130,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "budget_minutes": args.budget_minutes,
         "cores": args.cores,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "config": {"file": str(CONFIG.relative_to(REPO)), "resolved": config.to_dict()},
-        "run_dir": str(workdir),
+        "config": {
+            "file": str(CONFIG.relative_to(REPO)),
+            "resolved": portable_config(config.to_dict(), REPO),
+        },
+        "run_dir": repo_path(workdir, REPO),
         "command": command,
     } | environment()
 
@@ -163,14 +172,37 @@ def update_readme(results: dict[str, Any]) -> None:
         splice_block(README, TABLE_START, TABLE_END, render_table(results))
 
 
+def outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """Where a run writes ``(results.json, table)``: the committed ``results.json`` and
+    README (``None``: the README's table is spliced) with ``--record``, else
+    ``<runs-dir>/results.json`` and ``<runs-dir>/results_table.md``."""
+    if args.record:
+        return RESULTS, None
+    runs = Path(args.runs_dir)
+    return runs / "results.json", runs / "results_table.md"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--budget-minutes", type=float, default=12.0)
     p.add_argument("--data-dir", help="folder with train_300K.xyz and the test_MD_*.xyz files")
-    p.add_argument("--runs-dir", default=str(HERE / "runs"))
+    p.add_argument(
+        "--runs-dir",
+        default=str(HERE / "runs"),
+        help="run directories and this run's results.json / results_table.md",
+    )
     p.add_argument("--cores", help="pin this process to these cores, e.g. 1 or 0,1")
     p.add_argument("--fresh", action="store_true", help="delete the run directory first")
-    p.add_argument("--table-only", action="store_true", help="only regenerate the README table")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the committed results.json and README table (default: --runs-dir only)",
+    )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only regenerate the README table from the committed results.json",
+    )
     args = p.parse_args(argv)
     if not args.budget_minutes > 0:
         p.error(f"--budget-minutes must be > 0, got {args.budget_minutes}")
@@ -187,16 +219,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.table_only:
-        update_readme(results)
+        update_readme(json.loads(RESULTS.read_text()) if RESULTS.exists() else {})
         return 0
     if args.cores is not None:
         os.sched_setaffinity(0, args.core_set)
-    command = "python experiments/acac_ood/run.py " + shlex.join(argv or sys.argv[1:])
+    results_path, table_path = outputs(args)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    command = portable_command(
+        ["python", "experiments/acac_ood/run.py", *(sys.argv[1:] if argv is None else argv)], REPO
+    )
     results["ours"] = run(args, command)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    update_readme(results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
+    if table_path is None:
+        update_readme(results)
+    else:
+        table_path.write_text(render_table(results) + "\n")
+    written = [results_path, table_path or README]
+    print("written: " + ", ".join(repo_path(p, REPO) for p in written), flush=True)
     for t, r in results["ours"]["test"].items():
         print(
             f"[acac {t}] E MAE {r['energy_mae_mev']:.2f} meV, E RMSE {r['energy_rmse_mev']:.2f}, "

@@ -4,6 +4,7 @@ Usage (from anywhere; data paths default to ``<repo>/../shared/data/rmd17``)::
 
     python experiments/rmd17/run.py aspirin ethanol --variant cpu --budget-minutes 3
     python experiments/rmd17/run.py all --variant full --budget-minutes 9   # GPU, repeat
+    python experiments/rmd17/run.py ethanol --variant cpu --record          # committed files
     python experiments/rmd17/run.py --table-only                           # README only
 
 ``--budget-minutes`` is the wall-clock limit of ONE invocation per molecule (the config's
@@ -12,8 +13,11 @@ Usage (from anywhere; data paths default to ``<repo>/../shared/data/rmd17``)::
 resumes there, so a long run can be continued across 10-minute command limits. A run that
 already stopped on its own (early stopping, lr < 1e-5, max_epochs) is not trained again.
 After training, the best (EMA) model is evaluated on the test file and the molecule's entry
-in ``results.json`` (keyed by molecule, then variant) is replaced; the README table is
-regenerated from ``results.json``.
+in ``<runs-dir>/results.json`` (keyed by molecule, then variant) is replaced; the table is
+regenerated from it into ``<runs-dir>/results_table.md``. Only ``--record`` writes the
+committed ``results.json`` and README table next to this file instead (``--table-only``
+regenerates that table from the committed ``results.json``). Paths are recorded relative to
+the repository root (data: ``../shared/data/...``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -33,7 +36,13 @@ from typing import Any
 import yaml
 
 from allegro_jax.data.datasets import RMD17_MOLECULES
-from allegro_jax.runinfo import cpu_model, splice_block
+from allegro_jax.runinfo import (
+    cpu_model,
+    portable_command,
+    portable_config,
+    repo_path,
+    splice_block,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -130,8 +139,8 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
     from allegro_jax.train.evaluate import evaluate_model
     from allegro_jax.train.loop import train_and_evaluate
 
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
-    workdir = Path(args.runs_dir).resolve() / args.variant / mol
+    data_dir = Path(os.path.abspath(args.data_dir)) if args.data_dir else default_data_dir()
+    workdir = Path(os.path.abspath(args.runs_dir)) / args.variant / mol
     config = make_config(mol, args.variant, data_dir, args.budget_minutes)
     summary_path = workdir / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.exists() else None
@@ -186,9 +195,9 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
             "overrides": str((CONFIGS / "cpu_budget.yaml").relative_to(REPO))
             if args.variant == "cpu"
             else None,
-            "resolved": config.to_dict(),
+            "resolved": portable_config(config.to_dict(), REPO),
         },
-        "run_dir": str(workdir),
+        "run_dir": repo_path(workdir, REPO),
         "command": command,
         "versions": versions(),
     }
@@ -205,16 +214,36 @@ def epoch_seconds(epoch_times: list[float]) -> float | None:
 
 
 # ---- results.json and the README table -------------------------------------------------
-def load_results() -> dict[str, Any]:
-    if RESULTS.exists():
-        return json.loads(RESULTS.read_text())
+def load_results(path: Path | None = None) -> dict[str, Any]:
+    path = RESULTS if path is None else path
+    if path.exists():
+        return json.loads(path.read_text())
     return {}
 
 
-def save_results(results: dict[str, Any]) -> None:
-    tmp = RESULTS.with_name(RESULTS.name + ".tmp")
+def save_results(results: dict[str, Any], path: Path | None = None) -> None:
+    path = RESULTS if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, path)
+
+
+def outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """Where a run writes ``(results.json, table)``: the committed ``results.json`` and
+    README (``None``: the README's table is spliced) with ``--record``, else
+    ``<runs-dir>/results.json`` and ``<runs-dir>/results_table.md``."""
+    if args.record:
+        return RESULTS, None
+    runs = Path(args.runs_dir)
+    return runs / "results.json", runs / "results_table.md"
+
+
+def write_table(results: dict[str, Any], table: Path | None) -> None:
+    if table is None:
+        update_readme(results)
+    else:
+        table.write_text(render_table(results) + "\n")
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
@@ -266,10 +295,24 @@ def main(argv: list[str] | None = None) -> int:
         help="wall-clock limit of this invocation, per molecule",
     )
     p.add_argument("--data-dir", help="folder with rmd17_<mol>_{train,test}_01.npz")
-    p.add_argument("--runs-dir", default=str(HERE / "runs"))
+    p.add_argument(
+        "--runs-dir",
+        default=str(HERE / "runs"),
+        help="run directories (<variant>/<molecule>) and this invocation's results.json / "
+        "results_table.md",
+    )
     p.add_argument("--test-batch-size", type=int, default=50)
     p.add_argument("--force", action="store_true", help="train on even if the run had stopped")
-    p.add_argument("--table-only", action="store_true", help="only regenerate the README table")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the committed results.json and README table (default: --runs-dir only)",
+    )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only regenerate the README table from the committed results.json",
+    )
     p.add_argument(
         "--train-only",
         action="store_true",
@@ -278,27 +321,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    results = load_results()
     if args.table_only:
-        update_readme(results)
+        update_readme(load_results())
         return 0
+    results_path, table_path = outputs(args)
     mols = list(MOLECULES) if args.molecules == ["all"] else args.molecules
     bad = sorted(set(mols) - set(MOLECULES))
     if not mols or bad:
         p.error(f"unknown molecules {bad}; choose 'all' or from {MOLECULES}")
-    command = "python experiments/rmd17/run.py " + shlex.join(argv or sys.argv[1:])
+    command = portable_command(
+        ["python", "experiments/rmd17/run.py", *(sys.argv[1:] if argv is None else argv)], REPO
+    )
     for mol in mols:
         entry = run_molecule(mol, args, command)
         if args.train_only:
             continue
-        results = load_results()  # re-read: keep what other invocations wrote meanwhile
+        results = load_results(results_path)  # re-read: keep what others wrote meanwhile
         results.setdefault(mol, {})[args.variant] = entry
-        save_results(results)
-        update_readme(results)
+        save_results(results, results_path)
+        write_table(results, table_path)
         print(
             f"[{mol}] test E MAE {entry['energy_mae_mev']:.2f} meV, F MAE "
             f"{entry['force_mae_mev_per_a']:.2f} meV/Å after {entry['epochs']} epochs, "
-            f"{entry['wall_s']:.0f} s",
+            f"{entry['wall_s']:.0f} s; written: {repo_path(results_path, REPO)}, "
+            f"{repo_path(table_path or README, REPO)}",
             flush=True,
         )
     return 0

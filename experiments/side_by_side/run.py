@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python experiments/side_by_side/run.py aspirin ethanol --budget-minutes 10
     python experiments/side_by_side/run.py ethanol --budget-minutes 1 --runs-dir /tmp/sbs_smoke
+    python experiments/side_by_side/run.py aspirin ethanol --budget-minutes 10 --record
     python experiments/side_by_side/run.py --report-only      # results.json -> PNG + README
 
 For each molecule, ``prepare`` draws the 950/50 split of ``rmd17_<mol>_train_01.npz``
@@ -15,7 +16,11 @@ energy shifts, force RMS scale) and writes them explicitly into both configs:
 (``taskset -c 0`` ours, ``-c 1`` the reference; one thread each), with the same absolute
 deadline (launch + budget). After both end, the best-validation EMA model of each is
 evaluated on ``rmd17_<mol>_test_01.npz``; ``results.json``, ``learning_curves.png`` and
-the README table are regenerated.
+``results_table.md`` are written into ``--runs-dir`` (default ``experiments/side_by_side/runs``,
+git-ignored). Only ``--record`` writes the committed ``results.json``, ``learning_curves.png``
+and README table next to this file instead (``--report-only`` regenerates the plot and the
+table from the committed ``results.json``). Paths and commands are recorded relative to the
+repository root.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -35,6 +39,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from allegro_jax.runinfo import portable_command, repo_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -376,7 +382,10 @@ def launch(mol: str, rundir: Path, budget_s: float, cores: tuple[str, str]) -> d
         "returncode_reference": rc_ref,
         "cpu_s": usage,
         "wall_s": t_end - t0,
-        "commands": {"ours": shlex.join(cmd_ours), "reference": shlex.join(cmd_ref)},
+        "commands": {
+            "ours": portable_command(cmd_ours, REPO),
+            "reference": portable_command(cmd_ref, REPO),
+        },
     }
     (rundir / "launch.json").write_text(json.dumps(info, indent=2))
     if rc_ours or rc_ref:
@@ -532,7 +541,7 @@ def evaluate(mol: str, rundir: Path, data_dir: Path) -> dict[str, Any]:
         "wall_s_both": round(launch_info["wall_s"], 1),
         "curves": {"ours": curves["ours"], "reference": curves["reference"]},
         "stats": json.loads((rundir / "stats.json").read_text()),
-        "run_dir": str(rundir),
+        "run_dir": repo_path(rundir, REPO),
         "commands": launch_info["commands"],
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -560,7 +569,8 @@ def environment() -> dict[str, Any]:
     }
 
 
-def plot(results: dict[str, Any]) -> None:
+def plot(results: dict[str, Any], path: Path | None = None) -> None:
+    """The learning curves, to ``path`` (default: the committed ``learning_curves.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -594,7 +604,7 @@ def plot(results: dict[str, Any]) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=120)
+    fig.savefig(PLOT if path is None else path, dpi=120)
     plt.close(fig)
 
 
@@ -631,14 +641,31 @@ def update_readme(results: dict[str, Any]) -> None:
         splice_block(README, TABLE_START, TABLE_END, render_table(results))
 
 
-def load_results() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def load_results(path: Path | None = None) -> dict[str, Any]:
+    path = RESULTS if path is None else path
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def save_results(results: dict[str, Any]) -> None:
-    tmp = RESULTS.with_name(RESULTS.name + ".tmp")
+def save_results(results: dict[str, Any], path: Path | None = None) -> None:
+    path = RESULTS if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, path)
+
+
+def outputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """Where a run writes: the committed ``results.json``, plot and README table
+    (``"table": None``: spliced into the README) with ``--record``, else ``results.json``,
+    ``learning_curves.png`` and ``results_table.md`` in ``--runs-dir``."""
+    if args.record:
+        return {"results": RESULTS, "plot": PLOT, "table": None}
+    runs = Path(args.runs_dir)
+    return {
+        "results": runs / "results.json",
+        "plot": runs / "learning_curves.png",
+        "table": runs / "results_table.md",
+    }
 
 
 def default_data_dir() -> Path:
@@ -653,10 +680,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("molecules", nargs="*", help=f"some of {', '.join(MOLECULES)}")
     p.add_argument("--budget-minutes", type=float, default=10.0, help="per molecule, both at once")
     p.add_argument("--data-dir", help="folder with rmd17_<mol>_{train,test}_01.npz")
-    p.add_argument("--runs-dir", default=str(HERE / "runs"))
+    p.add_argument(
+        "--runs-dir",
+        default=str(HERE / "runs"),
+        help="run directories and this run's results.json, learning_curves.png, results_table.md",
+    )
     p.add_argument("--cores", default="0,1", help="cores for ours and the reference")
-    p.add_argument("--no-record", action="store_true", help="do not touch results.json/README")
-    p.add_argument("--report-only", action="store_true", help="results.json -> PNG and README")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the committed results.json, learning_curves.png and README table "
+        "(default: --runs-dir only)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="committed results.json -> committed PNG and README table",
+    )
     p.add_argument("--worker-ours", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -678,10 +718,14 @@ def main(argv: list[str] | None = None) -> int:
     cores = tuple(args.cores.split(","))
     if len(cores) != 2:
         p.error(f"--cores needs two core ids like 0,1, got {args.cores!r}")
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
-    command = "python experiments/side_by_side/run.py " + shlex.join(argv or sys.argv[1:])
+    data_dir = Path(os.path.abspath(args.data_dir)) if args.data_dir else default_data_dir()
+    command = portable_command(
+        ["python", "experiments/side_by_side/run.py", *(sys.argv[1:] if argv is None else argv)],
+        REPO,
+    )
+    out = outputs(args)
     for mol in args.molecules:
-        rundir = Path(args.runs_dir).resolve() / mol
+        rundir = Path(os.path.abspath(args.runs_dir)) / mol
         print(f"[{mol}] preparing {rundir}", flush=True)
         prepare(mol, data_dir, rundir)
         print(f"[{mol}] training both for {args.budget_minutes} min (cores {cores})", flush=True)
@@ -694,15 +738,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{t['energy_mae_mev']:.2f} meV, F MAE {t['force_mae_mev_per_a']:.2f} meV/Å",
                 flush=True,
             )
-        if args.no_record:
-            (rundir / "entry.json").write_text(json.dumps(entry, indent=1))
-            continue
-        results = load_results()
+        (rundir / "entry.json").write_text(json.dumps(entry, indent=1))
+        results = load_results(out["results"])
         results.setdefault("molecules", {})[mol] = entry
         results |= environment()
-        save_results(results)
-        plot(results)
-        update_readme(results)
+        save_results(results, out["results"])
+        plot(results, out["plot"])
+        if out["table"] is None:
+            update_readme(results)
+        else:
+            out["table"].write_text(render_table(results) + "\n")
+        written = [out["results"], out["plot"], out["table"] or README]
+        print(f"[{mol}] written: " + ", ".join(repo_path(w, REPO) for w in written), flush=True)
     return 0
 
 

@@ -2,9 +2,11 @@
 
 Model: current generation, l_max 1, 2 layers, S 64, C 32, r_max 5 Å (random parameters;
 speed does not depend on their values). NVE, dt 0.5 fs, skin 0.5 Å, neighbour list
-rebuilt on demand inside the jitted loop. Prints a table and writes bench_md.json.
+rebuilt on demand inside the jitted loop. Prints a table and writes
+``runs/bench_md_<dtype>.json`` (git-ignored); ``--record`` writes the committed
+``bench_md_<dtype>.json`` next to this script instead.
 
-Usage: python experiments/water/bench_md.py [--dtype float32] [--steps 200]
+Usage: python experiments/water/bench_md.py [--dtype float32] [--steps 200] [--record]
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ HERE = Path(__file__).resolve().parent
 WATER = HERE.parents[2] / "shared" / "data" / "water" / "water_train.extxyz"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--si-steps", type=int, default=50)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the committed bench_md_<dtype>.json (default: runs/bench_md_<dtype>.json)",
+    )
+    args = parser.parse_args(argv)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     from allegro_jax.config import AllegroConfig
@@ -100,7 +107,15 @@ def main() -> None:
             f"{n_edges} listed pairs, first call {t_first:.1f} s",
             flush=True,
         )
-    (HERE / f"bench_md_{args.dtype}.json").write_text(json.dumps(rows, indent=2))
+    path = output_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2))
+    print(f"written: {path}")
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """``bench_md_<dtype>.json`` next to this script with ``--record``, else in ``runs/``."""
+    return (HERE if args.record else HERE / "runs") / f"bench_md_{args.dtype}.json"
 
 
 if __name__ == "__main__":

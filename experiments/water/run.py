@@ -7,17 +7,23 @@ Subcommands (run from the repository root; outputs under experiments/water/runs/
     python experiments/water/run.py nve-check             # 2 ps NVE from the md64 state
     python experiments/water/run.py nve-check --source R --model M  # from run R, its dt
     python experiments/water/run.py md --size 512 --ps 25  # 55 min on one CPU core
-    python experiments/water/run.py analyse               # results.json, rdf.png, msd.png
+    python experiments/water/run.py analyse               # runs/results.json, rdf.png, msd.png
     python experiments/water/run.py diffusion-blocks --runs A B  # D_O per block and window
     python experiments/water/run.py barrier  # model 3 + O-H barrier -> runs/attempts/B_barrier
     python experiments/water/run.py stretch --models train  # bond-stretch probes -> stretch.json
     python experiments/water/run.py augment  # synthetic stretched-bond frames (README, attempt E)
+    python experiments/water/run.py analyse --record      # the committed files, see below
 
 ``train --config C --run R`` trains another model into ``runs/R``; ``md --model R --out O
 --temperature T`` runs it (e.g. a hotter stability test). ``md`` resumes from its checkpoint
 when run again (``--ps`` is the total length), so a longer run is the same command with a
 larger ``--ps``. For a single-core run set ``taskset -c 1`` and
 ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``.
+
+``analyse``, ``stretch`` and ``diffusion-blocks`` write their reports (``results.json``,
+``rdf.png``, ``msd.png``; ``stretch.json``; ``diffusion_blocks.json``) into ``runs/``
+(git-ignored); only with ``--record`` do they replace the committed files next to this
+script.
 """
 
 from __future__ import annotations
@@ -45,6 +51,17 @@ LOG_EVERY, LOGS_PER_CHUNK = 10, 10  # a thermo row every 10 fs, a frame every 10
 EQUILIBRATION_PS = 5.0
 MSD_FIT_PS = (1.0, 4.0)  # window of the Einstein fit (lag times, ≤ half the production)
 RDF_R_MAX, RDF_BINS = 6.0, 120
+RECORD_HELP = "write the committed report files next to run.py (default: into runs/)"
+
+
+def report_dir(args: argparse.Namespace) -> Path:
+    """Where ``analyse``, ``stretch`` and ``diffusion-blocks`` write: next to this script
+    (the committed files) with ``--record``, else ``runs/``."""
+    return HERE if getattr(args, "record", False) else RUNS
+
+
+def _written(*paths: Path) -> None:
+    print("written: " + ", ".join(runinfo.repo_path(p, HERE.parents[1]) for p in paths))
 
 
 def _cli(args: list[str]) -> int:
@@ -415,7 +432,10 @@ def cmd_stretch(args: argparse.Namespace) -> int:
             print(f"{probe} ({what}), d (Å): " + " ".join(f"{d:6.2f}" for d in distances))
             for label, values in (("median", np.median(de, 0)), ("min", de.min(0))):
                 print(f"  {name:>16} {label:>6} " + " ".join(f"{v:6.2f}" for v in values))
-    (HERE / "stretch.json").write_text(json.dumps(out, indent=1) + "\n")
+    path = report_dir(args) / "stretch.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    _written(path)
     return 0
 
 
@@ -601,7 +621,10 @@ def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
             f"{r['D_O_window_1e5_cm2_per_s']:.2f}  {args.block_ps:g} ps blocks "
             + " ".join(f"{d:.2f}" for d in r["D_O_blocks_1e5_cm2_per_s"])
         )
-    (HERE / "diffusion_blocks.json").write_text(json.dumps(out, indent=2))
+    path = report_dir(args) / "diffusion_blocks.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    _written(path)
     return 0
 
 
@@ -716,14 +739,21 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             "E_tot_std_meV_per_atom": float(np.std(e) / 192 * 1000),
             "mean_temperature_K": float(np.mean(th["temperature_K"])),
         }
+    out = report_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "results.json"]
     if md_rdfs:
-        _plot_rdf(r, g_dft, md_rdfs, HERE / "rdf.png")
+        _plot_rdf(r, g_dft, md_rdfs, out / "rdf.png")
+        written.append(out / "rdf.png")
     if md_curves:
-        _plot_msd(md_curves, fits, HERE / "msd.png")
+        _plot_msd(md_curves, fits, out / "msd.png")
+        written.append(out / "msd.png")
+    RUNS.mkdir(parents=True, exist_ok=True)
     np.savez(RUNS / "rdf_curves.npz", r=r, **{f"dft_{k}": v for k, v in g_dft.items()})
-    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     print(markdown_table(results))
+    _written(*written)
     return 0
 
 
@@ -824,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["md64", "md512", "md64_dt05", "model2/md64", "model2/md512", "md64_model1"],
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
+    p.add_argument("--record", action="store_true", help=RECORD_HELP)
     p.set_defaults(func=cmd_analyse)
     p = sub.add_parser("barrier", help="a trained model plus the O-H barrier (attempt B)")
     p.add_argument("--model", default="train", help="trained run folder under runs/")
@@ -837,12 +868,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--until-ps", type=float, default=42.7, help="end of the common window")
     p.add_argument("--block-ps", type=float, default=10.0)
+    p.add_argument("--record", action="store_true", help=RECORD_HELP)
     p.set_defaults(func=cmd_diffusion_blocks)
     p = sub.add_parser("augment", help="DFT + synthetic stretched-bond frames (attempt E)")
     p.set_defaults(func=lambda args: 0 if augment() else 1)
     p = sub.add_parser("stretch", help="stretched O-H bonds and approaching molecules")
     p.add_argument("--models", nargs="+", default=["train"], help="trained run folders")
     p.add_argument("--frames", type=int, default=4, help="validation frames to probe")
+    p.add_argument("--record", action="store_true", help=RECORD_HELP)
     p.set_defaults(func=cmd_stretch)
     args = parser.parse_args(argv)
     t0 = time.time()
