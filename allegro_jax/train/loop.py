@@ -477,6 +477,10 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         state = _start_from_model(initial_dir, state, tx, config, n_members)
     if restored is not None:
         state, meta = restored
+        if not config.data_parallel:
+            # orbax returns arrays committed to a device, a fresh state's are not; jit keys
+            # its cache on that, so the same step would compile twice more after a resume
+            state = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state)
         last_saved = int(_first(state.step))
         if "best_val_loss" in meta:
             best_val = _losses_from_json(meta["best_val_loss"])

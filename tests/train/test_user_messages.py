@@ -309,3 +309,18 @@ def test_a_clock_stop_says_how_to_evaluate_the_test_set_and_resume_is_readable(t
     # the command it prints works
     command = note.split("allegro-jax evaluate ", 1)[1].split()
     assert main(["evaluate", *command, "--output", os.devnull]) == 0
+
+
+def test_a_resumed_run_compiles_its_training_step_once(two_epochs, capsys):
+    directory, cfg = two_epochs
+    run = directory / "run3"
+    train_and_evaluate(TrainConfig.from_dict({**cfg, "test_dataset_file_name": None}), run)
+    capsys.readouterr()
+    train_and_evaluate(
+        TrainConfig.from_dict({**cfg, "test_dataset_file_name": None, "max_epochs": 4}), run
+    )
+    out = capsys.readouterr().out
+    assert out.count("compiling the training step") == 1
+    assert "again at call" not in out  # restored arrays would otherwise recompile the step
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
