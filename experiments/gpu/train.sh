@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 minutes="${1:-7}"
 mode="${2:-}"
 OUT="${OUT:-$PWD/gpu-out}"
-RUNS="${RUNS:-$(mktemp -d /tmp/allegro_gpu_runs.XXXX)}"
+RUNS="${RUNS:-$(mktemp -d -t allegro_gpu_runs.XXXX)}"
 mkdir -p "$OUT" "$RUNS/logs"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -40,7 +40,9 @@ else
     # 16 small trainings: with MPS their kernels share the GPU instead of time-slicing it.
     # If MPS does not come up (or a client cannot start under it), run without.
     if command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
-        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+        CUDA_MPS_PIPE_DIRECTORY="$(mktemp -d -t mps-pipe.XXXX)"
+        CUDA_MPS_LOG_DIRECTORY="$(mktemp -d -t mps-log.XXXX)"
+        export CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
         mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
         if nvidia-cuda-mps-control -d && timeout 60 python3 -c \
             "import jax, jax.numpy as jnp; print('MPS client ok', float(jnp.ones(3).sum()), jax.devices())"; then

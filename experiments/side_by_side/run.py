@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python experiments/side_by_side/run.py aspirin ethanol --budget-minutes 10
-    python experiments/side_by_side/run.py ethanol --budget-minutes 1 --runs-dir /tmp/sbs_smoke
+    python experiments/side_by_side/run.py ethanol --budget-minutes 1 --runs-dir ../runs/sbs_smoke
     python experiments/side_by_side/run.py aspirin ethanol --budget-minutes 10 --record
     python experiments/side_by_side/run.py --report-only      # results.json -> PNG + README
 

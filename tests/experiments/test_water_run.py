@@ -176,7 +176,7 @@ def test_barrier_adds_the_o_h_bump_to_a_trained_model_and_only_there(run, tmp_pa
 def test_train_and_md_command_lines(run, monkeypatch):
     calls = []
     monkeypatch.setattr(run, "_cli", lambda args: calls.append(args) or 0)
-    monkeypatch.setattr(run, "_start_structure", lambda size: Path(f"/tmp/start_{size}.extxyz"))
+    monkeypatch.setattr(run, "_start_structure", lambda size: Path(f"start_{size}.extxyz"))
     assert run.main(["train", "--set", "max_wall_time=60", "--set", "seed=3"]) == 0
     args = calls.pop()
     assert args[:2] == ["train", str(run.HERE / "train.yaml")]
@@ -232,7 +232,7 @@ def test_nve_check_starts_from_the_source_runs_frame_at_its_timestep(run, tmp_pa
     calls = []
     monkeypatch.setattr(run, "RUNS", tmp_path)
     monkeypatch.setattr(run, "_cli", lambda args: calls.append(args) or 0)
-    monkeypatch.setattr(run, "_start_structure", lambda size: Path(f"/tmp/start_{size}.extxyz"))
+    monkeypatch.setattr(run, "_start_structure", lambda size: Path(f"start_{size}.extxyz"))
     argv = ["nve-check", "--source", "md64_x", "--model", "m", "--ps", "1", "--from-ps", "5"]
     assert run.main(argv) == 0
     start = np.load(tmp_path / "nve_md64_x" / "checkpoint.npz")
