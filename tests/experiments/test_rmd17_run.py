@@ -20,7 +20,7 @@ def run():
     return systems.load_script("rmd17_run", RUN_PY)
 
 
-@pytest.mark.parametrize("variant", ["cpu", "full"])
+@pytest.mark.parametrize("variant", ["cpu", "mid", "full"])
 def test_every_molecule_config_loads_with_the_papers_protocol(run, variant, tmp_path):
     for mol in run.MOLECULES:
         cfg = run.make_config(mol, variant, tmp_path, budget_minutes=2.5)
@@ -33,7 +33,7 @@ def test_every_molecule_config_loads_with_the_papers_protocol(run, variant, tmp_
         assert cfg.max_wall_time == 150.0
         assert cfg.dataset_file_name == str(tmp_path / f"rmd17_{mol}_train_01.npz")
         assert cfg.model["generation"] == "current"
-        assert cfg.model["num_tensor_features"] == (16 if variant == "cpu" else 64)
+        assert cfg.model["num_tensor_features"] == {"cpu": 16, "mid": 32, "full": 64}[variant]
 
 
 def test_config_paths_resolve_from_the_repo_root(run, monkeypatch):
