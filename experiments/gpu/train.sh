@@ -43,7 +43,6 @@ else
         CUDA_MPS_PIPE_DIRECTORY="$(mktemp -d -t mps-pipe.XXXX)"
         CUDA_MPS_LOG_DIRECTORY="$(mktemp -d -t mps-log.XXXX)"
         export CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
         if nvidia-cuda-mps-control -d && timeout 60 python3 -c \
             "import jax, jax.numpy as jnp; print('MPS client ok', float(jnp.ones(3).sum()), jax.devices())"; then
             echo "MPS on"

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CONFIG = HERE / "configs" / "mlearn.yaml"
@@ -69,11 +71,10 @@ def make_config(element: str, data_dir: Path, minutes: float, init_model: Path |
     }
     if init_model is not None:
         overrides["initial_model"] = str(init_model)
-    config = load_config(CONFIG, overrides)
     if element in NO_STRESS:  # no stress labels in the files: train on energy and forces
-        coeffs = {k: v for k, v in config.loss_coeffs.items() if k != "stress"}
-        config = load_config(CONFIG, overrides | {"loss_coeffs": coeffs})
-    return config
+        coeffs = yaml.safe_load(CONFIG.read_text())["loss_coeffs"]
+        overrides["loss_coeffs"] = {k: v for k, v in coeffs.items() if k != "stress"}
+    return load_config(CONFIG, overrides)
 
 
 def train(args: argparse.Namespace) -> None:

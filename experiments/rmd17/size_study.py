@@ -25,19 +25,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CONFIGS = HERE / "configs"
+
+
+def _architecture(variant_file: str) -> dict:
+    """The model keys of a run.py variant's overrides (configs/<file>), without run settings."""
+    import yaml
+
+    keys = yaml.safe_load((CONFIGS / variant_file).read_text())
+    return {k: v for k, v in keys.items() if k != "checkpoint_every"}
+
+
 SIZES = {  # overrides of configs/<molecule>.yaml ("full" = the file itself)
-    "small": {  # the allegro >= 0.7 default size (= run.py --variant cpu)
-        "num_layers": 2,
-        "num_scalar_features": 64,
-        "num_tensor_features": 16,
-        "allegro_mlp_hidden_layers_width": 64,
-    },
-    "mid": {
-        "num_layers": 2,
-        "num_scalar_features": 128,
-        "num_tensor_features": 32,
-        "allegro_mlp_hidden_layers_width": 128,
-    },
+    "small": _architecture("cpu_budget.yaml"),  # the allegro >= 0.7 default (--variant cpu)
+    "mid": _architecture("mid.yaml"),  # (--variant mid)
     "full": {},  # 3 layers, S 128, C 64, MLP 128 (paper-like)
 }
 BUDGETS_CPU_H = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -89,20 +89,13 @@ def curve(workdir: Path) -> list[tuple[float, float]]:
 
 def count_params(path: Path) -> int:
     """Number of parameters in a saved ``params.msgpack`` (runs stopped before their summary)."""
+    import jax
     import numpy as np
     from flax import serialization
 
-    leaves = []
-
-    def walk(tree):
-        if isinstance(tree, dict):
-            for value in tree.values():
-                walk(value)
-        else:
-            leaves.append(np.size(tree))
-
-    walk(serialization.msgpack_restore(path.read_bytes()))
-    return int(sum(leaves))
+    return int(
+        sum(np.size(x) for x in jax.tree.leaves(serialization.msgpack_restore(path.read_bytes())))
+    )
 
 
 def best_within(points: list[tuple[float, float]], budget_h: float) -> float | None:
