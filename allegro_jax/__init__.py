@@ -1,10 +1,10 @@
 """allegro-jax: the Allegro interatomic potential in JAX."""
 
+from ._version import __version__ as __version__
 from .config import AllegroConfig
 from .data.graph import AtomicGraph, Structure
 from .nn.model import make_model
 
-__version__ = "0.1.0.dev0"
 __all__ = ["AllegroCalculator", "AllegroConfig", "AtomicGraph", "Structure", "make_model"]
 
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
+import jax
+
 _COMPILE_EVENTS = frozenset(
     {
         "/jax/core/compile/jaxpr_trace_duration",
@@ -56,8 +58,6 @@ def compiling(
     Yields:
         The :class:`CompileClock`, filled in when the block ends.
     """
-    import jax
-
     clock = CompileClock()
     stream = None if quiet else (stream or sys.stdout)
 
@@ -96,7 +96,6 @@ class _CompileCounter:
     def register(self) -> None:
         if self._registered:
             return
-        import jax
 
         def listener(event: str, duration: float, **_: object) -> None:
             if event in _COMPILE_EVENTS:
@@ -132,8 +131,6 @@ class WatchedFunction:
         return getattr(self.fn, name)
 
     def __call__(self, *args, **kwargs):
-        import jax
-
         if self.calls == 0:
             with compiling(self.what, stream=self.stream, quiet=self.quiet) as clock:
                 out = jax.block_until_ready(self.fn(*args, **kwargs))

@@ -693,7 +693,7 @@ def load_si_model(dtype: str = "float32"):
 
     import jax
 
-    from allegro_jax.train.export import load_model
+    from allegro_jax.io.model import load_model
 
     cfg, params, _ = load_model(MD_MODEL)
     if dtype != cfg.model_dtype:

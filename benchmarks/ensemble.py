@@ -7,7 +7,7 @@ CPU-budget rMD17 aspirin model, batch 5) this times, back to back on the same ba
   train step of K stacked models (:func:`allegro_jax.train.loop.train_and_evaluate` with
   ``ensemble_size: K``);
 * inference (energy + forces) of one model and of the K-member ensemble
-  (:func:`allegro_jax.ensemble.make_ensemble_apply_fn`) on a batch;
+  (:func:`allegro_jax.nn.ensemble.make_ensemble_apply_fn`) on a batch;
 
 and reports ``t_K / (K · t_1)``: below 1 the single program is cheaper than K separate runs
 (also for the members run one after the other inside one program, ``jax.lax.map``)
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(HERE / "results" / "ensemble.json"))
     args = parser.parse_args()
 
-    from allegro_jax.ensemble import make_ensemble_apply_fn, stack_members
+    from allegro_jax.nn.ensemble import make_ensemble_apply_fn, stack_members
     from allegro_jax.nn.model import make_model
     from allegro_jax.train.config import load_config
     from allegro_jax.train.data import SplitData, epoch_permutation

@@ -382,8 +382,8 @@ def main(argv=None) -> int:
     import jax
 
     from allegro_jax.config import AllegroConfig
+    from allegro_jax.io.model import save_model
     from allegro_jax.nn.model import make_model
-    from allegro_jax.train.export import save_model
 
     steps, warmup, reps = (20, 10, 3) if args.quick else (100, 30, 10)
     weak = [(1, (3, 3, 3)), (2, (6, 3, 3)), (4, (6, 6, 3))]

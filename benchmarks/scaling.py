@@ -15,7 +15,7 @@ Two measurements per device count ``n``:
   overhead; the unsharded single-device ``apply_fn`` is the baseline;
 * **data parallel**: one training step (energy + force loss, Adam, EMA) on a global batch of
   ``--batch`` 64-atom Si/O crystals split over ``n`` devices
-  (:mod:`allegro_jax.parallel.data_parallel`).
+  (:mod:`allegro_jax.train.data_parallel`).
 
 Virtual CPU devices share the same cores (two on the development box), so the total work
 per call does not shrink with ``n``: such a table measures the overhead of sharding
@@ -159,9 +159,25 @@ def spatial(counts: list[int], cells: int, repeats: int) -> dict:
     return {"n_atoms": s.n_atoms, "n_edges": int(graph.edge_mask.sum()), "rows": rows}
 
 
-def data_parallel(counts: list[int], batch: int, repeats: int) -> dict:
-    from allegro_jax.parallel._selftest import crystal
+def crystal(seed: int = 1, rattle: float = 0.05) -> Structure:
+    """Sheared 64-atom diamond Si with every 4th atom O, rattled (periodic); the system of
+    ``tests/parallel/multidevice_checks.py``."""
+    a = 5.43
+    base = np.array(
+        [[0, 0, 0], [0, 2, 2], [2, 0, 2], [2, 2, 0], [1, 1, 1], [1, 3, 3], [3, 1, 3], [3, 3, 1]]
+    ) * (a / 4)
+    grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)]) * a
+    pos = (grid[:, None, :] + base[None]).reshape(-1, 3)
+    cell = np.eye(3) * 2 * a
+    shear = np.array([[1.0, 0, 0], [0.1, 1.0, 0], [0.05, -0.07, 1.0]])
+    pos, cell = pos @ shear, cell @ shear
+    numbers = np.full(len(pos), 14)
+    numbers[::4] = 8
+    pos = pos + np.random.default_rng(seed).normal(scale=rattle, size=pos.shape)
+    return Structure(numbers=numbers, positions=pos, cell=cell, pbc=True)
 
+
+def data_parallel(counts: list[int], batch: int, repeats: int) -> dict:
     rng = np.random.default_rng(1)
     structures = []
     for k in range(batch):
@@ -259,7 +275,7 @@ def markdown(result: dict) -> str:
         "",
         "Model: l_max 1, 2 layers, 32 scalar / 8 tensor features, r_max 4 Å. "
         "`first call` includes compilation. Exactness of both modes is tested by "
-        "`python -m allegro_jax.parallel._selftest` (tests/parallel).",
+        "`python tests/parallel/multidevice_checks.py`.",
         "",
     ]
     return "\n".join(lines)

@@ -18,8 +18,8 @@ from allegro_jax.cli import main
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.padding import build_graph
 from allegro_jax.io.export import ARTEFACT, CONTRACT, export_inputs
+from allegro_jax.io.model import save_model
 from allegro_jax.nn.model import make_model
-from allegro_jax.train.export import save_model
 
 # deserialize and run with jax and numpy only; refuse to run if allegro_jax got imported
 RUNNER = """

@@ -52,7 +52,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, overload
 
+import ase.io
 import numpy as np
+from ase.io.formats import string2index
 
 from allegro_jax.data.errors import DataError, DataFileError
 from allegro_jax.data.graph import Structure
@@ -408,8 +410,6 @@ def _voigt_to_full(values: np.ndarray, order: str) -> np.ndarray:
 def _source_indices(index: int | str | slice, n_read: int) -> list[int] | None:
     """Frame indices in the file for a non-negative ASE index, else None."""
     if isinstance(index, str):
-        from ase.io.formats import string2index
-
         index = string2index(index)
     if isinstance(index, int):
         return [index] if index >= 0 else None
@@ -441,8 +441,6 @@ def describe_frame_keys(path: str | os.PathLike, format: str | None = None) -> s
         e.g. ``"the first frame has the keys ['dft_forces', 'energy', ...]; per-atom
         [n_atoms, 3] arrays: ['dft_forces']"``.
     """
-    import ase.io
-
     try:
         atoms = ase.io.read(path, index=0, format=format)
     except Exception as err:  # noqa: BLE001 - only for a message
@@ -522,8 +520,6 @@ def read_ase(
         DataError: shapes, cells or non-finite values (naming the frame).
         ValueError: bad options.
     """
-    import ase.io
-
     unknown = set(required) - {"energy", "forces", "stress"}
     if unknown:
         raise ValueError(f"required may only name energy, forces, stress; got {sorted(unknown)}")
@@ -658,8 +654,6 @@ def _ase_problem(where: str, format: str | None, err: Exception) -> str:
 
 
 def _first_unreadable_frame(where: str, format: str | None) -> int | None:
-    import ase.io
-
     n_read = 0
     try:
         for _ in ase.io.iread(where, index=":", format=format):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import ase
 import jax
 import numpy as np
 
@@ -76,8 +77,6 @@ class Structure:
         )
 
     def to_ase(self):
-        import ase
-
         return ase.Atoms(
             numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc
         )

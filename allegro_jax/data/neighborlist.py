@@ -39,6 +39,8 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+import vesin
+from scipy.spatial import cKDTree
 
 from allegro_jax.data import validate
 
@@ -257,8 +259,6 @@ def vesin_grid_is_safe(box: np.ndarray, cutoff: float) -> bool:
 
 
 def _vesin_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: float) -> PairArrays:
-    import vesin
-
     points, box = _search_frame(positions, cell, pbc, r)
     if not vesin_grid_is_safe(box, r):  # vesin would crash the interpreter (SIGFPE)
         return _kdtree_pairs(positions, cell, pbc, r)
@@ -311,8 +311,6 @@ def _wrapped_images(
 
 def _kdtree_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r: float) -> PairArrays:
     """scipy's KD-tree over the images of :func:`_wrapped_images` (any extent, no grid)."""
-    from scipy.spatial import cKDTree
-
     wraps, wrapped, periodic_rows, images = _wrapped_images(positions, cell, pbc, r)
     tree = cKDTree(wrapped)
     found_i, found_j, found_s = [], [], []

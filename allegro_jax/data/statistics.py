@@ -23,8 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from ase.data import atomic_numbers
 
 from allegro_jax.data.graph import Structure
+from allegro_jax.data.neighborlist import neighbor_list
 from allegro_jax.data.validate import frame_context
 
 NeighborListFn = Callable[
@@ -41,8 +43,6 @@ def type_numbers(type_names: Sequence[str]) -> np.ndarray:
     Raises:
         ValueError: a name that is not a chemical symbol, or a repeated element.
     """
-    from ase.data import atomic_numbers
-
     unknown = [name for name in type_names if name not in atomic_numbers]
     if unknown:
         raise ValueError(f"type names {unknown} are not chemical symbols")
@@ -111,7 +111,7 @@ def neighbor_counts(
         ``[n_atoms]`` int counts.
     """
     if neighbor_list_fn is None:
-        from allegro_jax.data.neighborlist import neighbor_list as neighbor_list_fn
+        neighbor_list_fn = neighbor_list
     centers, _, _ = neighbor_list_fn(structure.positions, structure.cell, structure.pbc, r_max)
     return np.bincount(np.asarray(centers, dtype=np.int64), minlength=structure.n_atoms)
 

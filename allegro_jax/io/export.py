@@ -51,14 +51,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from allegro_jax._version import __version__
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import AtomicGraph, Structure
+from allegro_jax.data.padding import graph_inputs_from_structure
+from allegro_jax.io.model import load_model, read_ensemble_size
+from allegro_jax.nn.cpu_kernel import use_cpu_kernel
+from allegro_jax.nn.model import make_model
 
 ARTEFACT = "allegro.jaxexport"
 CONTRACT = "contract.json"
@@ -72,8 +80,6 @@ class ExportError(ValueError):
 
 
 def _dtype_of(name: str):
-    import jax.numpy as jnp
-
     if name not in ("float32", "float64"):
         raise ExportError(f"dtype must be float32 or float64, got {name!r}")
     return jnp.float64 if name == "float64" else jnp.float32
@@ -81,11 +87,6 @@ def _dtype_of(name: str):
 
 def make_export_fn(config: AllegroConfig, params: Any, dtype: str):
     """The function that is exported: ``fn(*INPUTS) -> OUTPUTS`` with ``params`` baked in."""
-    import jax
-    import jax.numpy as jnp
-
-    from allegro_jax.nn.model import make_model
-
     if dtype == "float64" and not jax.config.jax_enable_x64:
         raise ExportError(
             "a float64 export needs 64-bit JAX: jax.config.update('jax_enable_x64', True) "
@@ -129,9 +130,6 @@ def make_export_fn(config: AllegroConfig, params: Any, dtype: str):
 
 def input_specs(n_atoms: int, n_edges: int, dtype: str):
     """``jax.ShapeDtypeStruct`` of each input, in :data:`INPUTS` order."""
-    import jax
-    import jax.numpy as jnp
-
     f = _dtype_of(dtype)
     return (
         jax.ShapeDtypeStruct((n_atoms, 3), f),
@@ -167,12 +165,9 @@ def export_model(
     Returns:
         The ``Exported`` (``.serialize()`` gives the artefact's bytes).
     """
-    import jax
-
     dtype = dtype or config.model_dtype
     if n_atoms < 1 or n_edges < 1:
         raise ExportError(f"capacities must be positive, got atoms={n_atoms}, edges={n_edges}")
-    from ..nn.cpu_kernel import use_cpu_kernel
 
     fn = make_export_fn(config, params, dtype)
     # no TF32 on GPUs: forces stay exact; XLA operations only (this project's CPU kernels
@@ -184,10 +179,6 @@ def export_model(
 
 
 def contract(config: AllegroConfig, n_atoms: int, n_edges: int, dtype: str, platforms) -> dict:
-    import jax
-
-    from allegro_jax import __version__
-
     return {
         "format": FORMAT,
         "artefact": ARTEFACT,
@@ -255,8 +246,6 @@ def export_inputs(
     Raises:
         ExportError: the structure does not fit the capacities.
     """
-    from allegro_jax.data.padding import graph_inputs_from_structure
-
     dtype = np.dtype(contract["dtype"])
     n, e = contract["n_atoms"], contract["n_edges"]
     g = graph_inputs_from_structure(
@@ -304,11 +293,6 @@ def make_lammps_jax_energy_fn(config: AllegroConfig, params: Any, dtype: str):
     """``energy_fn(positions, species, graph) -> [max_atoms]`` per-atom energies in the
     lammps-jax ABI (``graph.senders`` = centre rows, ``graph.receivers`` = neighbours;
     padding index ``max_atoms`` with ``edge_mask`` False; species = LAMMPS type - 1)."""
-    import jax
-    import jax.numpy as jnp
-
-    from allegro_jax.nn.model import make_model
-
     config = dataclasses.replace(config, model_dtype=dtype)
     _, apply_fn = make_model(config)
     fdtype = _dtype_of(dtype)
@@ -353,8 +337,6 @@ def write_lammps_jax_bundle(
     ``max_atoms`` counts owned + ghost atoms of a rank (ghost shell ``2 r_max + skin``) and
     ``max_edges`` the edges of ALL those rows.
     """
-    import jax
-
     try:
         from lammps_jax.export import export_model as lammps_jax_export
     except ImportError:
@@ -364,7 +346,6 @@ def write_lammps_jax_bundle(
     dtype = dtype or config.model_dtype
     if dtype == "float64" and not jax.config.jax_enable_x64:
         raise ExportError("a float64 bundle needs jax.config.update('jax_enable_x64', True)")
-    from ..nn.cpu_kernel import use_cpu_kernel
 
     energy_fn = make_lammps_jax_energy_fn(config, params, dtype)
     with use_cpu_kernel(False):  # XLA operations only: no custom calls in the bundle
@@ -414,12 +395,7 @@ def add_export_parser(sub) -> None:
 
 
 def _export_main(args) -> int:
-    import sys
-
-    import jax
-
     jax.config.update("jax_enable_x64", True)
-    from allegro_jax.train.export import load_model, read_ensemble_size
 
     try:
         if read_ensemble_size(args.model) != 1:

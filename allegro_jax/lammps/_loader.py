@@ -13,6 +13,7 @@ import ctypes
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,6 @@ class LammpsUnavailable(RuntimeError):
 def _mpich_libraries() -> list[Path]:
     candidates = []
     try:
-        from importlib.metadata import PackageNotFoundError, distribution
-
         try:
             dist = distribution("mpich")
             for f in dist.files or ():

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from allegro_jax.data.graph import Structure
 
@@ -85,8 +86,6 @@ def write_lammps_data(
         The structure as LAMMPS sees it (:func:`lammps_frame`): atom ``k`` is LAMMPS atom
         ID ``k + 1``.
     """
-    from ase.data import atomic_masses, atomic_numbers, chemical_symbols
-
     elements = list(elements)
     symbols = [chemical_symbols[z] for z in structure.numbers]
     missing = sorted(set(symbols) - set(elements))

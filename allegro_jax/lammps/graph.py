@@ -43,6 +43,7 @@ import dataclasses
 from typing import NamedTuple
 
 import numpy as np
+import vesin
 
 from allegro_jax.data.graph import AtomicGraph
 from allegro_jax.data.padding import (
@@ -107,8 +108,6 @@ class LocalGraph(NamedTuple):
 
 def _pairs(points: np.ndarray, r_max: float, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
     """All ordered pairs (both directions) closer than ``r_max`` in open space."""
-    import vesin
-
     if points.shape[0] < 2:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty

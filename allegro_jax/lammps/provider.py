@@ -41,12 +41,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import AtomicGraph
 from allegro_jax.data.padding import Budget
+from allegro_jax.io.model import load_model, read_model_config
+from allegro_jax.nn.model import make_model
 
+from ._loader import INSTALL_HINT, import_mpi
 from .graph import LocalGraphCounts, build_local_graph
 
 FIX_ID = "allegro_jax"
@@ -76,10 +80,6 @@ class Potential:
     @classmethod
     def from_params(cls, config: AllegroConfig, params: Any, source: str = "model") -> Potential:
         """From a config and parameters (``make_model``'s ``apply_fn``, jitted)."""
-        import jax
-
-        from allegro_jax.nn.model import make_model
-
         _check_dtype(config, source)
         _, apply_fn = make_model(config)
         apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
@@ -88,10 +88,8 @@ class Potential:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Potential:
-        """From a trained model or run directory (``allegro_jax.train.export.load_model``;
+        """From a trained model or run directory (``allegro_jax.io.model.load_model``;
         an ensemble gives the members' mean)."""
-        from allegro_jax.train.export import load_model, read_model_config
-
         try:
             config = read_model_config(path)
         except (FileNotFoundError, ValueError, KeyError) as err:
@@ -102,8 +100,6 @@ class Potential:
 
 
 def _check_dtype(config: AllegroConfig, source: str) -> None:
-    import jax
-
     if config.model_dtype == "float64" and not jax.config.jax_enable_x64:
         raise LammpsSetupError(
             f"the model {source!r} is float64 but 64-bit JAX is off: call "
@@ -153,7 +149,6 @@ def make_comm(lmp: Any, comm: Any = None) -> _SerialComm | _MPIComm:
         return _MPIComm(comm)
     if size == 1:
         return _SerialComm()
-    from ._loader import INSTALL_HINT, import_mpi
 
     mpi = import_mpi()
     if mpi is None:
@@ -306,8 +301,6 @@ class AllegroLammps:
         fix_id: str = FIX_ID,
         min_sizes: tuple[int, int] | None = None,
     ):
-        import jax
-
         self.lmp = lmp
         self.fix_id = fix_id
         self.comm = make_comm(lmp, comm)

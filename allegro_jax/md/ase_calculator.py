@@ -33,6 +33,7 @@ from ..data.padding import (
     max_budget,
     round_budget,
 )
+from ..io.model import load_model
 from ..nn.model import make_model
 
 Params = Any
@@ -80,8 +81,6 @@ class AllegroCalculator(Calculator):
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike, **kwargs: Any) -> AllegroCalculator:
         """A calculator for a trained model (a run directory or its ``model/`` folder)."""
-        from ..train.export import load_model
-
         config, params, _ = load_model(path)
         return cls(config, params, **kwargs)
 

@@ -472,8 +472,8 @@ def _md(args: argparse.Namespace) -> int:
     from jax_md import simulate
 
     from ..compiling import compiling
+    from ..io.model import load_model, read_ensemble_size
     from ..io.runlock import RunLockedError, run_lock
-    from ..train.export import load_model, read_ensemble_size
     from . import units
     from .integrate import (
         make_simulation,
@@ -586,7 +586,7 @@ def _md(args: argparse.Namespace) -> int:
         try:
             if ensemble_size > 1:
                 # dynamics on the ensemble mean; the members' force spread is logged
-                from ..ensemble import make_ensemble_system
+                from .ensemble import make_ensemble_system
 
                 system, force_std_fn = make_ensemble_system(
                     config, params, species, cell=cell, skin=args.skin, real_coordinates=npt

@@ -372,7 +372,7 @@ def make_simulation(
         system: reuse an :class:`MDSystem` from :func:`make_system`.
         force_std_fn: an ensemble's per-atom force standard deviation
             ``(R, neighbor, **box_kwargs) -> [n_atoms]`` (from
-            :func:`allegro_jax.ensemble.make_ensemble_system`, which also gives the
+            :func:`allegro_jax.md.ensemble.make_ensemble_system`, which also gives the
             ``system`` driven by the ensemble mean): logged as ``force_std_max``/``_mean``.
 
     Returns:

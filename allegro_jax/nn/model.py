@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import AllegroConfig
 from ..data.graph import AtomicGraph, Structure
+from ..data.padding import build_graph
 from .allegro import AllegroCurrent, masked_edges
 from .allegro_paper import AllegroPaper
 from .pair import pair_atomic_energies
@@ -165,7 +166,6 @@ def subtract_pair_potential(config: AllegroConfig, structures: Sequence[Structur
     """
     if not config.pair_potential:
         return list(structures)
-    from ..data.padding import build_graph
 
     @jax.jit
     def energy_forces(g):

@@ -1,9 +1,9 @@
 """Multi-device Allegro: data-parallel training and one large system sharded in space.
 
-* :mod:`.mesh`: one-axis device meshes, replicated / leading-axis shardings, a
-  version-proof ``shard_map``.
-* :mod:`.data_parallel`: the batch split over devices, parameters replicated; one step
-  equals the single-device step on the union batch.
+* :mod:`allegro_jax.sharding`: one-axis device meshes, replicated / leading-axis shardings,
+  ``shard_map``.
+* :mod:`allegro_jax.train.data_parallel`: the batch split over devices, parameters
+  replicated; one step equals the single-device step on the union batch.
 * :mod:`.spatial`: one system split into spatial domains with halo atoms; energy, forces and
   stress equal the unsharded ones (Allegro is strictly local).
 * :mod:`.md`: velocity-Verlet NVE on a sharded system, re-partitioned on the host when
@@ -29,15 +29,16 @@ moderate systems). LAMMPS keeps each rank's memory and traffic proportional to i
 lammps`` runs the model there.
 """
 
-from .data_parallel import (
+from allegro_jax.sharding import AXIS, make_mesh, replicate, shard_leading, shard_map
+from allegro_jax.train.data_parallel import (
     DataParallelSplit,
     make_data_parallel_eval_step,
     make_data_parallel_grad_fn,
     make_data_parallel_train_step,
     split_indices,
 )
+
 from .md import ShardedMDState, make_sharded_nve
-from .mesh import AXIS, make_mesh, replicate, shard_leading, shard_map
 from .spatial import (
     ShardArrays,
     ShardedSystem,

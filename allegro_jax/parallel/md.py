@@ -37,8 +37,8 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import Structure
 from allegro_jax.md import units
 from allegro_jax.md.integrate import default_masses
+from allegro_jax.sharding import AXIS, mesh_size, replicate
 
-from .mesh import AXIS, mesh_size, replicate
 from .spatial import (
     ShardArrays,
     SpatialPartition,

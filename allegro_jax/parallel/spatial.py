@@ -50,8 +50,15 @@ from allegro_jax.data.graph import Structure
 from allegro_jax.data.neighborlist import Backend, _search_frame
 from allegro_jax.data.padding import DEFAULT_STEPS_PER_OCTAVE, bucket, graph_inputs_from_structure
 from allegro_jax.nn.model import build_module
-
-from .mesh import AXIS, P, mesh_size, replicate, shard_leading, shard_map, squeeze_leading
+from allegro_jax.sharding import (
+    AXIS,
+    P,
+    mesh_size,
+    replicate,
+    shard_leading,
+    shard_map,
+    squeeze_leading,
+)
 
 Params = Any
 
@@ -391,7 +398,7 @@ class ShardedSystem:
         config: the model configuration.
         params: the model parameters.
         structure: the system (its numbers, cell and pbc are kept).
-        mesh: the device mesh (:func:`allegro_jax.parallel.mesh.make_mesh`).
+        mesh: the device mesh (:func:`allegro_jax.sharding.make_mesh`).
         stress: also compute virial and stress.
         skin: neighbour-list skin in Å.
         axis_name: the mesh axis.

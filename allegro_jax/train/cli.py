@@ -70,8 +70,8 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from allegro_jax.io.model import read_model_config
     from allegro_jax.train.evaluate import evaluate_model
-    from allegro_jax.train.export import read_model_config
 
     try:
         if read_model_config(args.model).model_dtype == "float64":

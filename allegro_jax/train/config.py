@@ -113,7 +113,7 @@ class TrainConfig:
         stress_key: stress label key for ASE files (``None``: default; ``"none"``: ignore).
         seed: seed of the parameter initialisation and the data order.
         ensemble_size: number of models trained at once (one program, ``jax.vmap`` over
-            stacked train states, :mod:`allegro_jax.ensemble`). Member ``k`` is initialised
+            stacked train states, :mod:`allegro_jax.nn.ensemble`). Member ``k`` is initialised
             with seed ``seed + k`` (member 0 is the single-model run); every member sees the
             same batches in the same order (the data order follows ``seed``).
         ensemble_strategy: how the one program runs the members' train steps: ``"vmap"``
@@ -150,12 +150,12 @@ class TrainConfig:
         tensorboard: also write the epoch metrics as TensorBoard scalars.
         prefetch: batches prepared ahead of the device by a host thread.
         data_parallel: split every batch over ``num_devices`` devices with replicated
-            parameters (:mod:`allegro_jax.parallel.data_parallel`); one step equals the
+            parameters (:mod:`allegro_jax.train.data_parallel`); one step equals the
             single-device step on the whole batch. ``batch_size`` stays the global size.
         num_devices: devices for ``data_parallel`` (``None``: all of ``jax.devices()``).
         workdir: default work directory (the CLI's ``--workdir`` overrides it).
         initial_model: a trained model (a model or run directory that
-            :func:`allegro_jax.train.export.load_model` accepts) whose weights, type names
+            :func:`allegro_jax.io.model.load_model` accepts) whose weights, type names
             and statistics a NEW run starts from (fine-tuning, or continuing a run whose
             checkpoints are gone); the optimiser, EMA and schedule start afresh. Ignored
             when the run directory has a checkpoint. Architecture keys given in ``model``

@@ -3,7 +3,7 @@
 ``ensemble_eval_step(stacked_params, batch) -> (member_sums, mean_sums, uncertainty)``:
 ``member_sums`` is an :class:`~allegro_jax.train.loss.ErrorSums` whose fields have a
 leading member axis ``[K]``, ``mean_sums`` the error sums of the mean prediction
-(:mod:`allegro_jax.ensemble`), and ``uncertainty`` the :class:`UncertaintySums` of the
+(:mod:`allegro_jax.nn.ensemble`), and ``uncertainty`` the :class:`UncertaintySums` of the
 per-atom force standard deviation ``σ_i`` against the per-atom error of the mean force
 ``ε_i = ‖F̄_i − F_i^ref‖`` (eV/Å), over the labelled real atoms.
 """
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from allegro_jax.ensemble import force_std
+from allegro_jax.nn.ensemble import force_std
 from allegro_jax.train.data import SplitData, prefetch
 from allegro_jax.train.loss import Batch, ErrorSums, error_sums
 

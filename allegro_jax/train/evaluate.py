@@ -12,11 +12,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
-from allegro_jax.data.datasets import read_dataset
+from allegro_jax.compiling import watch_compiles
+from allegro_jax.data.datasets import DataKeyError, describe_frame_keys, read_dataset
+from allegro_jax.data.validate import frame_context, types_from_numbers
+from allegro_jax.io.model import load_model, read_ensemble_size
 from allegro_jax.nn.model import make_model
-from allegro_jax.train.export import load_model, read_ensemble_size
+from allegro_jax.train.data import SplitData, prefetch
+from allegro_jax.train.ensemble import (
+    evaluate_ensemble_split,
+    make_ensemble_eval_step,
+    summarize_uncertainty,
+)
+from allegro_jax.train.loss import ErrorSums, summarize
+from allegro_jax.train.step import make_eval_step
+
+
+def evaluate_split(eval_step, params, split: SplitData, prefetch_size: int = 2) -> ErrorSums:
+    """Error sums of ``params`` over a split (float64 on the host, in file order)."""
+    total = np.zeros(len(ErrorSums._fields))
+    for batch in prefetch(split.batches(), prefetch_size):
+        total += np.asarray([np.float64(v) for v in jax.device_get(eval_step(params, batch))])
+    return ErrorSums(*total)
 
 
 def evaluate_model(
@@ -57,19 +76,6 @@ def evaluate_model(
         DataError: an unknown element (checked for every frame before anything compiles),
             a file without any label, or other bad data (naming the file and frame).
     """
-    from allegro_jax.compiling import watch_compiles
-    from allegro_jax.data.datasets import DataKeyError, describe_frame_keys
-    from allegro_jax.data.validate import frame_context, types_from_numbers
-    from allegro_jax.train.data import SplitData
-    from allegro_jax.train.ensemble import (
-        evaluate_ensemble_split,
-        make_ensemble_eval_step,
-        summarize_uncertainty,
-    )
-    from allegro_jax.train.loop import evaluate_split
-    from allegro_jax.train.loss import summarize
-    from allegro_jax.train.step import make_eval_step
-
     data_path = Path(data_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"data file not found: {str(data_path)!r}")

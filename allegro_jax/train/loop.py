@@ -35,6 +35,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import time
 import warnings
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from ase.data import chemical_symbols
+from flax import serialization
+from tqdm.auto import tqdm
 
 from allegro_jax.compiling import watch_compiles
 from allegro_jax.config import AllegroConfig
@@ -57,21 +60,29 @@ from allegro_jax.data.datasets import (
     recommended_read_kwargs,
 )
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
-from allegro_jax.ensemble import member, stack_members
 from allegro_jax.io.atomic import atomic_open, atomic_write_text
-from allegro_jax.io.runlock import RunLock
+from allegro_jax.io.model import (
+    PARAMS_FILE,
+    find_model_dir,
+    read_ensemble_size,
+    read_model_config,
+    save_model,
+)
+from allegro_jax.io.runlock import HOLDER_FILE, LOCK_FILE, RunLock
+from allegro_jax.nn.ensemble import member, stack_members
 from allegro_jax.nn.model import make_model, subtract_pair_potential
 from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.data import SplitData, epoch_permutation, prefetch
+from allegro_jax.train.data_parallel import setup_data_parallel
 from allegro_jax.train.ensemble import (
     evaluate_ensemble_split,
     make_ensemble_eval_step,
     make_ensemble_train_step,
     summarize_uncertainty,
 )
-from allegro_jax.train.export import save_model
-from allegro_jax.train.loss import ErrorSums, summarize
+from allegro_jax.train.evaluate import evaluate_model, evaluate_split
+from allegro_jax.train.loss import summarize
 from allegro_jax.train.optimizer import make_optimizer, plateau_update
 from allegro_jax.train.state import create_train_state
 from allegro_jax.train.step import make_eval_step, make_train_step
@@ -238,14 +249,6 @@ class _MetricsLog:
             os.fsync(f.fileno())  # on disk before the epoch's checkpoint
 
 
-def evaluate_split(eval_step, params, split: SplitData, prefetch_size: int = 2) -> ErrorSums:
-    """Error sums of ``params`` over a split (float64 on the host, in file order)."""
-    total = np.zeros(len(ErrorSums._fields))
-    for batch in prefetch(split.batches(), prefetch_size):
-        total += np.asarray([np.float64(v) for v in jax.device_get(eval_step(params, batch))])
-    return ErrorSums(*total)
-
-
 def _count_params(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
@@ -283,8 +286,6 @@ def _exported_losses(model_dir: Path, n_members: int) -> tuple[np.ndarray, Any]:
             return inf, None
         params = None
         if n_members > 1:
-            from flax import serialization
-
             params = serialization.msgpack_restore((model_dir / "params.msgpack").read_bytes())
         return losses, params
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -358,8 +359,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
 def _remove_empty_run_dirs(created: Sequence[Path]) -> None:
     """Remove the directories this call created (innermost first) that hold nothing but the
     run lock's files: a run that failed before writing anything leaves no empty folder."""
-    from allegro_jax.io.runlock import HOLDER_FILE, LOCK_FILE
-
     for directory in created:
         try:
             names = {p.name for p in directory.iterdir()}
@@ -447,8 +446,6 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
     else:
         eval_step = make_eval_step(apply_fn, forces=val.has_forces, stress=val.has_stress)
     if config.data_parallel:  # each batch split over the devices, parameters replicated
-        from allegro_jax.parallel.data_parallel import setup_data_parallel
-
         train, val, train_step, eval_step, state = setup_data_parallel(
             config, apply_fn, tx, train, val, state, stress=use_stress
         )
@@ -611,15 +608,10 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         model_changed = True
         return True
 
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-
     def open_bar(done: int):
         """The epoch's progress bar, opened once steps are timed (its ETA leaves out the
         compilation of the first step)."""
-        if tqdm is None or not config.progress_bar:
+        if not config.progress_bar:
             return None
         return tqdm(
             total=n_batches,
@@ -821,8 +813,6 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, t_start: float) -> d
         print(note, flush=True)
     if config.test_dataset_file_name and (workdir / "model").exists() and finished:
         if model_changed or not test_path.exists():
-            from allegro_jax.train.evaluate import evaluate_model
-
             test_metrics = evaluate_model(
                 workdir,
                 config.resolve_path(config.test_dataset_file_name),
@@ -865,8 +855,6 @@ def _shown_path(path: str | os.PathLike) -> str:
 
 def _test_not_evaluated(config: TrainConfig, workdir: Path, stop_reason: str | None) -> str:
     """Why a run with a test file reports no test errors, and the command that gives them."""
-    import shlex
-
     test_file = config.resolve_path(config.test_dataset_file_name)
     model, data = _shown_path(workdir), _shown_path(test_file)
     command = shlex.join(["allegro-jax", "evaluate", "--model", model, "--data", data])
@@ -888,8 +876,6 @@ _STATISTICS_KEYS = (
 
 def _initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int) -> AllegroConfig:
     """The model config of ``initial_model``, checked against the run's config."""
-    from allegro_jax.train.export import read_ensemble_size, read_model_config
-
     model_config = read_model_config(initial_dir)
     if read_ensemble_size(initial_dir) != n_members:
         raise ValueError(
@@ -914,11 +900,7 @@ def _initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int
 
 def _start_from_model(initial_dir: Path, state: Any, tx: Any, config: TrainConfig, n_members: int):
     """A fresh train state whose parameters (and EMA) are ``initial_model``'s weights."""
-    from flax import serialization
-
-    from allegro_jax.train.export import PARAMS_FILE, _model_dir
-
-    path = _model_dir(initial_dir) / PARAMS_FILE
+    path = find_model_dir(initial_dir) / PARAMS_FILE
     loaded = serialization.from_state_dict(
         state.params, serialization.msgpack_restore(path.read_bytes())
     )

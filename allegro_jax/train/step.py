@@ -43,7 +43,7 @@ def make_train_step(
         stress: compute the stress (only needed when it has a positive weight).
         grad_fn: ``(params, batch) -> ((loss, sums), grads)`` replacing the single-device
             loss and gradient (the data-parallel one of
-            :mod:`allegro_jax.parallel.data_parallel`).
+            :mod:`allegro_jax.train.data_parallel`).
 
     Returns:
         The jitted step; ``metrics`` has ``loss``, ``grad_norm`` and ``lr``.

@@ -38,7 +38,7 @@ def make(folder: Path) -> None:
 
     from allegro_jax.data.graph import Structure
     from allegro_jax.io.export import CONTRACT, export_inputs, make_export_fn, write_export
-    from allegro_jax.train.export import load_model
+    from allegro_jax.io.model import load_model
 
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((4, 4, 4))
     atoms.rattle(0.05, seed=1)

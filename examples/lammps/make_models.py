@@ -70,8 +70,8 @@ def make_model(out: Path, type_names, pair_potential, seed: int, avg_num_neighbo
     import jax
 
     from allegro_jax.config import AllegroConfig
+    from allegro_jax.io.model import save_model
     from allegro_jax.nn.model import make_model as build
-    from allegro_jax.train.export import save_model
 
     config = AllegroConfig(
         type_names=type_names,

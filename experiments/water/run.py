@@ -549,7 +549,7 @@ def cmd_barrier(args: argparse.Namespace) -> int:
 
     The barrier is 1 eV high and zero outside 1.10–1.36 Å, the O–H distances between the
     longest covalent bond (1.138 Å) and the closest second O (1.327 Å) of all DFT frames."""
-    from allegro_jax.train.export import load_model, save_model
+    from allegro_jax.io.model import load_model, save_model
 
     config, params, _ = load_model(RUNS / args.model)
     terms = config.to_dict()["pair_potential"]

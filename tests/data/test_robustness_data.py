@@ -300,7 +300,7 @@ def test_float32_periodic_structure_unwrapped_and_translated(float32_model):
 
 def test_evaluate_reports_bad_files_in_one_paragraph(tmp_path, float32_model, capsys):
     from allegro_jax.cli import main
-    from allegro_jax.train.export import save_model
+    from allegro_jax.io.model import save_model
 
     config, params, _ = float32_model
     save_model(tmp_path / "model", config, params)

@@ -147,8 +147,8 @@ def test_barrier_adds_the_o_h_bump_to_a_trained_model_and_only_there(run, tmp_pa
     import jax
 
     from allegro_jax.config import AllegroConfig
+    from allegro_jax.io.model import load_model, save_model
     from allegro_jax.nn.model import make_model
-    from allegro_jax.train.export import load_model, save_model
 
     config = AllegroConfig(
         type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
@@ -251,7 +251,7 @@ def test_stretch_profile_of_a_pure_morse_model(run, tmp_path):
     import jax
 
     from allegro_jax import AllegroCalculator, AllegroConfig, make_model
-    from allegro_jax.train.export import save_model
+    from allegro_jax.io.model import save_model
 
     morse = dict(types=["O", "H"], D=4.5, a=2.3, r0=0.98, r_cut=3.0)
     cfg = AllegroConfig(

@@ -18,8 +18,8 @@ from systems import REPO, random_periodic, water_box
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import Structure
 from allegro_jax.data.padding import build_graph
+from allegro_jax.io.model import save_model
 from allegro_jax.nn.model import make_model
-from allegro_jax.train.export import save_model
 
 WORKER = Path(__file__).with_name("lammps_worker.py")
 #: LAMMPS metal units: pressure [bar] = NKTV2P * virial [eV] / volume [Å^3]

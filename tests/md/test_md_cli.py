@@ -7,7 +7,7 @@ import numpy as np
 from md_helpers import random_params, si_o_crystal, small_config
 
 from allegro_jax.cli import main
-from allegro_jax.train.export import save_model
+from allegro_jax.io.model import save_model
 
 
 def test_md_cli_runs_and_restarts(tmp_path):

@@ -9,9 +9,9 @@ from md_helpers import random_params, si_o_crystal, small_config
 from allegro_jax.cli import main
 from allegro_jax.data.graph import Structure
 from allegro_jax.data.padding import build_graph
-from allegro_jax.ensemble import stack_members
+from allegro_jax.io.model import save_model
+from allegro_jax.nn.ensemble import stack_members
 from allegro_jax.nn.model import make_model
-from allegro_jax.train.export import save_model
 
 
 def _thermo(out):

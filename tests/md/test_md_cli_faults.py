@@ -21,7 +21,7 @@ import pytest
 from md_helpers import random_params, si_o_crystal, small_config
 
 from allegro_jax.cli import main
-from allegro_jax.train.export import save_model
+from allegro_jax.io.model import save_model
 
 pytestmark = pytest.mark.slow
 

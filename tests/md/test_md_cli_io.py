@@ -13,9 +13,9 @@ import pytest
 from md_helpers import random_params, si_o_crystal, small_config
 
 from allegro_jax.cli import main
+from allegro_jax.io.model import save_model
 from allegro_jax.md import AllegroCalculator
 from allegro_jax.md.cli import _Progress, add_md_parser
-from allegro_jax.train.export import save_model
 
 
 def _molecule_model(tmp_path):

@@ -1,7 +1,7 @@
 """Sharded results equal single-device results on 8 virtual CPU devices.
 
 The device count is fixed when JAX starts (``XLA_FLAGS`` must be set before it is
-imported), so the checks run in a subprocess: ``python -m allegro_jax.parallel._selftest``
+imported), so the checks run in a subprocess: ``python tests/parallel/multidevice_checks.py``
 (spatial energy/forces/stress for a periodic crystal and a free cluster; one data-parallel
 training step on 2, 4 and 8 devices against one device; sharded NVE against jax-md; the
 training loop with ``data_parallel: true`` for one epoch).
@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from systems import REPO
+
+CHECKS = Path(__file__).with_name("multidevice_checks.py")
 
 
 def test_sharded_equals_single_device_on_8_virtual_devices():
@@ -21,9 +24,11 @@ def test_sharded_equals_single_device_on_8_virtual_devices():
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
+        # this checkout's package, as `python -m` from the repository root would import
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "allegro_jax.parallel._selftest", "--devices", "2", "4", "8"],
+        [sys.executable, str(CHECKS), "--devices", "2", "4", "8"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from multidevice_checks import _config, cluster, crystal
 
 from allegro_jax.data.graph import Structure
 from allegro_jax.data.neighborlist import neighbor_list
@@ -19,7 +20,6 @@ from allegro_jax.parallel import (
     partition_structure,
     split_indices,
 )
-from allegro_jax.parallel._selftest import _config, cluster, crystal
 
 TYPES = ("O", "Si")
 

@@ -12,8 +12,8 @@ from systems import random_molecule, random_periodic
 from allegro_jax import AllegroConfig, make_model
 from allegro_jax.data.graph import Structure
 from allegro_jax.data.padding import build_graph
+from allegro_jax.io.model import load_model, save_model
 from allegro_jax.nn.model import subtract_pair_potential
-from allegro_jax.train.export import load_model, save_model
 from allegro_jax.train.loop import complete_model_config
 
 OH = dict(kind="morse", types=["O", "H"], D=4.4834, a=2.287, r0=0.981, r_cut=3.0)

@@ -20,10 +20,10 @@ from systems import ASPIRIN, metrics_curve, write_aspirin_subset
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import Structure
 from allegro_jax.data.padding import Budget, build_graph
+from allegro_jax.io.model import load_model, save_model
 from allegro_jax.nn.model import make_model
 from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
 from allegro_jax.train.config import TrainConfig, load_config
-from allegro_jax.train.export import load_model, save_model
 from allegro_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from allegro_jax.train.loss import Batch, error_sums, loss_from_sums, make_labels, summarize
 from allegro_jax.train.optimizer import (

@@ -18,9 +18,9 @@ import yaml
 from allegro_jax.cli import main
 from allegro_jax.compiling import watch_compiles
 from allegro_jax.config import AllegroConfig
+from allegro_jax.io.model import load_model, save_model
 from allegro_jax.nn.model import make_model
 from allegro_jax.train.config import TrainConfig
-from allegro_jax.train.export import load_model, save_model
 from allegro_jax.train.loop import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,7 @@
-"""Device meshes, shardings and a ``shard_map`` that works across JAX versions.
+"""Device meshes, shardings and ``shard_map`` for one-axis meshes.
 
-Everything in :mod:`allegro_jax.parallel` uses a one-dimensional mesh whose single axis
+Data-parallel training (:mod:`allegro_jax.train.data_parallel`) and the spatial
+decomposition (:mod:`allegro_jax.parallel`) use a one-dimensional mesh whose single axis
 (``"data"`` by default) runs over the devices: a batch of padded sub-batches, or the
 sub-domains of one large system, are stacked along a leading ``[n_devices, ...]`` axis that
 is sharded over the mesh axis, while parameters, positions and optimiser state are
@@ -30,21 +31,16 @@ P = PartitionSpec
 def shard_map(
     f: Callable, mesh: Mesh, in_specs: Any, out_specs: Any, *, check: bool = True
 ) -> Callable:
-    """``jax.shard_map`` (JAX >= 0.7) or ``jax.experimental.shard_map.shard_map`` (older).
+    """``jax.shard_map`` with the output-replication check named ``check``.
 
     Args:
         f: the per-device function.
         mesh: the device mesh.
         in_specs: partition specs of the arguments (a pytree prefix).
         out_specs: partition specs of the results.
-        check: check that outputs declared replicated are replicated (``check_vma`` /
-            ``check_rep``).
+        check: check that outputs declared replicated are replicated (``check_vma``).
     """
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check)
-    from jax.experimental.shard_map import shard_map as _shard_map  # pragma: no cover
-
-    return _shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check)
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check)
 
 
 def make_mesh(
@@ -118,13 +114,6 @@ def shard_leading(tree: Any, mesh: Mesh, axis_name: str = AXIS) -> Any:
         return _put(x, sharding)
 
     return jax.tree.map(put, tree)
-
-
-def stack_trees(trees: Sequence[Any]) -> Any:
-    """Stack pytrees of numpy arrays along a new leading axis (host side)."""
-    if not trees:
-        raise ValueError("nothing to stack")
-    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def squeeze_leading(tree: Any) -> Any:

@@ -1,9 +1,10 @@
-"""Multi-device self-test: sharded results equal single-device results.
+"""Multi-device checks: sharded results equal single-device results (run by
+``test_multidevice.py`` in a subprocess; also a script for a real multi-GPU machine).
 
 Run with several devices, e.g. virtual CPU devices (the flag must be set before JAX is
 imported, hence an environment variable)::
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m allegro_jax.parallel._selftest
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel/multidevice_checks.py
 
 or on a multi-GPU machine as is. Prints one ``ok`` line per check and exits non-zero (with
 the failing numbers) on the first mismatch. Checks:
@@ -34,8 +35,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import Structure
 from allegro_jax.data.padding import build_graph
 from allegro_jax.nn.model import make_model
-
-from .mesh import make_mesh
+from allegro_jax.sharding import make_mesh
 
 
 def _config(dtype: str = "float64", r_max: float = 4.0, num_layers: int = 1) -> AllegroConfig:
@@ -163,13 +163,12 @@ def _labelled_structures(n: int, seed: int) -> list[Structure]:
 
 
 def check_data_parallel(device_counts: list[int]) -> None:
+    from allegro_jax.sharding import replicate
     from allegro_jax.train.data import SplitData
+    from allegro_jax.train.data_parallel import DataParallelSplit, make_data_parallel_train_step
     from allegro_jax.train.optimizer import make_optimizer
     from allegro_jax.train.state import create_train_state
     from allegro_jax.train.step import make_train_step
-
-    from .data_parallel import DataParallelSplit, make_data_parallel_train_step
-    from .mesh import replicate
 
     config = _config("float64")
     init_fn, apply_fn = make_model(config)

@@ -28,6 +28,16 @@ import optax
 from jax.sharding import Mesh
 
 from allegro_jax.data.padding import Budget, batch_graph_inputs, budget_for_dataset
+from allegro_jax.sharding import (
+    AXIS,
+    P,
+    make_mesh,
+    mesh_size,
+    replicate,
+    shard_leading,
+    shard_map,
+    squeeze_leading,
+)
 from allegro_jax.train.loss import (
     Batch,
     ErrorSums,
@@ -37,8 +47,6 @@ from allegro_jax.train.loss import (
     make_labels,
 )
 from allegro_jax.train.step import make_train_step
-
-from .mesh import AXIS, P, mesh_size, shard_leading, shard_map, squeeze_leading
 
 
 def split_indices(indices: Sequence[int], n_shards: int) -> list[np.ndarray]:
@@ -172,7 +180,7 @@ def make_data_parallel_train_step(
 ) -> Callable:
     """:func:`allegro_jax.train.step.make_train_step` on a stacked, sharded batch.
 
-    The state must be replicated on ``mesh`` (:func:`allegro_jax.parallel.mesh.replicate`)
+    The state must be replicated on ``mesh`` (:func:`allegro_jax.sharding.replicate`)
     and the batch sharded (:class:`DataParallelSplit`). One step equals the single-device
     step on the union batch.
     """
@@ -238,8 +246,6 @@ def setup_data_parallel(
     Raises:
         ValueError: combined with an ensemble, or more devices than available.
     """
-    from .mesh import make_mesh, replicate
-
     if getattr(config, "ensemble_size", 1) > 1:
         raise ValueError("data_parallel: true cannot be combined with ensemble_size > 1")
     mesh = make_mesh(config.num_devices)

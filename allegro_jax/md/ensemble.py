@@ -1,0 +1,101 @@
+"""Ensemble MD: jax-md forms of an ensemble (:mod:`allegro_jax.nn.ensemble`).
+
+* :func:`make_ensemble_energy_fn`: the members' mean energy, which the jax-md integrators
+  integrate (its gradient is the mean force);
+* :func:`make_force_std_fn`: the per-atom force standard deviation ``σ_i`` for the thermo
+  log;
+* :func:`make_ensemble_system`: an :class:`allegro_jax.md.integrate.MDSystem` driven by the
+  ensemble mean (pass it as ``make_simulation(..., system=...)``) and its ``σ_i`` function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import AllegroConfig
+from ..nn.ensemble import ensemble_size_of, force_std, member
+from .integrate import make_system
+from .jax_md import make_energy_fn
+
+Params = Any
+Array = jax.Array
+
+
+def make_ensemble_energy_fn(
+    config: AllegroConfig,
+    params: Params,
+    displacement_fn: Callable[..., Array],
+    *,
+    species: Array | np.ndarray,
+) -> Callable[..., Array]:
+    """jax-md ``energy_fn(R, neighbor, **kwargs) -> Ē``, the members' mean energy (eV).
+
+    Same arguments as :func:`allegro_jax.md.jax_md.make_energy_fn`, with stacked ``params``;
+    ``-∂Ē/∂R`` is the mean force, so every jax-md integrator runs on the ensemble mean.
+    """
+    stacked = jax.tree.map(jnp.asarray, params)
+
+    def energy_fn(R: Array, neighbor: Any = None, **kwargs: Any) -> Array:
+        def one(p):
+            return make_energy_fn(config, p, displacement_fn, species=species)(
+                R, neighbor, **kwargs
+            )
+
+        return jnp.mean(jax.vmap(one)(stacked))
+
+    return energy_fn
+
+
+def make_force_std_fn(
+    config: AllegroConfig,
+    params: Params,
+    displacement_fn: Callable[..., Array],
+    *,
+    species: Array | np.ndarray,
+) -> Callable[..., Array]:
+    """jax-md ``force_std_fn(R, neighbor, **kwargs) -> σ [n_atoms]`` (eV/Å).
+
+    Forces are ``−∂E_k/∂R``: real-space forces also for ``space.periodic_general``'s
+    fractional coordinates (jax-md defines that transform's derivative so).
+    """
+    stacked = jax.tree.map(jnp.asarray, params)
+
+    def force_std_fn(R: Array, neighbor: Any, **kwargs: Any) -> Array:
+        def forces(p):
+            e = make_energy_fn(config, p, displacement_fn, species=species)
+            return -jax.grad(e)(R, neighbor, **kwargs)
+
+        return force_std(jax.vmap(forces)(stacked))
+
+    return force_std_fn
+
+
+def make_ensemble_system(
+    config: AllegroConfig, params: Params, species: np.ndarray, **system_kwargs: Any
+) -> tuple[Any, Callable[..., Array]]:
+    """An MD system driven by the ensemble mean, and its ``σ_i`` function.
+
+    Args:
+        config: the model config.
+        params: stacked ensemble parameters.
+        species: ``[n_atoms]`` type indices.
+        **system_kwargs: passed to :func:`allegro_jax.md.integrate.make_system` (``cell``,
+            ``skin``, ``real_coordinates``, ...).
+
+    Returns:
+        ``(system, force_std_fn)``: pass ``system=`` to
+        :func:`allegro_jax.md.integrate.make_simulation`; ``force_std_fn(R, neighbor,
+        **kwargs) -> [n_atoms]`` takes the state's positions and neighbour list (and
+        ``box=`` in NPT), like the system's ``energy_fn``.
+    """
+    ensemble_size_of(params)
+    system = make_system(config, member(params, 0), species, **system_kwargs)
+    energy_fn = make_ensemble_energy_fn(config, params, system.displacement_fn, species=species)
+    std_fn = make_force_std_fn(config, params, system.displacement_fn, species=species)
+    return dataclasses.replace(system, energy_fn=energy_fn), std_fn
