@@ -254,6 +254,12 @@ class CheckpointStore:
         shutil.move(str(source), str(target))
         (self._best if best else self._manager).reload()
 
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._manager.close()
         self._best.close()

@@ -93,7 +93,7 @@ def test_prepare_writes_the_rmd17_split_for_both(sbs, shared_data, tmp_path):
 
     from allegro_jax.data.datasets import read_dataset, recommended_read_kwargs
     from allegro_jax.train.config import TrainConfig
-    from allegro_jax.train.loop import load_splits
+    from allegro_jax.train.run_data import load_splits
 
     data_dir = shared_data / "rmd17"
     sbs.prepare("ethanol", data_dir, tmp_path)

@@ -14,7 +14,7 @@ from allegro_jax.data.graph import Structure
 from allegro_jax.data.padding import build_graph
 from allegro_jax.io.model import load_model, save_model
 from allegro_jax.nn.model import subtract_pair_potential
-from allegro_jax.train.loop import complete_model_config
+from allegro_jax.train.run_data import complete_model_config
 
 OH = dict(kind="morse", types=["O", "H"], D=4.4834, a=2.287, r0=0.981, r_cut=3.0)
 BARRIER = dict(kind="barrier", types=["H", "O"], height=1.0, r_lo=1.1, r_hi=1.36)

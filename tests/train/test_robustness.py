@@ -26,7 +26,8 @@ from systems import ASPIRIN, write_aspirin_subset
 
 from allegro_jax.io.runlock import RunLockedError
 from allegro_jax.train.config import TrainConfig
-from allegro_jax.train.loop import _MetricsLog, train_and_evaluate
+from allegro_jax.train.loop import train_and_evaluate
+from allegro_jax.train.metrics_log import MetricsLog
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
@@ -86,7 +87,7 @@ def test_a_second_training_on_a_locked_workdir_is_refused(tmp_path, capsys):
 _KILLED_REWRITE = """
 import csv, json, os, signal, sys
 from pathlib import Path
-from allegro_jax.train import loop
+from allegro_jax.train import metrics_log as loop
 target, calls = sys.argv[2], 0
 
 def killing(real):
@@ -102,7 +103,7 @@ if target == "jsonl":
     loop.json.dumps = killing(json.dumps)
 else:
     csv.DictWriter._dict_to_list = killing(csv.DictWriter._dict_to_list)
-loop._MetricsLog(Path(sys.argv[1]), 3)
+loop.MetricsLog(Path(sys.argv[1]), 3)
 print("not killed")
 """
 
@@ -111,7 +112,7 @@ print("not killed")
 def test_a_kill_during_the_metrics_rewrite_loses_no_row(tmp_path, target):
     run = tmp_path / "run"
     run.mkdir()
-    log = _MetricsLog(run, 0)
+    log = MetricsLog(run, 0)
     rows = [{"epoch": e, "step": 4 * e, "validation_loss": 1.0 / e} for e in range(1, 6)]
     for row in rows:
         log.append(row)
@@ -130,7 +131,7 @@ def test_a_kill_during_the_metrics_rewrite_loses_no_row(tmp_path, target):
     if target == "jsonl":
         assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
     # the next resume sees all the rows it needs
-    assert _MetricsLog(run, 3).rows == rows[:3]
+    assert MetricsLog(run, 3).rows == rows[:3]
 
 
 # ---- item 2: no usable checkpoint ----------------------------------------------------------
@@ -209,18 +210,18 @@ def test_no_usable_checkpoint_at_all_is_refused_every_time_and_keeps_the_results
 
 def test_a_start_from_step_0_only_when_nothing_beyond_epoch_1_would_be_lost(tmp_path):
     from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
-    from allegro_jax.train.loop import _restore_or_refuse
+    from allegro_jax.train.resume import restore_or_refuse
 
     run = tmp_path / "run"
     run.mkdir()
-    log = _MetricsLog(run, 0)
+    log = MetricsLog(run, 0)
     log.append({"epoch": 1, "step": 4, "validation_loss": 1.0})  # killed before a checkpoint
     store = CheckpointStore(run)
     try:
-        assert _restore_or_refuse(store, None, run) is None
+        assert restore_or_refuse(store, None, run) is None
         log.append({"epoch": 2, "step": 8, "validation_loss": 0.9})
         with pytest.raises(CheckpointError, match=r"2 metrics rows \(epochs 1-2\)"):
-            _restore_or_refuse(store, None, run)
+            restore_or_refuse(store, None, run)
     finally:
         store.close()
 
@@ -304,7 +305,7 @@ def _dft_forces_file(path: Path) -> Path:
 def test_forces_under_another_key_are_an_error_not_an_energy_only_model(tmp_path, capsys):
     from allegro_jax.cli import main
     from allegro_jax.data.datasets import DataKeyError
-    from allegro_jax.train.loop import load_splits
+    from allegro_jax.train.run_data import load_splits
 
     data = _dft_forces_file(tmp_path / "water.extxyz")
     cfg = _config_dict(data, n_train=4, n_val=2)

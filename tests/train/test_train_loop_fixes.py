@@ -23,7 +23,8 @@ from systems import ASPIRIN, write_aspirin_subset
 
 from allegro_jax.train.checkpoint import CheckpointStore
 from allegro_jax.train.config import TrainConfig, load_config
-from allegro_jax.train.loop import _normalised_config, _warn_config_changes, train_and_evaluate
+from allegro_jax.train.loop import train_and_evaluate
+from allegro_jax.train.resume import normalised_config, warn_config_changes
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
@@ -72,19 +73,19 @@ def test_resume_with_the_same_files_spelled_differently_does_not_warn(tmp_path, 
     monkeypatch.chdir(tmp_path)
     saved = tmp_path / "train_config.yaml"
     first = _config(Path("d.npz"))  # relative to the working directory
-    saved.write_text(yaml.safe_dump(_normalised_config(first)))
+    saved.write_text(yaml.safe_dump(normalised_config(first)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_config_changes(saved, _config(data.resolve()))  # absolute
-        _warn_config_changes(saved, _config(Path("../") / tmp_path.name / "d.npz"))
+        warn_config_changes(saved, _config(data.resolve()))  # absolute
+        warn_config_changes(saved, _config(Path("../") / tmp_path.name / "d.npz"))
         # a train_config.yaml of an older version: relative path, keys missing, "1e-2"
         old = first.to_dict()
         old.pop("ensemble_size")
         old["learning_rate"] = "1e-2"
         saved.write_text(yaml.safe_dump(old))
-        _warn_config_changes(saved, _config(data.resolve()))
+        warn_config_changes(saved, _config(data.resolve()))
     with pytest.warns(UserWarning, match="learning_rate"):
-        _warn_config_changes(saved, _config(data, learning_rate=0.02))
+        warn_config_changes(saved, _config(data, learning_rate=0.02))
 
 
 # ---- clock stops, the exported model, the test set -----------------------------------------
