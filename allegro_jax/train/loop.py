@@ -6,7 +6,7 @@ Files in ``workdir``:
   config with the training-set statistics filled in; ``statistics.json``.
 * ``metrics.csv`` and ``metrics.jsonl``: one row per epoch (losses, energy/force/stress MAE
   and RMSE in meV, meV/Å, meV/Å^3, learning rate, times); ``tensorboard/``: the same as
-  TensorBoard scalars (:mod:`.tensorboard`, step = epoch).
+  TensorBoard scalars (tensorboardX, step = epoch).
 * ``checkpoints/``, ``checkpoints_best/``: orbax states (:mod:`.checkpoint`).
 * ``model/``: the best model (EMA weights; for an ensemble each member's best),
   :func:`allegro_jax.io.model.load_model`.
@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from allegro_jax.compiling import WatchedFunction, watch_compiles
@@ -92,7 +93,6 @@ from allegro_jax.train.run_data import (  # noqa: F401  (importable from here, a
 )
 from allegro_jax.train.state import create_train_state
 from allegro_jax.train.step import make_eval_step, make_train_step
-from allegro_jax.train.tensorboard import SummaryWriter
 
 FINAL_STOPS = ("max_epochs", "early_stopping_patience", "lr_below_min")
 
@@ -488,8 +488,9 @@ def train_epochs(run: Run, exporter: ModelExporter, log: MetricsLog) -> str | No
     cpu_time = lambda: round(cpu0 + time.process_time() - process_cpu0, 1)  # noqa: E731
     writer = None
     if config.tensorboard:
-        restart = run.epoch + 1 if run.restored else None
-        writer = SummaryWriter(run.workdir / "tensorboard", restart_step=restart)
+        # a resumed run: TensorBoard drops what a killed run wrote from this step on
+        purge_step = run.epoch + 1 if run.restored else None
+        writer = SummaryWriter(str(run.workdir / "tensorboard"), purge_step=purge_step)
     # a resumed run that had already stopped for a final reason does not train again
     stop_reason = final_stop_reason(run)
     try:
@@ -502,7 +503,9 @@ def train_epochs(run: Run, exporter: ModelExporter, log: MetricsLog) -> str | No
             val_metrics, row, shown, improved = end_epoch(run, t_epoch, cpu_time)
             log.append(row)
             if writer is not None:
-                writer.scalars(tensorboard_scalars(row), run.epoch)
+                for tag, value in tensorboard_scalars(row).items():
+                    writer.add_scalar(tag, value, run.epoch)
+                writer.flush()  # on disk with the epoch's metrics rows
             print(epoch_line(row, shown), flush=True)
             exporter.export(run, val_metrics, {"epoch": run.epoch, "step": run.step})
             if improved.any():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 import yaml
 from systems import ASPIRIN, metrics_curve, write_aspirin_subset
+from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.record_writer import masked_crc32c
 
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import Structure
@@ -32,7 +35,6 @@ from allegro_jax.train.optimizer import (
     plateau_init,
     plateau_update,
 )
-from allegro_jax.train.tensorboard import crc32c, read_scalars
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_YAML = REPO / "allegro_jax" / "train" / "configs" / "test.yaml"
@@ -153,10 +155,6 @@ def test_stress_loss_only_on_labelled_graphs():
 # ---- EMA and plateau -----------------------------------------------------------------------
 
 
-def test_crc32c_check_value():
-    assert crc32c(b"123456789") == 0xE3069283
-
-
 def test_ema_warmup_formula():
     for n in (1, 2, 5, 50, 1000):
         expected = min(0.99, (1 + n) / (10 + n))
@@ -205,6 +203,38 @@ def test_config_errors(tmp_path, data_file):
     loaded = load_config(_tiny_yaml(tmp_path, data_file))
     assert loaded.model["num_tensor_features"] == 4 and loaded.batch_size == 4
     assert TrainConfig.from_dict(loaded.to_dict()).to_dict() == loaded.to_dict()
+
+
+def read_scalars(path: Path) -> list[tuple[int, str, float]]:
+    """``(step, tag, value)`` of a TensorBoard event file, checking both CRCs of every
+    record (TFRecord framing: length, masked CRC-32C of it, ``Event`` proto, masked CRC)."""
+    data, out, pos = path.read_bytes(), [], 0
+    while pos < len(data):
+        header = data[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == masked_crc32c(header)
+        body = data[pos + 12 : pos + 12 + length]
+        assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == (
+            masked_crc32c(body)
+        )
+        pos += 16 + length
+        event = Event.FromString(body)
+        out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_event_file_reader_checks_crcs(tmp_path):
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("a/b", 1.5, 3)
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    assert read_scalars(path) == [(3, "a/b", 1.5)]
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 1  # inside the last record's Event
+    path.write_bytes(bytes(data))
+    with pytest.raises(AssertionError):
+        read_scalars(path)
 
 
 # ---- the loop ------------------------------------------------------------------------------
