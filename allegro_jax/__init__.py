@@ -1,18 +1,71 @@
-"""allegro-jax: the Allegro interatomic potential in JAX."""
+"""allegro-jax: the Allegro interatomic potential in JAX.
+
+The names a user needs, in one place:
+
+* model: :class:`AllegroConfig`, :func:`make_model` (``(init_fn, apply_fn)``);
+* structures and graphs: :class:`Structure`, :class:`AtomicGraph`, :func:`build_graph`;
+* training: :class:`TrainConfig`, :func:`load_config`, :func:`train_and_evaluate`;
+* trained models: :func:`load_model`, :func:`save_model`, :class:`AllegroCalculator`
+  (ASE);
+* MD (jax-md): :func:`make_system`, :func:`make_simulation`, :func:`make_energy_fn`,
+  :func:`make_neighbor_fn`.
+
+Importing ``allegro_jax`` imports the model and the graph code only; the training,
+model-file, ASE-calculator and jax-md names are imported on first use (jax-md takes
+seconds to import, which e.g. every MPI rank of ``allegro-jax lammps`` does not need).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from ._version import __version__ as __version__
 from .config import AllegroConfig
 from .data.graph import AtomicGraph, Structure
+from .data.padding import build_graph
 from .nn.model import make_model
 
-__all__ = ["AllegroCalculator", "AllegroConfig", "AtomicGraph", "Structure", "make_model"]
+_LAZY = {
+    "AllegroCalculator": "allegro_jax.md.ase_calculator",
+    "TrainConfig": "allegro_jax.train.config",
+    "load_config": "allegro_jax.train.config",
+    "train_and_evaluate": "allegro_jax.train.loop",
+    "load_model": "allegro_jax.io.model",
+    "save_model": "allegro_jax.io.model",
+    "make_system": "allegro_jax.md.integrate",
+    "make_simulation": "allegro_jax.md.integrate",
+    "make_energy_fn": "allegro_jax.md.jax_md",
+    "make_neighbor_fn": "allegro_jax.md.jax_md",
+}
+
+__all__ = [
+    "AllegroCalculator",
+    "AllegroConfig",
+    "AtomicGraph",
+    "Structure",
+    "TrainConfig",
+    "build_graph",
+    "load_config",
+    "load_model",
+    "make_energy_fn",
+    "make_model",
+    "make_neighbor_fn",
+    "make_simulation",
+    "make_system",
+    "save_model",
+    "train_and_evaluate",
+]
 
 
-def __getattr__(name: str):
-    # lazy: the ASE calculator pulls in jax-md (seconds of imports), which e.g. every MPI
-    # rank of `allegro-jax lammps` does not need
-    if name == "AllegroCalculator":
-        from .md.ase_calculator import AllegroCalculator
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'allegro_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return AllegroCalculator
-    raise AttributeError(f"module 'allegro_jax' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
