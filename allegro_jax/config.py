@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from ase.data import atomic_numbers
 
 _NONLINEARITIES = (None, "silu", "tanh", "gelu", "mish", "ssp")
@@ -331,6 +332,11 @@ class AllegroConfig:
         set_("pair_potential", pairs)
 
     # ---- derived quantities -------------------------------------------------------------
+    @property
+    def dtype(self) -> type[np.floating]:
+        """The float type of ``model_dtype``: ``numpy.float32`` or ``numpy.float64``."""
+        return np.float64 if self.model_dtype == "float64" else np.float32
+
     @property
     def num_types(self) -> int:
         return len(self.type_names)

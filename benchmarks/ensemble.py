@@ -76,7 +76,7 @@ def main() -> None:
     config = load_config(args.config)
     train_s, _ = load_splits(config)
     model_config, _ = complete_model_config(config.model, train_s)
-    dtype = np.float64 if model_config.model_dtype == "float64" else np.float32
+    dtype = model_config.dtype
     train = SplitData(
         train_s[: 10 * config.batch_size],
         model_config.type_names,

@@ -35,7 +35,7 @@ def main() -> None:
     model_config, _ = complete_model_config(config.model, train_s)
     t_stats = time.perf_counter() - t0
     t0 = time.perf_counter()
-    dtype = np.float64 if model_config.model_dtype == "float64" else np.float32
+    dtype = model_config.dtype
     train = SplitData(
         train_s, model_config.type_names, model_config.r_max, config.batch_size, dtype
     )

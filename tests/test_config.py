@@ -1,6 +1,7 @@
 """AllegroConfig validation: bad settings fail early with messages that name the problem."""
 
 import jax
+import numpy as np
 import pytest
 
 from allegro_jax import AllegroConfig, make_model
@@ -58,3 +59,26 @@ def test_float64_without_x64_is_a_clear_error():
             make_model(cfg(model_dtype="float64"))
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_training_config_validates_the_model_section_naming_the_key():
+    from allegro_jax.train.config import TrainConfig
+
+    base = {"dataset_file_name": "x.npz", "n_val": 2, "r_max": 4.0}
+    for bad, key in (
+        ({"l_max": -1}, "l_max"),
+        ({"model_dtype": "float16"}, "model_dtype"),
+        ({"num_layers": "two"}, "num_layers"),
+        ({"type_names": ["H", "O"], "per_type_energy_shifts": [1.0]}, "per_type_energy_shifts"),
+    ):
+        with pytest.raises(ValueError, match=f"^model: .*{key}"):
+            TrainConfig.from_dict({**base, **bad})
+    # the statistics may be missing, and per-type values wait for the training set's types
+    config = TrainConfig.from_dict({**base, "per_type_energy_shifts": [1.0, 2.0]})
+    assert config.dtype is np.float32
+    assert TrainConfig.from_dict({**base, "model_dtype": "float64"}).dtype is np.float64
+
+
+def test_allegro_config_dtype():
+    assert AllegroConfig(type_names=("H",), r_max=3.0).dtype is np.float32
+    assert AllegroConfig(type_names=("H",), r_max=3.0, model_dtype="float64").dtype is np.float64

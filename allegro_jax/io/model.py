@@ -152,7 +152,7 @@ def load_model(
             )
         apply_fn = make_ensemble_apply_fn(apply_fn)
     apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
-    np_dtype = np.float64 if config.model_dtype == "float64" else np.float32
+    np_dtype = config.dtype
 
     def energy_forces_fn(x: Any, stress: bool = False) -> Any:
         if isinstance(x, AtomicGraph):

@@ -73,7 +73,7 @@ class AllegroCalculator(Calculator):
         self.params = jax.tree.map(jnp.asarray, params)
         self.steps_per_octave = steps_per_octave
         self.min_distance = min_distance
-        self.dtype = np.float64 if config.model_dtype == "float64" else np.float32
+        self.dtype = config.dtype
         _, apply_fn = make_model(config)
         self._apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
         self._budget: Budget | None = None

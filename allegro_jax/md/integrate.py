@@ -215,7 +215,7 @@ def make_system(
         box, rotation = None, np.eye(3)
     else:
         box, rotation = box_from_cell(cell)
-        box = box.astype(np.float64 if config.model_dtype == "float64" else np.float32)
+        box = box.astype(config.dtype)
         frac_displacement_fn, frac_shift_fn = space.periodic_general(box)
         displacement_fn, shift_fn = frac_displacement_fn, frac_shift_fn
         if real_coordinates:
@@ -459,7 +459,7 @@ def make_simulation(
             box = jnp.asarray(sys_.box)
         else:
             box = jnp.eye(3)
-        dtype = jnp.float64 if config.model_dtype == "float64" else jnp.float32
+        dtype = config.dtype
         R = jnp.asarray(pos, dtype=dtype)
         box = box.astype(dtype)
         mass = jnp.asarray(sys_.masses, dtype=dtype)

@@ -153,7 +153,7 @@ def make_atomic_energy_fn(
     species = jnp.asarray(species, dtype=jnp.int32)  # [n_atoms]
     n_atoms = int(species.shape[0])
     r_max = config.r_max
-    dtype = jnp.float64 if config.model_dtype == "float64" else jnp.float32
+    dtype = config.dtype
     node_mask = jnp.ones(n_atoms, dtype=bool)
 
     def atomic_energy_fn(R: Array, neighbor: Any, **kwargs: Any) -> Array:

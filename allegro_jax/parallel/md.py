@@ -108,7 +108,7 @@ def make_sharded_nve(
     if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
         raise ValueError(f"chunk_steps must be a positive int, got {chunk_steps!r}")
     n_shards = mesh_size(mesh, axis_name)
-    dtype = np.float64 if config.model_dtype == "float64" else np.float32
+    dtype = config.dtype
     energy_fn = make_sharded_energy_fn(config, mesh, axis_name=axis_name)
     params = replicate(jax.tree.map(jnp.asarray, params), mesh)
     dt = units.fs_to_internal(timestep_fs)

@@ -421,7 +421,7 @@ class ShardedSystem:
         self.n_shards = mesh_size(mesh, axis_name)
         self.structure = structure
         self.skin = float(skin)
-        self.dtype = np.float64 if config.model_dtype == "float64" else np.float32
+        self.dtype = config.dtype
         self.params = replicate(jax.tree.map(jnp.asarray, params), mesh)
         self.energy_fn = make_sharded_energy_fn(config, mesh, stress=stress, axis_name=axis_name)
         self.n_builds = 0

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from allegro_jax.config import AllegroConfig
@@ -32,6 +33,31 @@ _OPTIMIZERS = ("Adam", "AMSGrad")
 _SCHEDULERS = ("ReduceLROnPlateau", "none")
 _PATH_KEYS = ("dataset_file_name", "validation_dataset_file_name", "test_dataset_file_name")
 _LOSS_KEYS = {"total_energy": "PerAtomMSELoss", "forces": "MSELoss", "stress": "MSELoss"}
+
+
+#: Model keys whose values depend on the types (their number and names): checked with the
+#: rest once ``type_names`` are known (given, or from the training set).
+_PER_TYPE_KEYS = frozenset(
+    {"per_type_energy_shifts", "per_type_energy_scales", "avg_num_neighbors", "pair_potential"}
+)
+
+
+def check_model_section(model: Mapping[str, Any]) -> None:
+    """Validate the values of a (possibly incomplete) model section with :class:`AllegroConfig`.
+
+    The statistics a run fills in (``avg_num_neighbors``, per-type shifts and scales) may be
+    missing; without ``type_names`` the per-type keys are checked later, against the types
+    of the training set.
+
+    Raises:
+        ValueError: ``model: <AllegroConfig's message, which names the key>``.
+    """
+    probe = {k: v for k, v in model.items() if "type_names" in model or k not in _PER_TYPE_KEYS}
+    probe.setdefault("type_names", ("H",))
+    try:
+        AllegroConfig.from_dict(probe)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model: {err}") from None
 
 
 class ConfigError(ValueError):
@@ -305,9 +331,15 @@ class TrainConfig:
             raise ValueError(unknown_keys_message("model", unknown, {"model": sorted(_MODEL_KEYS)}))
         if "r_max" not in model:
             raise ValueError("the model needs r_max")
+        check_model_section(model)
         set_("model", model)
 
     # ---- derived ----------------------------------------------------------------------------
+    @property
+    def dtype(self) -> type[np.floating]:
+        """The model's float type (:attr:`AllegroConfig.dtype` of ``model_dtype``)."""
+        return np.float64 if self.model.get("model_dtype") == "float64" else np.float32
+
     @property
     def amsgrad(self) -> bool:
         return self.optimizer_amsgrad or self.optimizer_name == "AMSGrad"

@@ -106,7 +106,7 @@ def evaluate_model(
         )
     periodic = any(np.any(s.pbc) for s in structures)
     skipped = [label for label, n in counts.items() if n == 0 and (label != "stress" or periodic)]
-    dtype = np.float64 if config.model_dtype == "float64" else np.float32
+    dtype = config.dtype
     split = SplitData(
         structures, config.type_names, config.r_max, batch_size, dtype, source=str(data_path)
     )

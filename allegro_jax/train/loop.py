@@ -281,7 +281,7 @@ def prepare_model_config(
 def setup_run(config: TrainConfig, workdir: Path, t_start: float) -> Run:
     """Data, statistics and model config (written to ``workdir`` on a first start), model,
     optimiser, initial state and the jitted steps."""
-    np_dtype = np.float64 if config.model.get("model_dtype") == "float64" else np.float32
+    np_dtype = config.dtype
     n_members = config.ensemble_size
     train_structs, val_structs = load_splits(config)
     initial_dir = config.resolve_path(config.initial_model) if config.initial_model else None

@@ -107,7 +107,7 @@ def _close(name: str, got, want, rtol: float, atol: float) -> None:
 def reference(config: AllegroConfig, params, structure: Structure) -> dict[str, np.ndarray]:
     """Single-device energy, atomic energies, forces and stress of one structure."""
     _, apply_fn = make_model(config)
-    dtype = np.float64 if config.model_dtype == "float64" else np.float32
+    dtype = config.dtype
     graph = build_graph([structure], config.type_names, config.r_max, dtype=dtype)
     out = jax.jit(apply_fn, static_argnames=("forces", "stress"))(params, graph, stress=True)
     n = structure.n_atoms
