@@ -298,7 +298,7 @@ def make_stress_fn(energy_fn: EnergyFn, *, forward_box: bool = False) -> Callabl
 
     ``stress_fn(R, neighbor, box, **kwargs) -> [3, 3]``: ε is a symmetric strain applied to
     every edge vector through jax-md's ``perturbation`` keyword; ``box`` gives the volume.
-    Pressure is ``P = 2 KE / (3 V) - tr(σ) / 3``, see :func:`pressure`.
+    Pressure is ``P = 2 KE / (3 V) - tr(σ) / 3`` (jax-md's ``quantity.pressure``).
 
     Args:
         energy_fn: from :func:`make_energy_fn`.
@@ -319,14 +319,3 @@ def make_stress_fn(energy_fn: EnergyFn, *, forward_box: bool = False) -> Callabl
         return de / volume(box)
 
     return stress_fn
-
-
-def pressure(stress: Array, kinetic_energy: Array, box: Array) -> Array:
-    """Instantaneous pressure in eV/Å³: ``P = 2 KE / (3 V) - tr(σ) / 3``.
-
-    Args:
-        stress: potential stress from :func:`make_stress_fn` (ASE sign convention).
-        kinetic_energy: total kinetic energy in eV.
-        box: the box (for the volume).
-    """
-    return 2.0 * kinetic_energy / (3.0 * volume(box)) - jnp.trace(stress) / 3.0

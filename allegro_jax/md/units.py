@@ -32,11 +32,6 @@ def fs_to_internal(t_fs: float) -> float:
     return t_fs / TIME_UNIT_FS
 
 
-def internal_to_fs(t: float) -> float:
-    """A time in internal units t₀ as fs."""
-    return t * TIME_UNIT_FS
-
-
 def kelvin_to_kt(temperature_k: float) -> float:
     """``kT`` in eV for a temperature in K."""
     return KB_EV_PER_K * temperature_k

@@ -57,10 +57,6 @@ def set_learning_rate(opt_state: Any, learning_rate: jax.Array) -> Any:
     return opt_state._replace(hyperparams=hyper)
 
 
-def get_learning_rate(opt_state: Any) -> jax.Array:
-    return opt_state.hyperparams["learning_rate"]
-
-
 @struct.dataclass
 class PlateauState:
     """State of :func:`plateau_update` (all scalars, checkpointed with the train state).
