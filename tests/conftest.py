@@ -4,11 +4,15 @@ Generated systems live in ``tests/systems.py`` (``from systems import ...``)."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import pytest
 from systems import SHARED_DATA
 
 jax.config.update("jax_enable_x64", True)
+# the data directory of the packaged configs' ${ALLEGRO_JAX_DATA}/... paths (subprocesses too)
+os.environ.setdefault("ALLEGRO_JAX_DATA", str(SHARED_DATA))
 
 
 @pytest.fixture

@@ -1,9 +1,12 @@
 """AllegroConfig validation: bad settings fail early with messages that name the problem."""
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 
+import allegro_jax
 from allegro_jax import AllegroConfig, make_model
 
 
@@ -82,3 +85,22 @@ def test_training_config_validates_the_model_section_naming_the_key():
 def test_allegro_config_dtype():
     assert AllegroConfig(type_names=("H",), r_max=3.0).dtype is np.float32
     assert AllegroConfig(type_names=("H",), r_max=3.0, model_dtype="float64").dtype is np.float64
+
+
+def test_packaged_configs_find_their_data_through_the_data_directory(tmp_path, monkeypatch):
+    from allegro_jax.train.config import DATA_DIR_ENV, load_config
+
+    configs = Path(allegro_jax.__file__).parent / "train" / "configs"
+    (tmp_path / "rmd17").mkdir()
+    for name in ("rmd17_aspirin_train_01.npz", "rmd17_aspirin_test_01.npz"):
+        (tmp_path / "rmd17" / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here
+    for config_file in sorted(configs.glob("*.yaml")):
+        config = load_config(config_file)
+        monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+        for key in ("dataset_file_name", "test_dataset_file_name"):
+            if getattr(config, key):
+                assert config.resolve_path(getattr(config, key)).parent == tmp_path / "rmd17"
+        monkeypatch.delenv(DATA_DIR_ENV)
+        with pytest.raises(FileNotFoundError, match=f"{DATA_DIR_ENV} or --data-dir"):
+            config.resolve_path(config.dataset_file_name)

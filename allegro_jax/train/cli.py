@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +13,11 @@ def _train(args: argparse.Namespace) -> int:
     """Exit codes: 0 done, 2 bad config/data, 3 non-finite loss, 4 checkpoints, 5 directory busy."""
     from allegro_jax.io.runlock import RunLockedError
     from allegro_jax.train.checkpoint import CheckpointError
-    from allegro_jax.train.config import load_config
+    from allegro_jax.train.config import DATA_DIR_ENV, load_config
     from allegro_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
+    if args.data_dir:  # what ${ALLEGRO_JAX_DATA} in the config's paths means
+        os.environ[DATA_DIR_ENV] = args.data_dir
     try:
         config = load_config(args.config, parse_overrides(args.set))
     except (OSError, ValueError) as err:
@@ -105,6 +108,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("config", help="YAML training config")
     p.add_argument(
         "--workdir", help="run directory (default: the config's `workdir`, else runs/<config name>)"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="the data directory that ${ALLEGRO_JAX_DATA}/... paths (the packaged configs') "
+        "resolve against (default: $ALLEGRO_JAX_DATA, else ../shared/data)",
     )
     p.add_argument(
         "--set",

@@ -60,6 +60,20 @@ def check_model_section(model: Mapping[str, Any]) -> None:
         raise ValueError(f"model: {err}") from None
 
 
+#: Environment variable naming the data directory that ``${ALLEGRO_JAX_DATA}/...`` paths (the
+#: packaged configs') resolve against; ``allegro-jax train --data-dir DIR`` sets it.
+DATA_DIR_ENV = "ALLEGRO_JAX_DATA"
+#: The data directory when :data:`DATA_DIR_ENV` is unset, relative to the working
+#: directory: ``../shared/data`` beside a checkout (the README's step 2 downloads there).
+DEFAULT_DATA_DIR = "../shared/data"
+_DATA_TOKENS = ("${" + DATA_DIR_ENV + "}", "$" + DATA_DIR_ENV)
+
+
+def data_dir() -> Path:
+    """The data directory: ``$ALLEGRO_JAX_DATA``, else :data:`DEFAULT_DATA_DIR`."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+
+
 class ConfigError(ValueError):
     """A training config file cannot be used (the message names the file, the line and why)."""
 
@@ -350,11 +364,29 @@ class TrainConfig:
 
     def resolve_path(self, path: str | os.PathLike) -> Path:
         """A data path: absolute as given; a relative one against the config file's folder
-        first (``source_dir``), then against the working directory.
+        first (``source_dir``), then against the working directory; ``${ALLEGRO_JAX_DATA}/x``
+        against the data directory (:func:`data_dir`).
 
         Raises:
             FileNotFoundError: no candidate exists (naming every path tried).
         """
+        text = str(path)
+        for token in _DATA_TOKENS:
+            if text.startswith(token):
+                root = data_dir()
+                p = root / text[len(token) :].lstrip("/\\")
+                if p.exists():
+                    return p.resolve()
+                source = (
+                    f"${DATA_DIR_ENV}"
+                    if os.environ.get(DATA_DIR_ENV)
+                    else "the default, "
+                    f"relative to the working directory; set {DATA_DIR_ENV} or --data-dir"
+                )
+                raise FileNotFoundError(
+                    f"data file {text!r} not found: {str(p)!r} does not exist (data directory "
+                    f"{str(root)!r}: {source}); the README's step 2 downloads the rMD17 files"
+                )
         p = Path(path).expanduser()
         tried = [p]
         if not p.is_absolute():

@@ -63,7 +63,8 @@ def test_relative_paths_resolve_against_the_config_folder_first(tmp_path, monkey
     # a path given on the command line is relative to the working directory
     overridden = load_config(cfg_dir / "c.yaml", {"dataset_file_name": "d.npz"})
     assert overridden.resolve_path(overridden.dataset_file_name) == (cwd / "d.npz").resolve()
-    # the shipped configs resolve from any working directory
+    # the shipped configs resolve from any working directory, through the data directory
+    monkeypatch.setenv("ALLEGRO_JAX_DATA", str(ASPIRIN.parents[1]))
     shipped = load_config(REPO / "allegro_jax" / "train" / "configs" / "rmd17_aspirin.yaml")
     assert shipped.resolve_path(shipped.dataset_file_name) == ASPIRIN.resolve()
 
