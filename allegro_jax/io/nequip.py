@@ -1,13 +1,18 @@
-"""Import nequip-allegro 0.8.x (current generation) models into allegro-jax parameters.
+"""nequip-allegro 0.8.x (current generation) and allegro-jax: models and configs.
 
 ``from_nequip(model)`` takes a ``nequip`` ``GraphModel`` (freshly built, loaded from a
 checkpoint or from a ``nequip-package`` file via ``load_nequip``) and returns our
 ``(AllegroConfig, params)``; hyper-parameters are read off the modules, weights off the
 state dict. Needs the ``parity`` extra (torch, nequip-allegro).
+
+``to_nequip_model(config)`` goes the other way for the hyper-parameters: the
+``AllegroModel`` mapping of a ``nequip-train`` config that builds the same architecture
+(plain Python, no extra needed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -205,3 +210,102 @@ def load_nequip(path: str, compile_mode: str = "eager"):
             raise ValueError(f"{path} holds several models {list(models)}; pass one")
         models = next(iter(models.values()))
     return models
+
+
+#: The AllegroConfig fields :func:`to_nequip_model` translates; any other field must keep its
+#: default (nequip-allegro's AllegroModel has no such option, or its name is not mapped).
+_NEQUIP_MODEL_KEYS = (
+    "num_layers",
+    "num_scalar_features",
+    "num_tensor_features",
+    "scalar_embed_mlp_hidden_layers_depth",
+    "scalar_embed_mlp_hidden_layers_width",
+    "allegro_mlp_hidden_layers_depth",
+    "allegro_mlp_hidden_layers_width",
+    "tp_path_channel_coupling",
+    "readout_mlp_hidden_layers_depth",
+    "readout_mlp_hidden_layers_width",
+)
+_NEQUIP_HANDLED = frozenset(
+    {
+        *_NEQUIP_MODEL_KEYS,
+        "type_names",
+        "r_max",
+        "generation",
+        "l_max",
+        "parity",
+        "num_bessels",
+        "bessel_trainable",
+        "polynomial_cutoff_p",
+        "avg_num_neighbors",
+        "per_type_energy_shifts",
+        "per_type_energy_scales",
+        "model_dtype",
+    }
+)
+
+
+def _one_or_per_type(values: Any, type_names: tuple[str, ...]) -> Any:
+    """A number if every type has the same value, else ``{type: value}``."""
+    if values is None or isinstance(values, int | float):
+        return values
+    values = [float(v) for v in values]
+    if len(set(values)) == 1:
+        return values[0]
+    return dict(zip(type_names, values, strict=True))
+
+
+def to_nequip_model(config: AllegroConfig, *, seed: int = 0) -> dict[str, Any]:
+    """The nequip-allegro 0.8 ``AllegroModel`` config of an allegro-jax model config.
+
+    The ``training_module.model`` mapping of a ``nequip-train`` YAML that builds the same
+    architecture with the same statistics (``from_nequip`` of the model it builds gives
+    ``config`` back); nequip's defaults stand for ours where they agree (the ``silu``
+    nonlinearities).
+
+    Args:
+        config: a ``generation: current`` model config.
+        seed: nequip's initialisation seed.
+
+    Raises:
+        ValueError: the paper generation, or a field without a nequip counterpart here
+            (``pair_potential``, ``radial_chemical_embed_dim``, ...) set to a non-default
+            value.
+    """
+    if config.generation != "current":
+        raise ValueError("only generation: current has a nequip-allegro 0.8 counterpart")
+    defaults = {f.name: f.default for f in dataclasses.fields(AllegroConfig)}
+    for name, default in defaults.items():
+        value = getattr(config, name)
+        if name.endswith("_nonlinearity"):
+            if value != "silu":
+                raise ValueError(f"{name}: {value!r} is not translated (nequip uses silu)")
+        elif name not in _NEQUIP_HANDLED and value != default:
+            raise ValueError(f"{name} = {value!r} has no nequip-allegro counterpart here")
+    model: dict[str, Any] = {
+        "_target_": "allegro.model.AllegroModel",
+        "seed": seed,
+        "model_dtype": config.model_dtype,
+        "type_names": list(config.type_names),
+        "r_max": config.r_max,
+        "l_max": config.l_max,
+        "parity": config.parity,
+        "radial_chemical_embed": {
+            "_target_": "allegro.nn.TwoBodyBesselScalarEmbed",
+            "num_bessels": config.num_bessels,
+            "bessel_trainable": config.bessel_trainable,
+            "polynomial_cutoff_p": config.polynomial_cutoff_p,
+        },
+        **{name: getattr(config, name) for name in _NEQUIP_MODEL_KEYS},
+    }
+    ann = _one_or_per_type(config.avg_num_neighbors, config.type_names)
+    if ann is not None:
+        model["avg_num_neighbors"] = ann
+    if config.per_type_energy_shifts is not None:
+        model["per_type_energy_shifts"] = dict(
+            zip(config.type_names, map(float, config.per_type_energy_shifts), strict=True)
+        )
+    scales = _one_or_per_type(config.per_type_energy_scales, config.type_names)
+    if scales is not None:
+        model["per_type_energy_scales"] = scales
+    return model

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from allegro_jax.config import AllegroConfig
+from allegro_jax.io.nequip import to_nequip_model
 from allegro_jax.runinfo import portable_command, repo_path
 
 HERE = Path(__file__).resolve().parent
@@ -154,26 +156,15 @@ def make_configs(
         "progress_bar": False,
         "tensorboard": False,
     }
-    arch = dict(ARCH)
-    model = {
-        "_target_": "allegro.model.AllegroModel",
-        "seed": SEED,
-        "model_dtype": arch.pop("model_dtype"),
-        "type_names": list(TYPE_NAMES),
-        "r_max": arch.pop("r_max"),
-        "l_max": arch.pop("l_max"),
-        "parity": arch.pop("parity"),
-        "radial_chemical_embed": {
-            "_target_": "allegro.nn.TwoBodyBesselScalarEmbed",
-            "num_bessels": arch.pop("num_bessels"),
-            "bessel_trainable": arch.pop("bessel_trainable"),
-            "polynomial_cutoff_p": arch.pop("polynomial_cutoff_p"),
-        },
-        **arch,
-        "avg_num_neighbors": avg,
-        "per_type_energy_shifts": dict(zip(TYPE_NAMES, shifts, strict=True)),
-        "per_type_energy_scales": scale,
-    }
+    ours_model = AllegroConfig(
+        type_names=TYPE_NAMES,
+        generation="current",
+        **ARCH,
+        avg_num_neighbors=avg,
+        per_type_energy_shifts=tuple(shifts),
+        per_type_energy_scales=scale,
+    )
+    model = to_nequip_model(ours_model, seed=SEED)
     extra = [
         {"name": name, "field": field, "coeff": None, "metric": {"_target_": f"nequip.train.{m}"}}
         for name, field, m in (
