@@ -126,8 +126,8 @@ def test_nve_conservation_trained_water(trained_water, dtype):
     )
     assert int(state.step) == 1000 and np.all(np.isfinite(e))
     assert np.sum(log.n_rebuilds) > 0
+    # per atom, absolute: measured 5.5e-5 (float64) and 8.1e-5 (float32) eV/atom; a bound
+    # relative to E_tot (~3e4 eV here, mostly the per-type shifts) would allow 1.6e-3
+    assert drift / len(atoms) < 2e-4  # eV/atom
     if dtype == "float64":
         assert rel < 1e-6
-        assert drift / len(atoms) < 2e-4  # eV/atom
-    else:
-        assert rel < 1e-5

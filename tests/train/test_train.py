@@ -326,13 +326,18 @@ def test_evaluate_cli_and_load_model(reference_run, data_file, tmp_path):
     assert config.per_type_energy_scales is not None and config.avg_num_neighbors > 1
     from allegro_jax.data.datasets import read_dataset
 
-    structures = read_dataset(data_file)[:3]
+    structures = read_dataset(data_file)
     single = fn(structures[0])
     batch = fn(structures)
     assert single["forces"].shape == (structures[0].n_atoms, 3)
     np.testing.assert_allclose(single["energy"], batch[0]["energy"], rtol=1e-5)
+    # load_model's predictions give the errors `allegro-jax evaluate` reported for the file
     mae = np.mean([abs(r["energy"] - s.energy) for r, s in zip(batch, structures, strict=True)])
-    assert np.isfinite(mae)
+    np.testing.assert_allclose(1000 * mae, metrics["energy_mae_mev"], rtol=1e-4)
+    f_err = np.concatenate([r["forces"] - s.forces for r, s in zip(batch, structures, strict=True)])
+    np.testing.assert_allclose(
+        1000 * np.mean(np.abs(f_err)), metrics["force_mae_mev_per_a"], rtol=1e-4
+    )
 
 
 def test_save_load_model_round_trip(tmp_path):
