@@ -46,6 +46,18 @@ always stop).
 Progress: ``compiling…`` and the compile time, then a tqdm bar on a terminal, otherwise one
 line every ``--log-interval`` seconds (``--progress none`` for silence); rates and ETAs only
 from steps timed after compilation.
+
+Why the checkpoint is one ``.npz`` and not an orbax checkpoint like training's: it is written
+after every chunk, and for a 192-atom state one atomic ``np.savez`` + rename + fsync takes
+3.5 ms (1.6 ms to read back) against 188 ms (15 ms) for an orbax ``CheckpointManager`` save
+of the same arrays and metadata (13 files per step); the single file also carries the
+output-file sizes it covers, its zip CRCs detect damage, and the previous file is the
+fallback, which is what ``--restart``'s no-loss guarantee rests on (tests/md).
+
+The trajectory scan (:func:`_trajectory_end`) reads extxyz frames itself, not with
+``ase.io``: it needs the byte offset after the last complete frame, to cut a killed run's
+partial frame, which ``ase.io`` does not expose; it is only used for checkpoints written
+before the file sizes were recorded in them.
 """
 
 from __future__ import annotations

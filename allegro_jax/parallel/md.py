@@ -10,7 +10,12 @@
 Units as in :mod:`allegro_jax.md.integrate`: eV, Å, amu, internal time ``t₀ ≈ 10.18 fs``.
 The step is the same velocity Verlet as jax-md's ``simulate.nve``:
 ``p ← p + ½ dt F; x ← x + dt p / m; F ← F(x); p ← p + ½ dt F``. Positions are Cartesian and
-never wrapped (periodic images are carried by the partition's integer shifts).
+never wrapped (periodic images are carried by the partition's integer shifts). It is written
+out rather than taken from ``simulate.nve`` because each step needs the energy and the forces
+of ONE sharded evaluation (one ``psum``; jax-md's step asks for forces only, so the logged
+energy would cost a second evaluation) and must be undone when the new positions leave the
+partition's skin (checked between the drift and the force call); the multi-device check
+compares its trajectory with :func:`allegro_jax.md.integrate.make_simulation`'s (jax-md).
 
 Partition lifetime (Verlet skin): a partition built with cutoff ``r_max + skin`` at
 positions ``x₀`` contains every pair closer than ``r_max`` while ``2 max_i |x_i - x₀_i| <
