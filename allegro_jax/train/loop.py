@@ -134,6 +134,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
     (``validation_force_std_mean_mev_per_a``, ...; :mod:`allegro_jax.train.ensemble`);
     ``train_*`` and ``lr`` are the means of the members' values.
 
+    Global state: for a float64 model (``model_dtype: float64``) this turns on
+    ``jax_enable_x64`` for the process, first thing, before any array is made (the other
+    library functions leave JAX's configuration alone and ask for it; only the command-line
+    entry points switch it on too).
+
     Args:
         config: the training config.
         workdir: the run directory; if it has checkpoints, the run resumes from the newest
@@ -151,9 +156,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
             (the run directory is locked for the whole call, see :mod:`allegro_jax.io.runlock`).
     """
     t_start = time.perf_counter()
-    # the one global switch of a run, made here before any array exists: a float64 model
-    # needs 64-bit JAX (the process keeps it on; it changes nothing for float32 arrays)
-    if config.model.get("model_dtype") == "float64":
+    if config.dtype == np.float64:  # see "Global state" above
         jax.config.update("jax_enable_x64", True)
     workdir = Path(workdir).resolve()
     # a missing data file is reported before the run directory is created
