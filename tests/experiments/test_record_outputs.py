@@ -125,9 +125,15 @@ def test_rmd17_run_writes_its_runs_dir_and_only_record_touches_the_committed_fil
     copies = _copies(rmd17.HERE, ["README.md", "results.json"], tmp_path / "committed")
     monkeypatch.setattr(rmd17, "README", copies["README.md"])
     monkeypatch.setattr(rmd17, "RESULTS", copies["results.json"])
+    monkeypatch.setattr(rmd17, "PLOT", tmp_path / "committed" / "learning_curves.png")
+    monkeypatch.setattr(rmd17, "MODELS", tmp_path / "committed" / "models")
+    model = runs / "cpu" / "ethanol" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
     assert rmd17.main(["ethanol", "--runs-dir", str(runs), "--record"]) == 0
     assert json.loads(copies["results.json"].read_text())["ethanol"]["cpu"]["n_params"] == 123
     assert "| ethanol | 1.2 | 5.7 |" in copies["README.md"].read_text()
+    assert (tmp_path / "committed" / "models" / "cpu" / "ethanol" / "config.json").exists()
     assert _snapshot(rmd17.HERE) == before
 
 

@@ -66,10 +66,63 @@ def test_table_marks_missing_molecules_and_keeps_the_readme_text(run, tmp_path, 
         "hardware": "some CPU, 2 cores (CPU)",
         "n_params": 123,
     }
-    run.update_readme(json.loads(json.dumps({"ethanol": {"cpu": entry}})))
+    few = dict(entry, force_mae_mev_per_a=30.0, budget=dict(entry["budget"]))
+    run.update_readme(json.loads(json.dumps({"ethanol": {"cpu": entry, "cpu-n50": few}})))
     text = readme.read_text()
     assert text.startswith("# intro") and text.rstrip().endswith("after") and "old" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + len(run.MOLECULES)  # header + one row per molecule
+    # two tables (950 and 50 training frames): header + one row per molecule each
+    assert len(rows) == 2 * (1 + len(run.MOLECULES))
     assert "| ethanol | 1.2 | 5.7 |" in text
-    assert sum("not yet run" in line for line in rows) == len(run.MOLECULES) - 1
+    assert "| ethanol | 1.2 | 30.0 | 6.7 / 32.6 | 8.7 / 40.2 | yes |" in text  # below MACE
+    assert sum("not yet run" in line for line in rows) == 2 * (len(run.MOLECULES) - 1)
+    assert "2.7×" in text  # the force MAE over the paper's (5.678 / 2.1)
+
+
+def test_the_low_data_setting_trains_on_50_frames_in_its_own_folder(run, tmp_path):
+    assert run.setting_name("cpu", 950) == "cpu" and run.setting_name("cpu", 50) == "cpu-n50"
+    assert run.split_setting("cpu-n50") == ("cpu", 50) and run.split_setting("mid") == ("mid", 950)
+    cfg = run.make_config("ethanol", "cpu", tmp_path, 1.0, n_train=50)
+    assert cfg.n_train == 50 and cfg.n_val == 50 and cfg.initial_model is None
+    model = tmp_path / "models" / "cpu-n50" / "ethanol"
+    cfg = run.make_config("ethanol", "cpu", tmp_path, 1.0, n_train=50, initial_model=model)
+    assert cfg.initial_model == str(model)
+
+
+def test_the_learning_curve_is_thinned_and_keeps_the_last_epoch(run):
+    rows = [
+        {"cpu_time_s": 36.0 * i, "validation_force_mae_mev_per_a": 100.0 / i}
+        for i in range(1, 1002)
+    ]
+    pts = run.curve(rows, points=200)
+    assert len(pts) <= 201 and pts[0] == [0.01, 100.0] and pts[-1] == [10.01, 0.1]
+    assert all(a[0] < b[0] for a, b in zip(pts, pts[1:], strict=False))
+    assert run.curve(rows[:3]) == [[0.01, 100.0], [0.02, 50.0], [0.03, 33.333]]
+
+
+def test_publish_copies_the_best_model_and_its_record(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "MODELS", tmp_path / "models")
+    workdir = tmp_path / "runs" / "mid" / "ethanol"
+    with pytest.raises(SystemExit, match="no trained model to publish"):
+        run.publish_model("ethanol", "mid", workdir)
+    (workdir / "model").mkdir(parents=True)
+    (workdir / "model" / "config.json").write_text("{}")
+    (workdir / "model" / "params.msgpack").write_bytes(b"w")
+    (workdir / "metrics.csv").write_text("epoch\n1\n")
+    (workdir / "checkpoints").mkdir()  # not published
+    dest = run.publish_model("ethanol", "mid", workdir)
+    assert dest == tmp_path / "models" / "mid" / "ethanol"
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "config.json",
+        "metrics.csv",
+        "params.msgpack",
+    ]
+    (workdir / "model" / "params.msgpack").write_bytes(b"w2")
+    run.publish_model("ethanol", "mid", workdir)  # replaces
+    assert (dest / "params.msgpack").read_bytes() == b"w2"
+    assert not dest.with_name("ethanol.tmp").exists()
+
+
+def test_evaluate_only_needs_a_run(run, tmp_path):
+    with pytest.raises(SystemExit, match="no finished or stopped run to evaluate"):
+        run.main(["ethanol", "--runs-dir", str(tmp_path), "--evaluate-only"])
