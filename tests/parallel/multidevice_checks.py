@@ -123,7 +123,7 @@ def reference(config: AllegroConfig, params, structure: Structure) -> dict[str, 
 def check_spatial(device_counts: list[int]) -> None:
     """float64: the crystal on the largest device count, the cluster on the middle one;
     float32: the crystal on the smallest (each mesh and shape compiles once)."""
-    from .spatial import ShardedSystem
+    from allegro_jax.parallel.spatial import ShardedSystem
 
     first, last = device_counts[0], device_counts[-1]
     middle = device_counts[len(device_counts) // 2]
@@ -207,8 +207,7 @@ def check_data_parallel(device_counts: list[int]) -> None:
 def check_md(n_devices: int) -> None:
     from allegro_jax.md import units
     from allegro_jax.md.integrate import make_simulation, positions_angstrom
-
-    from .md import make_sharded_nve
+    from allegro_jax.parallel.md import make_sharded_nve
 
     config = _config("float64")
     params = make_model(config)[0](jax.random.PRNGKey(0))
