@@ -259,13 +259,14 @@ def two_epochs(tmp_path_factory):
     return directory, cfg
 
 
+@pytest.mark.slow
 def test_train_says_compiling_and_starts_the_bar_after_the_first_step(
     two_epochs, capsys, monkeypatch
 ):
-    import tqdm.auto
+    from allegro_jax.train import loop
 
     directory, cfg = two_epochs
-    monkeypatch.setattr(tqdm.auto, "tqdm", _FakeBar)
+    monkeypatch.setattr(loop, "tqdm", _FakeBar)  # the loop's tqdm (imported at module level)
     summary = train_and_evaluate(
         TrainConfig.from_dict({**cfg, "progress_bar": True}), directory / "run"
     )
@@ -281,6 +282,7 @@ def test_train_says_compiling_and_starts_the_bar_after_the_first_step(
     assert summary["stop_reason"] == "max_epochs" and summary["test"]["n_structures"] == 3
 
 
+@pytest.mark.slow
 def test_a_clock_stop_says_how_to_evaluate_the_test_set_and_resume_is_readable(two_epochs, capsys):
     directory, cfg = two_epochs
     run = directory / "run2"
@@ -311,6 +313,7 @@ def test_a_clock_stop_says_how_to_evaluate_the_test_set_and_resume_is_readable(t
     assert main(["evaluate", *command, "--output", os.devnull]) == 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_compiles_its_training_step_once(two_epochs, capsys):
     directory, cfg = two_epochs
     run = directory / "run3"
