@@ -51,6 +51,7 @@ def _config(dtype):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_exported_model_runs_with_jax_alone(tmp_path, dtype):
     config = _config(dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax_md import partition, space
 from md_helpers import random_params, small_config
 
@@ -28,6 +29,7 @@ def _cluster(n: int = 8, seed: int = 0) -> np.ndarray:
     return np.array(pos)
 
 
+@pytest.mark.slow
 def test_observable_gradients_match_finite_differences():
     config = small_config(r_max=3.5, per_type_energy_scales=0.5)
     params = random_params(config, seed=3)

@@ -28,6 +28,7 @@ def test_time_unit():
     assert units.BAR_PER_EV_PER_A3 == pytest.approx(1 / ase.units.bar, rel=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_nve_energy_conservation(dtype):
     """1000 steps of 0.5 fs, 64 atoms at ~300 K with a random model.
@@ -70,6 +71,7 @@ def test_nve_energy_conservation(dtype):
         np.testing.assert_allclose(log.potential_energy[-1], exact, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_energy_error_scales_with_dt_squared():
     """Velocity Verlet's energy fluctuation amplitude shrinks ~4x when dt halves."""
     config = small_config(r_max=3.0)
@@ -99,6 +101,7 @@ def test_energy_error_scales_with_dt_squared():
     assert 3.0 < ratio < 5.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ensemble", ["nvt_langevin", "nvt_nose_hoover"])
 def test_nvt_reaches_target_temperature(ensemble):
     config = small_config(r_max=3.0)
@@ -138,6 +141,7 @@ def test_nvt_reaches_target_temperature(ensemble):
         assert np.max(np.abs(c - c[0])) / len(atoms) < 1e-4
 
 
+@pytest.mark.slow
 def test_overflow_reallocation_redoes_the_chunk():
     """A list allocated with no head room overflows at a rebuild; the chunk is redone from
     its start with a reallocated list, so the trajectory equals a run with a roomy list."""
@@ -166,6 +170,7 @@ def test_overflow_reallocation_redoes_the_chunk():
     np.testing.assert_allclose(tight.total_energy, roomy.total_energy, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_npt_compresses_under_pressure():
     config = small_config(r_max=3.0)
     params = random_params(config)

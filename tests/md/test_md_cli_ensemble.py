@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ase.io
 import numpy as np
+import pytest
 from md_helpers import random_params, si_o_crystal, small_config
 
 from allegro_jax.cli import main
@@ -18,6 +19,7 @@ def _thermo(out):
     return np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)
 
 
+@pytest.mark.slow
 def test_md_cli_logs_ensemble_force_std(tmp_path):
     config = small_config(r_max=3.0)
     members = [random_params(config, seed=s) for s in (0, 1)]

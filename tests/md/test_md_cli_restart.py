@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ase.io
 import numpy as np
+import pytest
 from md_helpers import random_params, si_o_crystal, small_config
 
 from allegro_jax.cli import main
@@ -36,6 +37,7 @@ def _args(model, structure, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_cli_restart_is_exact_and_drops_output_after_the_checkpoint(tmp_path, capsys):
     config = small_config(r_max=3.0)
     model = tmp_path / "model"

@@ -36,6 +36,7 @@ def _concat(a, b):
     return jax.tree.map(lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)]), a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ensemble", ENSEMBLES)
 def test_restart_continues_bit_for_bit(ensemble, tmp_path):
     config = small_config(r_max=3.0)

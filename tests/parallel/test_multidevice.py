@@ -14,11 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from systems import REPO
 
 CHECKS = Path(__file__).with_name("multidevice_checks.py")
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_device_on_8_virtual_devices():
     env = {
         **os.environ,

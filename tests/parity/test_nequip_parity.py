@@ -157,6 +157,7 @@ GRID = [("float64", *c) for c in itertools.product([1, 2, 3], [1, 2, 3], [True, 
 GRID += [("float32", l, n, c) for l, n, c in itertools.product([1, 2, 3], [1, 3], [True, False])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,l_max,num_layers,coupling", GRID)
 def test_parity_fresh_model(dtype, l_max, num_layers, coupling, structures):
     ref = reference_model(dtype, l_max, num_layers, coupling, seed=l_max * 10 + num_layers)

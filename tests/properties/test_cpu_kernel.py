@@ -32,6 +32,7 @@ def random_entries(rng, nnz, da, db, dout):
         (jnp.float32, 64, True, 2000),
     ],
 )
+@pytest.mark.slow
 def test_primitives_match_xla(dtype, channels, scalar_w, rows):
     rng = np.random.default_rng(rows + channels)
     da, db, dout, nnz = 4, 3, 5, 17
@@ -78,6 +79,7 @@ def test_trilinear_sum_is_reproducible_and_vmaps():
     np.testing.assert_allclose(batched[1], 2 * first, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generation", ["current", "paper"])
 def test_model_with_and_without_kernel(generation):
     cfg = AllegroConfig(

@@ -90,6 +90,7 @@ def transformed(graph: AtomicGraph, positions=None, cell=None) -> AtomicGraph:
     )
 
 
+@pytest.mark.slow
 @params_grid
 @dtype_grid
 @pytest.mark.parametrize("improper", [False, True])
@@ -237,6 +238,7 @@ def test_cutoff_smoothness(generation, dtype):
         assert de[1] / de[2] > 0.5 * ratio**3
 
 
+@pytest.mark.slow
 @params_grid
 @dtype_grid
 def test_padding_invariance_and_batching(generation, dtype, systems):
@@ -262,6 +264,7 @@ def test_padding_invariance_and_batching(generation, dtype, systems):
         offset += s.n_atoms
 
 
+@pytest.mark.slow
 @params_grid
 @dtype_grid
 def test_no_nan_gradients_and_dtype(generation, dtype, systems, debug_nans):

@@ -23,6 +23,7 @@ def dense_tp(x1, x2, weights, spec):
     return jnp.einsum("ziu,zju,ijk->zku", x1, x2, w)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("l_max,coupled", [(1, True), (1, False), (2, True), (2, False), (3, True)])
 def test_sparse_matches_dense_with_derivatives(l_max, coupled):
     irreps = layer_irreps(l_max, True, 2)

@@ -44,6 +44,7 @@ def trained(tmp_path_factory):
     return tmp, other
 
 
+@pytest.mark.slow
 def test_a_new_run_starts_from_the_initial_model(trained, capsys):
     tmp, other = trained
     frozen = {"learning_rate": 1e-12, "early_stopping_lower_bounds": {"LR": 0.0}, "max_epochs": 1}

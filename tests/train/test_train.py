@@ -258,6 +258,7 @@ def test_tiny_run_decreases_loss_and_compiles_once(reference_run):
     np.testing.assert_allclose([v for _, v in val], [r["validation_loss"] for r in rows], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_wall_clock_limit_stops_mid_epoch_with_a_checkpoint(tmp_path, data_file):
     cfg = yaml.safe_load(_tiny_yaml(tmp_path, data_file, max_wall_time=1e-3).read_text())
     summary = train_and_evaluate(TrainConfig.from_dict(cfg), tmp_path / "run")
@@ -266,6 +267,7 @@ def test_wall_clock_limit_stops_mid_epoch_with_a_checkpoint(tmp_path, data_file)
     assert CheckpointStore(tmp_path / "run").steps() == [1]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_reproduces_the_loss_curve(tmp_path, data_file, reference_run):
     config = _tiny_yaml(tmp_path, data_file)
     run = tmp_path / "run"
@@ -395,6 +397,7 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, data_file):
     if data_file.suffix != ".npz":
         pytest.skip("the poisoned copy is made from the rMD17 npz")

@@ -115,6 +115,7 @@ def test_evaluate_cli_reports_the_ensemble_spread(ensemble_run, data, tmp_path, 
     assert metrics["member0_force_mae_mev_per_a"] != metrics["member1_force_mae_mev_per_a"]
 
 
+@pytest.mark.slow
 def test_ensemble_resume_after_a_clock_stop_reproduces_the_curve(ensemble_run, data, tmp_path):
     reference, _ = ensemble_run
     run = tmp_path / "run"
@@ -132,6 +133,7 @@ def test_ensemble_resume_after_a_clock_stop_reproduces_the_curve(ensemble_run, d
     store.close()
 
 
+@pytest.mark.slow
 def test_ensemble_md_system_runs_on_the_mean_energy():
     config = AllegroConfig(
         type_names=("H", "O"),

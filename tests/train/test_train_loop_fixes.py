@@ -92,6 +92,7 @@ def test_resume_with_the_same_files_spelled_differently_does_not_warn(tmp_path, 
 # ---- clock stops, the exported model, the test set -----------------------------------------
 
 
+@pytest.mark.slow
 def test_clock_stop_exports_the_partial_epoch_and_the_test_set_waits_for_the_end(tmp_path, capsys):
     data = _npz(tmp_path / "d.npz")
     run = tmp_path / "run"
