@@ -144,21 +144,25 @@ def render_table(results: dict[str, Any]) -> str:
         if r is None:
             lines.append(f"| {target} | not yet run | | {paper} | | | | | | | | |")
             continue
+        val, cpu = r.get("validation_energy_mae_mev"), r.get("cpu_hours")
         lines.append(
             f"| {target} | {r['energy_mae_mev']:.1f} | {r['energy_rmse_mev']:.1f} | {paper} | "
-            f"{r['energy_mae_mev'] / paper:.1f}× | {r['validation_energy_mae_mev']:.1f} | "
-            f"{r['steps']} | {r['epochs']} | {r['cpu_hours']:.2f} | {r['stop_reason']} | "
-            f"{r['hardware']} | {r['n_params']} |"
+            f"{r['energy_mae_mev'] / paper:.1f}× | {'–' if val is None else f'{val:.1f}'} | "
+            f"{r['steps']} | {r['epochs']} | {'–' if cpu is None else f'{cpu:.2f}'} | "
+            f"{r['stop_reason']} | {r['hardware']} | {r['n_params']} |"
         )
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """The learning curve(s) and test MAE, log-log; False (no file) without a curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not any(r.get("curve") for r in results.values()):
+        return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for target, r in results.items():
         x = [c[0] for c in r["curve"] if c[0] > 0]
@@ -181,6 +185,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "test_metrics.json").write_text(json.dumps(test, indent=2))
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if x]
     best = summary.get("best_validation") or {}
-    cpu_s = summary.get("train_cpu_time_s") or rows[-1].get("cpu_time_s")
+    # a run stopped by the clock inside its first epoch has no epoch row (no CPU time yet)
+    cpu_s = summary.get("train_cpu_time_s") or (rows[-1].get("cpu_time_s") if rows else None)
     from importlib.metadata import version
 
     entry = {
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": summary["epochs"],
         "steps": summary["steps"],
         "stop_reason": summary["stop_reason"],
-        "cpu_hours": round(cpu_s / 3600.0, 3),
+        "cpu_hours": round(cpu_s / 3600.0, 3) if cpu_s is not None else None,
         "curve": curve(rows),
         "hardware": hardware(),
         "training_device": summary.get("device_kind") or hardware(),
@@ -262,16 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     written = [results_path]
     if args.record:
         splice_block(README, TABLE_START, TABLE_END, render_table(results), "# QM9\n")
-        plot(results, PLOT)
-        written += [README, PLOT, publish_model(workdir, name)]
+        written += [README] + ([PLOT] if plot(results, PLOT) else [])
+        written.append(publish_model(workdir, name))
     else:
         table = workdir.parent / "results_table.md"
         table.write_text(render_table(results) + "\n")
-        plot(results, workdir.parent / PLOT.name)
-        written += [table, workdir.parent / PLOT.name]
+        written.append(table)
+        if plot(results, workdir.parent / PLOT.name):
+            written.append(workdir.parent / PLOT.name)
     print(
         f"{target}: test MAE {entry['energy_mae_mev']:.2f} meV on {entry['n_test']} molecules "
-        f"after {entry['epochs']} epochs, {entry['cpu_hours']:.2f} CPU h; written: "
+        f"after {entry['steps']} steps ({entry['epochs']} epochs); written: "
         + ", ".join(repo_path(w, REPO) for w in written),
         flush=True,
     )

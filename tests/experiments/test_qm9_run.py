@@ -57,3 +57,40 @@ def test_table_lists_every_target_beside_the_paper(run):
     text = run.render_table({"U0": entry})
     assert "| U0 | 11.4 | 20.0 | 5.7 | 2.0× |" in text
     assert sum("not yet run" in line for line in text.splitlines()) == 3
+
+
+def test_a_run_stopped_inside_its_first_epoch_is_recorded(run, tmp_path, monkeypatch):
+    """A budget-stopped run may have no epoch row yet (no CPU time, no validation row):
+    --evaluate-only --record still writes results.json, the table and the model."""
+    import json
+
+    runs = tmp_path / "runs"
+    workdir = runs / "U0"
+    (workdir / "model").mkdir(parents=True)
+    (workdir / "model" / "config.json").write_text("{}")
+    (workdir / "metrics.jsonl").write_text("")
+    summary = {"stop_reason": "max_wall_time", "epochs": 0, "steps": 160, "n_params": 7}
+    (workdir / "summary.json").write_text(json.dumps(summary))
+    data = tmp_path / "qm9.npz"
+    data.write_bytes(b"")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# QM9\n{run.TABLE_START}\n{run.TABLE_END}\n")
+    for name, value in {
+        "RESULTS": tmp_path / "results.json",
+        "README": readme,
+        "PLOT": tmp_path / "curve.png",
+        "MODELS": tmp_path / "models",
+    }.items():
+        monkeypatch.setattr(run, name, value)
+    monkeypatch.setattr(
+        run,
+        "evaluate",
+        lambda *a: {"energy_mae_mev": 50.0, "energy_rmse_mev": 70.0, "n_structures": 10831},
+    )
+    argv = ["--runs-dir", str(runs), "--data", str(data), "--evaluate-only", "--record"]
+    assert run.main(argv) == 0
+    entry = json.loads((tmp_path / "results.json").read_text())["U0"]
+    assert entry["cpu_hours"] is None and entry["curve"] == [] and entry["steps"] == 160
+    assert "| U0 | 50.0 | 70.0 | 5.7 | 8.8× | – | 160 | 0 | – |" in readme.read_text()
+    assert (tmp_path / "models" / "U0_1layer" / "config.json").exists()
+    assert not (tmp_path / "curve.png").exists()
