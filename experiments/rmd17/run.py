@@ -223,6 +223,10 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
         )
         summary = train_and_evaluate(config, workdir)
     invocation_s = time.perf_counter() - t0
+    # calls of run.py that trained this run (kept in its summary.json, also with --train-only)
+    invocations = (previous or {}).get("_run_py_invocations", 0) + (summary is not previous)
+    summary["_run_py_invocations"] = invocations
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
     if args.train_only:
         return {}
 
@@ -233,12 +237,9 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if x]
     epoch_times = [r["epoch_time_s"] for r in rows]
     best = summary.get("best_validation") or {}
-    invocations = (previous or {}).get("_run_py_invocations", 0) + (summary is not previous)
     cpu_s = summary.get("train_cpu_time_s")
     if cpu_s is None and rows:
         cpu_s = rows[-1].get("cpu_time_s")
-    summary["_run_py_invocations"] = invocations
-    summary_path.write_text(json.dumps(summary, indent=2, default=str))
     return {
         "energy_mae_mev": test["energy_mae_mev"],
         "force_mae_mev_per_a": test["force_mae_mev_per_a"],
@@ -374,7 +375,9 @@ def render_table(results: dict[str, Any]) -> str:
             lines.append(f"| {mol} | not yet run | | | | {paper} | | | | | | | | |")
         for setting, r in sorted(full.items()):
             b = r["budget"]
-            budget = f"{setting}: {b['minutes_per_invocation']:g} min × {b['invocations']}"
+            budget = setting
+            if b.get("invocations"):  # counted since run.py recorded them
+                budget += f", {b['invocations']} call(s)"
             ratio = r["force_mae_mev_per_a"] / PAPER[mol][1]
             lines.append(
                 f"| {mol} | {_fmt(r['energy_mae_mev'])} | {_fmt(r['force_mae_mev_per_a'])} | "
