@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -73,13 +74,16 @@ def tensorboard_scalars(row: dict) -> dict[str, float]:
 
 
 def epoch_line(row: dict, shown: dict) -> str:
-    """The line printed after an epoch; ``shown`` are the validation metrics it quotes."""
+    """The line printed after an epoch; ``shown`` are the validation metrics it quotes (the
+    force MAE only where the validation frames have forces: an energy-only set, QM9 say,
+    has none and its force MAE is NaN)."""
     f_mae = shown.get("force_mae_mev_per_a", float("nan"))
     e_mae = shown.get("energy_mae_mev", float("nan"))
     return (
         f"epoch {row['epoch']:4d}  step {row['step']:7d}  lr {row['lr']:.3g}  "
         f"train loss {row['train_loss']:.4g}  val loss {shown['loss']:.4g}  "
-        f"val E MAE {e_mae:.2f} meV  F MAE {f_mae:.2f} meV/Å"
+        f"val E MAE {e_mae:.2f} meV"
+        + (f"  F MAE {f_mae:.2f} meV/Å" if math.isfinite(f_mae) else "")
         + (
             f"  F std {shown['force_std_mean_mev_per_a']:.2f} meV/Å"
             if "force_std_mean_mev_per_a" in shown

@@ -327,3 +327,15 @@ def test_a_resumed_run_compiles_its_training_step_once(two_epochs, capsys):
     assert "again at call" not in out  # restored arrays would otherwise recompile the step
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_the_epoch_line_quotes_force_errors_only_where_frames_have_forces():
+    from allegro_jax.train.metrics_log import epoch_line
+
+    row = {"epoch": 3, "step": 30, "lr": 0.002, "train_loss": 0.5, "epoch_time_s": 1.25}
+    with_forces = {"loss": 0.25, "energy_mae_mev": 12.0, "force_mae_mev_per_a": 34.5}
+    line = epoch_line(row, with_forces)
+    assert "val E MAE 12.00 meV  F MAE 34.50 meV/Å  (1.2 s)" in line
+    energy_only = {"loss": 0.25, "energy_mae_mev": 12.0, "force_mae_mev_per_a": float("nan")}
+    line = epoch_line(row, energy_only)
+    assert line.endswith("val E MAE 12.00 meV  (1.2 s)") and "nan" not in line
