@@ -93,3 +93,34 @@ def portable_command(args: Sequence[str], repo: str | os.PathLike) -> str:
         return arg
 
     return shlex.join(one(str(a)) for a in args)
+
+
+def publish_model(workdir: Path, dest: Path, repo: str | os.PathLike) -> Path:
+    """Copy a run's best model to ``dest`` (atomically replaced), with the run's metrics
+    curve, summary, statistics and test metrics; the test metrics' data path is recorded
+    relative to the repository (:func:`repo_path`), as the experiments record every path.
+
+    Raises:
+        SystemExit: the run has no exported model yet.
+    """
+    import json
+    import shutil
+
+    if not (workdir / "model" / "config.json").exists():
+        raise SystemExit(f"{workdir / 'model'}: no trained model to publish")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(workdir / "model", tmp)
+    for name in ("metrics.csv", "summary.json", "statistics.json", "test_metrics.json"):
+        if (workdir / name).exists():
+            shutil.copy2(workdir / name, tmp / name)
+    test = tmp / "test_metrics.json"
+    if test.exists():
+        metrics = json.loads(test.read_text())
+        if isinstance(metrics.get("data"), str):
+            metrics["data"] = repo_path(metrics["data"], repo)
+        test.write_text(json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest

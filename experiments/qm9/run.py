@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from allegro_jax.runinfo import (
     cpu_model,
     portable_command,
     portable_config,
+    publish_model,
     repo_path,
     splice_block,
 )
@@ -115,22 +115,6 @@ def evaluate(workdir: Path, config, data: Path, batch_size: int) -> dict[str, An
     return evaluate_model(
         workdir, data, batch_size=batch_size, read_fn=lambda _: list(molecules[idx])
     )
-
-
-def publish_model(workdir: Path, name: str) -> Path:
-    if not (workdir / "model" / "config.json").exists():
-        raise SystemExit(f"{workdir / 'model'}: no trained model to publish")
-    dest = MODELS / name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(workdir / "model", tmp)
-    for f in ("metrics.csv", "summary.json", "statistics.json", "test_metrics.json"):
-        if (workdir / f).exists():
-            shutil.copy2(workdir / f, tmp / f)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
 
 
 def render_table(results: dict[str, Any]) -> str:
@@ -269,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         splice_block(README, TABLE_START, TABLE_END, render_table(results), "# QM9\n")
         written += [README] + ([PLOT] if plot(results, PLOT) else [])
-        written.append(publish_model(workdir, name))
+        written.append(publish_model(workdir, MODELS / name, REPO))
     else:
         table = workdir.parent / "results_table.md"
         table.write_text(render_table(results) + "\n")

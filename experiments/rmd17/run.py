@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from allegro_jax.runinfo import (
     cpu_model,
     portable_command,
     portable_config,
+    publish_model,
     repo_path,
     splice_block,
 )
@@ -446,22 +446,12 @@ def plot_curves(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def publish_model(mol: str, setting: str, workdir: Path) -> Path:
-    """Copy the run's best model (float32 EMA weights, config, statistics) and its metrics
-    curve and summary to ``models/<setting>/<molecule>`` (atomically replaced)."""
-    if not (workdir / "model" / "config.json").exists():
-        raise SystemExit(f"[{mol}] {workdir / 'model'}: no trained model to publish")
-    dest = MODELS / setting / mol
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(workdir / "model", tmp)
-    for name in ("metrics.csv", "summary.json", "statistics.json", "test_metrics.json"):
-        if (workdir / name).exists():
-            shutil.copy2(workdir / name, tmp / name)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
+def publish(mol: str, setting: str, workdir: Path) -> Path:
+    """The run's best model and its record to ``models/<setting>/<molecule>``."""
+    try:
+        return publish_model(workdir, MODELS / setting / mol, REPO)
+    except SystemExit as err:
+        raise SystemExit(f"[{mol}] {err}") from None
 
 
 def update_readme(results: dict[str, Any]) -> None:
@@ -547,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             written.append(plot_path)
         if args.record:
             workdir = Path(os.path.abspath(args.runs_dir)) / setting / mol
-            written.append(publish_model(mol, setting, workdir))
+            written.append(publish(mol, setting, workdir))
         print(
             f"[{mol}] test E MAE {entry['energy_mae_mev']:.2f} meV, F MAE "
             f"{entry['force_mae_mev_per_a']:.2f} meV/Å after {entry['epochs']} epochs, "

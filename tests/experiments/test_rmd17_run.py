@@ -104,21 +104,27 @@ def test_publish_copies_the_best_model_and_its_record(run, tmp_path, monkeypatch
     monkeypatch.setattr(run, "MODELS", tmp_path / "models")
     workdir = tmp_path / "runs" / "mid" / "ethanol"
     with pytest.raises(SystemExit, match="no trained model to publish"):
-        run.publish_model("ethanol", "mid", workdir)
+        run.publish("ethanol", "mid", workdir)
     (workdir / "model").mkdir(parents=True)
     (workdir / "model" / "config.json").write_text("{}")
     (workdir / "model" / "params.msgpack").write_bytes(b"w")
     (workdir / "metrics.csv").write_text("epoch\n1\n")
     (workdir / "checkpoints").mkdir()  # not published
-    dest = run.publish_model("ethanol", "mid", workdir)
+    data = run.REPO.parent / "shared" / "data" / "rmd17" / "rmd17_ethanol_test_01.npz"
+    (workdir / "test_metrics.json").write_text(json.dumps({"data": str(data), "n": 1}))
+    dest = run.publish("ethanol", "mid", workdir)
     assert dest == tmp_path / "models" / "mid" / "ethanol"
     assert sorted(p.name for p in dest.iterdir()) == [
         "config.json",
         "metrics.csv",
         "params.msgpack",
+        "test_metrics.json",
     ]
+    # recorded like every experiment path: relative to the repository, no machine prefix
+    test = json.loads((dest / "test_metrics.json").read_text())
+    assert test == {"data": "../shared/data/rmd17/rmd17_ethanol_test_01.npz", "n": 1}
     (workdir / "model" / "params.msgpack").write_bytes(b"w2")
-    run.publish_model("ethanol", "mid", workdir)  # replaces
+    run.publish("ethanol", "mid", workdir)  # replaces
     assert (dest / "params.msgpack").read_bytes() == b"w2"
     assert not dest.with_name("ethanol.tmp").exists()
 
