@@ -5,9 +5,11 @@ specific to one machine (:func:`repo_path`, :func:`portable_config`,
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,9 +105,6 @@ def publish_model(workdir: Path, dest: Path, repo: str | os.PathLike) -> Path:
     Raises:
         SystemExit: the run has no exported model yet.
     """
-    import json
-    import shutil
-
     if not (workdir / "model" / "config.json").exists():
         raise SystemExit(f"{workdir / 'model'}: no trained model to publish")
     dest.parent.mkdir(parents=True, exist_ok=True)
