@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+
 
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
@@ -123,3 +125,24 @@ def publish_model(workdir: Path, dest: Path, repo: str | os.PathLike) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest
+
+
+def device_description() -> str:
+    """The first JAX device: the GPU's name, or the CPU model string and usable core count."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.device_kind} ({jax.device_count()}x {dev.platform})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_model()}, {cores} cores (CPU)"
+
+
+def learning_curve(rows: list[dict[str, Any]], key: str, points: int = 200) -> list[list[float]]:
+    """``[CPU hours, row[key]]`` of the metrics rows that have both, thinned to about
+    ``points`` (the last row always kept): the data of a learning-curve plot."""
+    pts = [
+        [round(r["cpu_time_s"] / 3600.0, 4), round(r[key], 3)]
+        for r in rows
+        if r.get("cpu_time_s") is not None and r.get(key) is not None
+    ]
+    step = max(1, -(-len(pts) // points))
+    return pts[::step] + ([pts[-1]] if pts and (len(pts) - 1) % step else [])

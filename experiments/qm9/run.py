@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from allegro_jax.runinfo import (
-    cpu_model,
+    device_description,
+    learning_curve,
     portable_command,
     portable_config,
     publish_model,
@@ -85,24 +86,13 @@ def test_indices(config, n_molecules: int) -> np.ndarray:
 
 
 def curve(rows: list[dict[str, Any]], points: int = 200) -> list[list[float]]:
-    """Validation energy MAE (meV) against training CPU hours, thinned to ~``points``."""
-    pts = [
-        [round(r["cpu_time_s"] / 3600.0, 4), round(r["validation_energy_mae_mev"], 3)]
-        for r in rows
-        if r.get("cpu_time_s") is not None and r.get("validation_energy_mae_mev") is not None
-    ]
-    step = max(1, -(-len(pts) // points))
-    return pts[::step] + ([pts[-1]] if pts and (len(pts) - 1) % step else [])
+    """Validation energy MAE against training CPU hours (the plot's data)."""
+    return learning_curve(rows, "validation_energy_mae_mev", points)
 
 
 def hardware() -> str:
-    import jax
-
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        return f"{dev.device_kind} ({jax.device_count()}x {dev.platform})"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_model()}, {cores} cores (CPU)"
+    """The GPU name, or the CPU model string and the usable core count."""
+    return device_description()
 
 
 def evaluate(workdir: Path, config, data: Path, batch_size: int) -> dict[str, Any]:

@@ -37,7 +37,8 @@ import yaml
 
 from allegro_jax.data.datasets import RMD17_MOLECULES
 from allegro_jax.runinfo import (
-    cpu_model,
+    device_description,
+    learning_curve,
     portable_command,
     portable_config,
     publish_model,
@@ -118,14 +119,7 @@ TABLE_END = "<!-- results-table:end -->"
 # ---- environment ------------------------------------------------------------------------
 def hardware() -> str:
     """The GPU name, or the CPU model string and the usable core count."""
-    import jax
-
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        return f"{dev.device_kind} ({jax.device_count()}x {dev.platform})"
-    model = cpu_model()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores (CPU)"
+    return device_description()
 
 
 def versions() -> dict[str, str]:
@@ -284,15 +278,8 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
 
 
 def curve(rows: list[dict[str, Any]], points: int = 200) -> list[list[float]]:
-    """Validation force MAE against training CPU hours, thinned to about ``points`` epochs
-    (the last one always kept): the data of the learning-curve plot."""
-    pts = [
-        [round(r["cpu_time_s"] / 3600.0, 4), round(r["validation_force_mae_mev_per_a"], 3)]
-        for r in rows
-        if r.get("cpu_time_s") is not None and r.get("validation_force_mae_mev_per_a") is not None
-    ]
-    step = max(1, -(-len(pts) // points))
-    return pts[::step] + ([pts[-1]] if pts and (len(pts) - 1) % step else [])
+    """Validation force MAE against training CPU hours (the plot's data)."""
+    return learning_curve(rows, "validation_force_mae_mev_per_a", points)
 
 
 def epoch_seconds(epoch_times: list[float]) -> float | None:
