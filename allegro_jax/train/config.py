@@ -30,7 +30,7 @@ from allegro_jax.config import AllegroConfig
 
 _MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(AllegroConfig))
 _OPTIMIZERS = ("Adam", "AMSGrad")
-_SCHEDULERS = ("ReduceLROnPlateau", "none")
+_SCHEDULERS = ("ReduceLROnPlateau", "cosine", "none")
 _PATH_KEYS = ("dataset_file_name", "validation_dataset_file_name", "test_dataset_file_name")
 _LOSS_KEYS = {"total_energy": "PerAtomMSELoss", "forces": "MSELoss", "stress": "MSELoss"}
 
@@ -172,7 +172,10 @@ class TrainConfig:
             and the saved model).
         ema_decay: EMA decay.
         ema_use_num_updates: warm the decay up as ``min(decay, (1 + n) / (10 + n))``.
-        lr_scheduler_name: ``"ReduceLROnPlateau"`` (on the validation loss) or ``"none"``.
+        lr_scheduler_name: ``"ReduceLROnPlateau"`` (on the validation loss), ``"cosine"``
+            (the rate of epoch ``e`` is ``learning_rate · (1 + cos(π e / max_epochs)) / 2``:
+            a run of a fixed length that ends annealed, e.g. a fine-tune from
+            ``initial_model``; the ``LR`` lower bound does not stop it) or ``"none"``.
         lr_scheduler_patience: epochs without improvement before the rate is reduced.
         lr_scheduler_factor: multiplier of the rate on a plateau.
         lr_scheduler_threshold: relative improvement that counts (torch's default 1e-4).

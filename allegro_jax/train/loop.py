@@ -67,7 +67,7 @@ from allegro_jax.train.ensemble import (
 from allegro_jax.train.evaluate import evaluate_model, evaluate_split
 from allegro_jax.train.loss import summarize
 from allegro_jax.train.metrics_log import MetricsLog, epoch_line, tensorboard_scalars
-from allegro_jax.train.optimizer import make_optimizer, plateau_update
+from allegro_jax.train.optimizer import cosine_lr, make_optimizer, plateau_update
 from allegro_jax.train.resume import (
     check_ensemble_size,
     exported_losses,
@@ -476,6 +476,8 @@ def final_stop_reason(run: Run) -> str | None:
     last_improved = int(np.max(np.asarray(run.state.best_epoch)))
     if epoch > 0 and patience is not None and epoch - last_improved >= patience:
         return "early_stopping_patience"
+    if config.lr_scheduler_name == "cosine":  # the schedule ends the run at max_epochs
+        min_lr = None
     if epoch > 0 and min_lr is not None and float(np.max(run.state.plateau.lr)) < min_lr:
         return "lr_below_min"
     return None
@@ -646,6 +648,9 @@ def end_epoch(
             factor=config.lr_scheduler_factor,
             threshold=config.lr_scheduler_threshold,
         )
+    elif config.lr_scheduler_name == "cosine":  # the rate of the next epoch
+        lr_next = cosine_lr(config.learning_rate, run.epoch + 1, config.max_epochs)
+        plateau = plateau.replace(lr=jnp.full_like(plateau.lr, lr_next))
     improved = val_losses < run.best_val
     run.best_val = np.where(improved, val_losses, run.best_val)
     epoch = run.epoch + 1

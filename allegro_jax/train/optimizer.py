@@ -1,4 +1,4 @@
-"""Optimiser factory, a ReduceLROnPlateau scheduler and the EMA decay schedule.
+"""Optimiser factory, a ReduceLROnPlateau scheduler, a cosine schedule and the EMA decay.
 
 ``optax.contrib.reduce_on_plateau`` watches a value passed to every ``update`` call
 (averaged over ``accumulation_size`` steps); the paper's protocol reduces the rate on the
@@ -10,6 +10,7 @@ state with :func:`set_learning_rate` (``optax.inject_hyperparams``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -114,6 +115,15 @@ def plateau_update(
     lr = jnp.where(reduce, jnp.maximum(state.lr * factor, min_lr), state.lr)
     bad = jnp.where(reduce, 0, bad)
     return PlateauState(lr=lr.astype(jnp.float32), best=best, num_bad_epochs=bad.astype(jnp.int32))
+
+
+def cosine_lr(learning_rate: float, epoch: int, epochs: int) -> float:
+    """Rate of epoch ``epoch`` (0-based) of a half cosine from ``learning_rate`` to 0.
+
+    ``learning_rate · (1 + cos(π · epoch / epochs)) / 2``; ``epoch ≥ epochs`` gives 0.
+    """
+    frac = min(max(epoch, 0), epochs) / epochs
+    return 0.5 * learning_rate * (1.0 + math.cos(math.pi * frac))
 
 
 def ema_decay_at(step: jax.Array, decay: float, use_num_updates: bool = True) -> jax.Array:
