@@ -29,6 +29,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -113,7 +114,37 @@ def save_results(results: dict[str, Any]) -> None:
     os.replace(tmp, RESULTS)
 
 
+def _commit() -> str | None:
+    """The repository's HEAD (the code that evaluates; each stage's code is in git log)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def _stages(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training run behind a model, oldest first: hardware, epochs, steps, time."""
+
+    def one(s: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "hardware": s.get("device_kind") or s.get("backend"),
+            "epochs": s.get("epochs"),
+            "steps": s.get("steps"),
+            "wall_minutes": round((s.get("train_wall_time_s") or 0.0) / 60.0, 1),
+            "cpu_hours": round((s.get("train_cpu_time_s") or 0.0) / 3600.0, 3),
+            "stop_reason": s.get("stop_reason"),
+        }
+
+    return [one(s) for s in summary.get("previous_stages", [])] + (
+        [one(summary)] if summary else []
+    )
+
+
 def evaluate(args: argparse.Namespace) -> None:
+    from allegro_jax.runinfo import device_description
     from allegro_jax.train.evaluate import evaluate_model
 
     results = load_results()
@@ -153,11 +184,52 @@ def evaluate(args: argparse.Namespace) -> None:
             "n_params": summ.get("n_params"),
             "published": PUBLISHED[el],
             "model_id": key,
+            "training": _stages(summ),
+            "evaluated_on": device_description(),
+            "commit": _commit(),
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         results["elements"][el] = row
         save_results(results)
         print(f"[{el}] test: {json.dumps({k: row[k] for k in list(row)[:3]})}", flush=True)
+
+
+STAGE_KEYS = (
+    "stop_reason",
+    "epochs",
+    "steps",
+    "train_wall_time_s",
+    "train_cpu_time_s",
+    "backend",
+    "device_kind",
+    "lr_scheduler_name",
+)
+
+
+def _keep_stages(workdir: Path, dest: Path, new: Path) -> None:
+    """A run that started from the published model keeps that model's training as a stage.
+
+    ``summary.json`` of the new model gains ``previous_stages`` (oldest first): what each
+    earlier run from which it was fine-tuned trained, and on which hardware.
+    """
+    train_cfg = workdir / "train_config.yaml"
+    init = (
+        yaml.safe_load(train_cfg.read_text()).get("initial_model") if train_cfg.exists() else None
+    )
+    old_summary, new_summary = dest / "summary.json", new / "summary.json"
+    if not (init and old_summary.exists() and new_summary.exists()):
+        return
+    if Path(init).resolve() != dest.resolve():
+        return
+    old = json.loads(old_summary.read_text())
+    stages = old.pop("previous_stages", [])
+    stage = {k: old.get(k) for k in STAGE_KEYS if k in old}
+    stage["best_validation_force_mae_mev_per_a"] = (old.get("best_validation") or {}).get(
+        "validation_force_mae_mev_per_a"
+    )
+    summary = json.loads(new_summary.read_text())
+    summary["previous_stages"] = [*stages, stage]
+    new_summary.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def publish(args: argparse.Namespace) -> None:
@@ -172,6 +244,7 @@ def publish(args: argparse.Namespace) -> None:
         for name in ("metrics.csv", "summary.json", "statistics.json"):
             if (workdir / name).exists():
                 shutil.copy2(workdir / name, tmp / name)
+        _keep_stages(workdir, dest, tmp)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
