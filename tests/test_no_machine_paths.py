@@ -1,6 +1,6 @@
 """No tracked text file names a path that exists on one machine only (issue 18, item 3).
 
-Commands in READMEs run from the repository root (``python experiments/...``), and results
+Commands in READMEs run from the repository root (``python -m experiments...``), and results
 files record paths relative to it (``experiments/...``, ``../shared/data/...``).
 """
 

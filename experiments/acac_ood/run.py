@@ -2,10 +2,10 @@
 
 Usage (from the repository root; data default ``<repo>/../shared/data/acac``)::
 
-    python experiments/acac_ood/run.py --budget-minutes 12
-    python experiments/acac_ood/run.py --budget-minutes 12 --cores 1   # pinned to one core
-    python experiments/acac_ood/run.py --budget-minutes 12 --record    # the committed files
-    python experiments/acac_ood/run.py --table-only                    # README only
+    python -m experiments.acac_ood.run --budget-minutes 12
+    python -m experiments.acac_ood.run --budget-minutes 12 --cores 1   # pinned to one core
+    python -m experiments.acac_ood.run --budget-minutes 12 --record    # the committed files
+    python -m experiments.acac_ood.run --table-only                    # README only
 
 ``--budget-minutes`` is the config's ``max_wall_time`` (data loading and compilation
 included; the test evaluation afterwards is not). The run directory (``--runs-dir``, default
@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     results_path, table_path = outputs(args)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     command = portable_command(
-        ["python", "experiments/acac_ood/run.py", *(sys.argv[1:] if argv is None else argv)], REPO
+        ["python", "-m", "experiments.acac_ood.run", *(sys.argv[1:] if argv is None else argv)],
+        REPO,
     )
     results["ours"] = run(args, command)
     results_path.parent.mkdir(parents=True, exist_ok=True)

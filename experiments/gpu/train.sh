@@ -56,12 +56,12 @@ fi
 
 start=$(date +%s)
 for mol in "${molecules[@]}"; do
-    python3 experiments/rmd17/run.py "$mol" --variant full --budget-minutes "$minutes" \
+    python3 -m experiments.rmd17.run "$mol" --variant full --budget-minutes "$minutes" \
         --runs-dir "$RUNS/rmd17" --data-dir .gpu-data/rmd17 --train-only \
         >"$RUNS/logs/rmd17_$mol.log" 2>&1 &
 done
 for el in "${elements[@]}"; do
-    python3 experiments/mlearn/run.py train "$el" --minutes "$minutes" \
+    python3 -m experiments.mlearn.run train "$el" --minutes "$minutes" \
         --runs-dir "$RUNS/mlearn" --data-dir .gpu-data/mlearn \
         >"$RUNS/logs/mlearn_$el.log" 2>&1 &
 done

@@ -2,10 +2,10 @@
 
 Usage (from the repository root; run directories live outside the work tree)::
 
-    python experiments/mlearn/run.py train Si Ge --minutes 60      # train or resume
-    python experiments/mlearn/run.py evaluate Si                   # the test file, once
-    python experiments/mlearn/run.py publish Si                    # best model -> models/Si
-    python experiments/mlearn/run.py table                         # README table
+    python -m experiments.mlearn.run train Si Ge --minutes 60      # train or resume
+    python -m experiments.mlearn.run evaluate Si                   # the test file, once
+    python -m experiments.mlearn.run publish Si                    # best model -> models/Si
+    python -m experiments.mlearn.run table                         # README table
 
 ``train`` trains (or resumes) each element in ``--runs-dir/<El>`` for at most ``--minutes``
 of wall clock per call, on ``<El>_train.extxyz`` with ``n_val`` validation cells drawn from

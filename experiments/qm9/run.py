@@ -2,9 +2,9 @@
 
 Usage (from the repository root; data default ``../shared/data/qm9/qm9_qm9pack.npz``)::
 
-    python experiments/qm9/run.py --budget-minutes 60 --runs-dir ../runs/qm9 --train-only
-    python experiments/qm9/run.py --runs-dir ../runs/qm9 --evaluate-only           # test set
-    python experiments/qm9/run.py --runs-dir ../runs/qm9 --evaluate-only --record  # committed
+    python -m experiments.qm9.run --budget-minutes 60 --runs-dir ../runs/qm9 --train-only
+    python -m experiments.qm9.run --runs-dir ../runs/qm9 --evaluate-only           # test set
+    python -m experiments.qm9.run --runs-dir ../runs/qm9 --evaluate-only --record  # committed
 
 The split is the paper's: 110,000 training and 10,000 validation molecules drawn with seed 0
 (``allegro_jax.data.datasets.random_split``, the training loop's own split), the remaining
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": portable_config(config.to_dict(), REPO),
         "command": portable_command(
-            ["python", "experiments/qm9/run.py", *(sys.argv[1:] if argv is None else argv)], REPO
+            ["python", "-m", "experiments.qm9.run", *(sys.argv[1:] if argv is None else argv)], REPO
         ),
         "versions": {k: version(k) for k in ("allegro-jax", "jax", "e3nn-jax")},
     }

@@ -2,10 +2,10 @@
 
 Usage (from anywhere; data paths default to ``<repo>/../shared/data/rmd17``)::
 
-    python experiments/rmd17/run.py aspirin ethanol --variant cpu --budget-minutes 3
-    python experiments/rmd17/run.py all --variant full --budget-minutes 9   # GPU, repeat
-    python experiments/rmd17/run.py ethanol --variant cpu --record          # committed files
-    python experiments/rmd17/run.py --table-only                           # README only
+    python -m experiments.rmd17.run aspirin ethanol --variant cpu --budget-minutes 3
+    python -m experiments.rmd17.run all --variant full --budget-minutes 9   # GPU, repeat
+    python -m experiments.rmd17.run ethanol --variant cpu --record          # committed files
+    python -m experiments.rmd17.run --table-only                           # README only
 
 ``--budget-minutes`` is the wall-clock limit of ONE invocation per molecule (the config's
 ``max_wall_time``; it counts data loading and compilation). The run directory
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     if not mols or bad:
         p.error(f"unknown molecules {bad}; choose 'all' or from {MOLECULES}")
     command = portable_command(
-        ["python", "experiments/rmd17/run.py", *(sys.argv[1:] if argv is None else argv)], REPO
+        ["python", "-m", "experiments.rmd17.run", *(sys.argv[1:] if argv is None else argv)], REPO
     )
     for mol in mols:
         entry = run_molecule(mol, args, command)

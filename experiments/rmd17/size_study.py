@@ -2,8 +2,8 @@
 
 Usage (from the repository root; the run directories live outside the work tree)::
 
-    python experiments/rmd17/size_study.py train --runs-dir ../runs/rmd17_size --minutes 60
-    python experiments/rmd17/size_study.py report --runs-dir ../runs/rmd17_size
+    python -m experiments.rmd17.size_study train --runs-dir ../runs/rmd17_size --minutes 60
+    python -m experiments.rmd17.size_study report --runs-dir ../runs/rmd17_size
 
 ``train`` trains (or resumes) every (size, molecule) pair named by ``--sizes`` and
 ``--molecules`` for at most ``--minutes`` of wall clock each, with the paper's protocol

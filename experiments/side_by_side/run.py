@@ -2,10 +2,10 @@
 
 Usage (from the repository root)::
 
-    python experiments/side_by_side/run.py aspirin ethanol --budget-minutes 10
-    python experiments/side_by_side/run.py ethanol --budget-minutes 1 --runs-dir ../runs/sbs_smoke
-    python experiments/side_by_side/run.py aspirin ethanol --budget-minutes 10 --record
-    python experiments/side_by_side/run.py --report-only      # results.json -> PNG + README
+    python -m experiments.side_by_side.run aspirin ethanol --budget-minutes 10
+    python -m experiments.side_by_side.run ethanol --budget-minutes 1 --runs-dir ../runs/sbs_smoke
+    python -m experiments.side_by_side.run aspirin ethanol --budget-minutes 10 --record
+    python -m experiments.side_by_side.run --report-only      # results.json -> PNG + README
 
 For each molecule, ``prepare`` draws the 950/50 split of ``rmd17_<mol>_train_01.npz``
 (seed 0), writes the two subsets to extxyz files (eV, Å) that BOTH frameworks read,
@@ -346,15 +346,18 @@ def launch(mol: str, rundir: Path, budget_s: float, cores: tuple[str, str]) -> d
         str(bindir / "nequip-train") if (bindir / "nequip-train").exists() else "nequip-train"
     )
     cmd_ours = [
-        "taskset", "-c", cores[0], sys.executable, str(Path(__file__).resolve()), "--worker-ours",
-        str(rundir / "ours.yaml"), "--workdir", str(rundir / "ours"), "--deadline", repr(deadline),
+        "taskset", "-c", cores[0], sys.executable, "-m", "experiments.side_by_side.run",
+        "--worker-ours", str(rundir / "ours.yaml"), "--workdir", str(rundir / "ours"),
+        "--deadline", repr(deadline),
     ]  # fmt: skip
     cmd_ref = [
         "taskset", "-c", cores[1], nequip_train, "-cp", str(nequip_dir), "-cn", "config.yaml",
         f"hydra.run.dir={nequip_dir / 'hydra'}",
     ]  # fmt: skip
     with open(rundir / "ours.log", "w") as lo, open(rundir / "nequip.log", "w") as ln:
-        p_ours = subprocess.Popen(cmd_ours, env=env, stdout=lo, stderr=subprocess.STDOUT)
+        p_ours = subprocess.Popen(  # the repository root: where -m finds experiments
+            cmd_ours, env=env, stdout=lo, stderr=subprocess.STDOUT, cwd=REPO
+        )
         p_ref = subprocess.Popen(
             cmd_ref, env=env, stdout=ln, stderr=subprocess.STDOUT, cwd=nequip_dir
         )
@@ -711,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--cores needs two core ids like 0,1, got {args.cores!r}")
     data_dir = Path(os.path.abspath(args.data_dir)) if args.data_dir else default_data_dir()
     command = portable_command(
-        ["python", "experiments/side_by_side/run.py", *(sys.argv[1:] if argv is None else argv)],
+        ["python", "-m", "experiments.side_by_side.run", *(sys.argv[1:] if argv is None else argv)],
         REPO,
     )
     out = outputs(args)

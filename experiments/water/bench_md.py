@@ -6,7 +6,7 @@ rebuilt on demand inside the jitted loop. Prints a table and writes
 ``runs/bench_md_<dtype>.json`` (git-ignored); ``--record`` writes the committed
 ``bench_md_<dtype>.json`` next to this script instead.
 
-Usage: python experiments/water/bench_md.py [--dtype float32] [--steps 200] [--record]
+Usage: python -m experiments.water.bench_md [--dtype float32] [--steps 200] [--record]
 """
 
 from __future__ import annotations

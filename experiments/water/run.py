@@ -2,17 +2,17 @@
 
 Subcommands (run from the repository root; outputs under experiments/water/runs/):
 
-    python experiments/water/run.py train [--set key=value ...]  # resumes runs/train
-    python experiments/water/run.py md --size 64 --ps 25  # NVT 300 K, 192 atoms
-    python experiments/water/run.py nve-check             # 2 ps NVE from the md64 state
-    python experiments/water/run.py nve-check --source R --model M  # from run R, its dt
-    python experiments/water/run.py md --size 512 --ps 25  # 55 min on one CPU core
-    python experiments/water/run.py analyse               # runs/results.json, rdf.png, msd.png
-    python experiments/water/run.py diffusion-blocks --runs A B  # D_O per block and window
-    python experiments/water/run.py barrier  # model 3 + O-H barrier -> runs/attempts/B_barrier
-    python experiments/water/run.py stretch --models train  # bond-stretch probes -> stretch.json
-    python experiments/water/run.py augment  # synthetic stretched-bond frames (README, attempt E)
-    python experiments/water/run.py analyse --record      # the committed files, see below
+    python -m experiments.water.run train [--set key=value ...]  # resumes runs/train
+    python -m experiments.water.run md --size 64 --ps 25  # NVT 300 K, 192 atoms
+    python -m experiments.water.run nve-check             # 2 ps NVE from the md64 state
+    python -m experiments.water.run nve-check --source R --model M  # from run R, its dt
+    python -m experiments.water.run md --size 512 --ps 25  # 55 min on one CPU core
+    python -m experiments.water.run analyse               # runs/results.json, rdf.png, msd.png
+    python -m experiments.water.run diffusion-blocks --runs A B  # D_O per block and window
+    python -m experiments.water.run barrier  # model 3 + O-H barrier -> runs/attempts/B_barrier
+    python -m experiments.water.run stretch --models train  # bond-stretch probes -> stretch.json
+    python -m experiments.water.run augment  # synthetic stretched-bond frames (README, attempt E)
+    python -m experiments.water.run analyse --record      # the committed files, see below
 
 ``train --config C --run R`` trains another model into ``runs/R``; ``md --model R --out O
 --temperature T`` runs it (e.g. a hotter stability test). ``md`` resumes from its checkpoint

@@ -142,10 +142,10 @@ def test_rmd17_records_paths_relative_to_the_repository(rmd17):
     resolved = rmd17.portable_config(config.to_dict(), rmd17.REPO)
     assert resolved["dataset_file_name"] == "../shared/data/rmd17/rmd17_ethanol_train_01.npz"
     command = rmd17.portable_command(
-        ["python", "experiments/rmd17/run.py", "--runs-dir", str(rmd17.HERE / "runs" / "x")],
+        ["python", "-m", "experiments.rmd17.run", "--runs-dir", str(rmd17.HERE / "runs" / "x")],
         rmd17.REPO,
     )
-    assert command == "python experiments/rmd17/run.py --runs-dir experiments/rmd17/runs/x"
+    assert command == "python -m experiments.rmd17.run --runs-dir experiments/rmd17/runs/x"
 
 
 # ---- side_by_side --------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_side_by_side_writes_its_runs_dir_and_only_record_touches_the_committed_
     recorded = json.loads(copies["results.json"].read_text())["molecules"]["ethanol"]
     # a --runs-dir outside the repository and its parent folder is kept as given
     assert recorded["command"] == (
-        f"python experiments/side_by_side/run.py ethanol --budget-minutes 1 --runs-dir "
+        f"python -m experiments.side_by_side.run ethanol --budget-minutes 1 --runs-dir "
         f"{tmp_path / 'r2'} --record"
     )
     assert "| ethanol | allegro-jax | 1.0 | 2.0 |" in copies["README.md"].read_text()
@@ -211,10 +211,11 @@ def test_side_by_side_records_commands_without_machine_paths(sbs, monkeypatch):
     import sys
 
     rundir = sbs.HERE / "runs" / "ethanol"
-    cmd = ["taskset", "-c", "0", sys.executable, str(sbs.HERE / "run.py"), "--worker-ours",
-           str(rundir / "ours.yaml"), f"hydra.run.dir={rundir / 'nequip' / 'hydra'}"]  # fmt: skip
+    cmd = ["taskset", "-c", "0", sys.executable, "-m", "experiments.side_by_side.run",
+           "--worker-ours", str(rundir / "ours.yaml"),
+           f"hydra.run.dir={rundir / 'nequip' / 'hydra'}"]  # fmt: skip
     assert sbs.portable_command(cmd, sbs.REPO) == (
-        "taskset -c 0 python experiments/side_by_side/run.py --worker-ours "
+        "taskset -c 0 python -m experiments.side_by_side.run --worker-ours "
         "experiments/side_by_side/runs/ethanol/ours.yaml "
         "hydra.run.dir=experiments/side_by_side/runs/ethanol/nequip/hydra"
     )

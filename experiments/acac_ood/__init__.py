@@ -1,0 +1,1 @@
+"""Acetylacetone: trained at 300 K, tested at 300 K and 600 K."""

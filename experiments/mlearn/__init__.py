@@ -1,0 +1,1 @@
+"""mlearn: one Allegro model per element, against GAP and MTP."""

@@ -1,0 +1,1 @@
+"""QM9 (energies only)."""

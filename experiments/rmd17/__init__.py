@@ -1,0 +1,1 @@
+"""rMD17 with the paper's protocol."""

@@ -1,0 +1,1 @@
+"""Liquid water: training, NVT molecular dynamics, RDFs and diffusion."""
