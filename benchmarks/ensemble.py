@@ -14,10 +14,10 @@ and reports ``t_K / (K · t_1)``: below 1 the single program is cheaper than K s
 (compile time is reported separately: K separate runs pay it K times). The machine load
 (``os.getloadavg``) is recorded before and after, since shared boxes are noisy.
 
-Usage::
+Usage (from the repository root: ``-m`` finds ``experiments.runinfo`` there)::
 
-    python benchmarks/ensemble.py --members 4 --steps 10
-    python benchmarks/ensemble.py --config allegro_jax/train/configs/test.yaml --steps 30
+    python -m benchmarks.ensemble --members 4 --steps 10
+    python -m benchmarks.ensemble --config allegro_jax/train/configs/test.yaml --steps 30
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from allegro_jax.runinfo import cpu_model
+from experiments.runinfo import cpu_model
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -152,7 +152,7 @@ def main() -> None:
         )
     out = {
         "date": dt.date.today().isoformat(),
-        "command": "python benchmarks/ensemble.py "
+        "command": "python -m benchmarks.ensemble "
         + f"--config {os.path.relpath(args.config, REPO)} --members {k} --steps {args.steps}",
         "hardware": f"{cpu_model()}, {os.cpu_count()} cores; shared box"
         if jax.default_backend() == "cpu"

@@ -8,7 +8,9 @@ Parses every module of ``allegro_jax`` with :mod:`ast` (nothing is imported) and
   train / md → parallel → lammps → cli), never up nor sideways between peers;
 * imports inside functions only where they are meant to be lazy: the CLI entry points
   (start-up time of ``allegro-jax --help`` and of every MPI rank), the package's lazy
-  ``__getattr__``, and the optional or slow third-party dependencies of :data:`LAZY_OK`.
+  ``__getattr__``, and the optional or slow third-party dependencies of :data:`LAZY_OK`;
+* nothing of the repository outside the package: no import of :data:`NOT_LIBRARY`
+  (``experiments``, ``benchmarks``, ``tests``), and their helpers (``runinfo``) are not in it.
 
 ``test_checker_*`` plant a cycle, an upward import and a deferred import in a throw-away
 package and show that the checks fail on them.
@@ -28,7 +30,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "allegro_jax"
 #: Subpackages (or top-level modules) by layer, lowest first. A module may import its own
 #: subpackage and any lower layer; peers in one layer do not import each other.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"_version", "units", "config", "compiling", "sharding", "runinfo"}),
+    frozenset({"_version", "units", "config", "compiling", "sharding"}),
     frozenset({"data"}),
     frozenset({"nn"}),
     frozenset({"io"}),
@@ -57,6 +59,10 @@ LAZY_OK = frozenset(
         "jax_md",
     }
 )
+
+
+#: Top-level folders of the repository that are not the library: it never imports them.
+NOT_LIBRARY = frozenset({"experiments", "benchmarks", "tests", "examples"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +248,25 @@ def test_imports_inside_functions_only_where_lazy():
     assert deferred_imports(PACKAGE) == []
 
 
+def imports_outside_the_library(root: Path) -> list[str]:
+    _, imports = parse_imports(root)
+    return [
+        f"{imp.source}:{imp.line} imports {imp.target}"
+        for imp in imports
+        if not imp.internal and imp.target in NOT_LIBRARY
+    ]
+
+
+def test_the_library_imports_no_experiment_benchmark_or_test_code():
+    assert imports_outside_the_library(PACKAGE) == []
+
+
+def test_experiment_helpers_live_outside_the_library():
+    modules, _ = parse_imports(PACKAGE)
+    assert "runinfo" not in modules  # experiments/runinfo.py (issue 16)
+    assert (PACKAGE.parent / "experiments" / "runinfo.py").exists()
+
+
 def test_every_subpackage_has_a_layer():
     modules, _ = parse_imports(PACKAGE)
     for module in modules:
@@ -308,6 +333,22 @@ def test_checker_passes_a_clean_package(tmp_path):
     )
     assert module_cycles(root) == subpackage_cycles(root) == []
     assert upward_imports(root) == deferred_imports(root) == []
+    assert imports_outside_the_library(root) == []
+
+
+def test_checker_finds_an_import_of_experiment_code(tmp_path):
+    root = _plant(
+        tmp_path,
+        {
+            "config.py": "from experiments.runinfo import cpu_model\n",
+            "io/__init__.py": "",
+            "io/model.py": "def f():\n    import benchmarks.floor\n",
+        },
+    )
+    assert sorted(imports_outside_the_library(root)) == [
+        "config:1 imports experiments",
+        "io.model:2 imports benchmarks",
+    ]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from allegro_jax.runinfo import portable_command, portable_config, repo_path
+from experiments.runinfo import portable_command, portable_config, repo_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -77,7 +77,7 @@ def make_config(data_dir: Path, budget_minutes: float):
 def environment() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from allegro_jax.runinfo import cpu_model
+    from experiments.runinfo import cpu_model
 
     model = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -166,7 +166,7 @@ def render_table(results: dict[str, Any]) -> str:
 
 
 def update_readme(results: dict[str, Any]) -> None:
-    from allegro_jax.runinfo import splice_block
+    from experiments.runinfo import splice_block
 
     if README.exists():
         splice_block(README, TABLE_START, TABLE_END, render_table(results))

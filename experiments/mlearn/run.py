@@ -144,8 +144,8 @@ def _stages(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from allegro_jax.runinfo import device_description
     from allegro_jax.train.evaluate import evaluate_model
+    from experiments.runinfo import device_description
 
     results = load_results()
     for el in args.elements:
@@ -301,7 +301,7 @@ def render_validation_table() -> str:
 
 
 def table(_: argparse.Namespace) -> None:
-    from allegro_jax.runinfo import splice_block
+    from experiments.runinfo import splice_block
 
     splice_block(README, TABLE_START, TABLE_END, render_table(load_results()), "# mlearn\n")
     splice_block(README, VAL_START, VAL_END, render_validation_table(), "# mlearn\n")

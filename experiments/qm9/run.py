@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from allegro_jax.runinfo import (
+from experiments.runinfo import (
     device_description,
     learning_curve,
     portable_command,

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from allegro_jax.data.datasets import RMD17_MOLECULES
-from allegro_jax.runinfo import (
+from experiments.runinfo import (
     device_description,
     learning_curve,
     portable_command,

@@ -42,7 +42,7 @@ import yaml
 
 from allegro_jax.config import AllegroConfig
 from allegro_jax.io.nequip import to_nequip_model
-from allegro_jax.runinfo import portable_command, repo_path
+from experiments.runinfo import portable_command, repo_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -545,7 +545,7 @@ def evaluate(mol: str, rundir: Path, data_dir: Path) -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from allegro_jax.runinfo import cpu_model
+    from experiments.runinfo import cpu_model
 
     model = cpu_model()
     out = {"python": platform.python_version()}
@@ -629,7 +629,7 @@ def render_table(results: dict[str, Any]) -> str:
 
 
 def update_readme(results: dict[str, Any]) -> None:
-    from allegro_jax.runinfo import splice_block
+    from experiments.runinfo import splice_block
 
     if README.exists():
         splice_block(README, TABLE_START, TABLE_END, render_table(results))

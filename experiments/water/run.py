@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allegro_jax import runinfo
+from experiments import runinfo
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"

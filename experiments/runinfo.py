@@ -1,7 +1,7 @@
-"""Provenance helpers for experiment and benchmark reports: the CPU model, generated
-tables spliced into hand-written READMEs, and paths and commands recorded without anything
-specific to one machine (:func:`repo_path`, :func:`portable_config`,
-:func:`portable_command`)."""
+"""Provenance helpers for experiment and benchmark reports (not part of ``allegro_jax``;
+imported as ``experiments.runinfo``): the CPU model, generated tables spliced into
+hand-written READMEs, and paths and commands recorded without anything specific to one
+machine (:func:`repo_path`, :func:`portable_config`, :func:`portable_command`)."""
 
 from __future__ import annotations
 
