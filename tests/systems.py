@@ -10,16 +10,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def load_script(name: str, path: Path):
-    """Import a script that is not part of a package (e.g. ``experiments/*/run.py``)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def random_molecule(rng: np.random.Generator, n: int = 8, numbers=(1, 6, 8), min_dist=0.9):
     """Random non-overlapping cluster of ``n`` atoms in a ~3.5 Å box."""
     from allegro_jax.data.graph import Structure

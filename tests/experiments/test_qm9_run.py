@@ -6,20 +6,16 @@ No training here (the training loop has its own tests in tests/train).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import systems
 
 from allegro_jax.data.datasets import random_split
-
-REPO = Path(__file__).resolve().parents[2]
+from experiments.qm9 import run as qm9_run
 
 
 @pytest.fixture(scope="module")
 def run():
-    return systems.load_script("qm9_run", REPO / "experiments" / "qm9" / "run.py")
+    return qm9_run
 
 
 def test_config_is_the_papers_split_with_a_one_layer_energy_only_model(run, tmp_path):

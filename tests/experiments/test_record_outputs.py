@@ -17,10 +17,12 @@ import ase
 import ase.io
 import numpy as np
 import pytest
-import systems
 
-REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = REPO / "experiments"
+from experiments.acac_ood import run as acac_run
+from experiments.rmd17 import run as rmd17_run
+from experiments.side_by_side import run as sbs_run
+from experiments.water import bench_md as water_bench_md
+from experiments.water import run as water_run
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -42,7 +44,7 @@ def _copies(directory: Path, names: list[str], to: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def acac():
-    return systems.load_script("acac_ood_run_rec", EXPERIMENTS / "acac_ood" / "run.py")
+    return acac_run
 
 
 def _acac_entry(acac, workdir: Path) -> dict:
@@ -92,7 +94,7 @@ def test_acac_records_paths_relative_to_the_repository(acac, tmp_path):
 
 @pytest.fixture(scope="module")
 def rmd17():
-    return systems.load_script("rmd17_run_rec", EXPERIMENTS / "rmd17" / "run.py")
+    return rmd17_run
 
 
 RMD17_ENTRY = {
@@ -153,7 +155,7 @@ def test_rmd17_records_paths_relative_to_the_repository(rmd17):
 
 @pytest.fixture(scope="module")
 def sbs():
-    return systems.load_script("side_by_side_run_rec", EXPERIMENTS / "side_by_side" / "run.py")
+    return sbs_run
 
 
 def _sbs_entry() -> dict:
@@ -226,7 +228,7 @@ def test_side_by_side_records_commands_without_machine_paths(sbs, monkeypatch):
 
 @pytest.fixture(scope="module")
 def water():
-    return systems.load_script("water_run_rec", EXPERIMENTS / "water" / "run.py")
+    return water_run
 
 
 @pytest.mark.parametrize("command", ["analyse", "stretch", "diffusion-blocks"])
@@ -272,7 +274,7 @@ def test_water_diffusion_blocks_leaves_the_committed_file_alone(water, tmp_path,
 
 
 def test_water_bench_md_writes_runs_unless_recorded():
-    bench = systems.load_script("water_bench_md_rec", EXPERIMENTS / "water" / "bench_md.py")
+    bench = water_bench_md
     args = argparse.Namespace(dtype="float32", record=False)
     assert bench.output_path(args) == bench.HERE / "runs" / "bench_md_float32.json"
     args.record = True

@@ -9,15 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
-import systems
+
+from experiments.rmd17 import run as rmd17_run
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_PY = REPO / "experiments" / "rmd17" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def run():
-    return systems.load_script("rmd17_run", RUN_PY)
+    return rmd17_run
 
 
 @pytest.mark.parametrize("variant", ["cpu", "mid", "full"])

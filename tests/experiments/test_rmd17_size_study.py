@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import systems
 
-REPO = Path(__file__).resolve().parents[2]
+from experiments.rmd17 import size_study
 
 
 @pytest.fixture(scope="module")
 def study():
-    return systems.load_script("rmd17_size_study", REPO / "experiments/rmd17/size_study.py")
+    return size_study
 
 
 def test_best_within_budget_uses_only_epochs_inside_it(study):

@@ -10,13 +10,13 @@ forces for a molecule.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
-import systems
 
-REPO = Path(__file__).resolve().parents[2]
+from experiments.acac_ood import run as acac_run
+from experiments.side_by_side import run as sbs_run
+
 STATS = {
     "avg_num_neighbors": 8.0,
     "per_type_energy_shifts": [-13.1, -1027.5, -2040.2],
@@ -26,12 +26,12 @@ STATS = {
 
 @pytest.fixture(scope="module")
 def sbs():
-    return systems.load_script("side_by_side_run", REPO / "experiments" / "side_by_side" / "run.py")
+    return sbs_run
 
 
 @pytest.fixture(scope="module")
 def acac():
-    return systems.load_script("acac_ood_run", REPO / "experiments" / "acac_ood" / "run.py")
+    return acac_run
 
 
 @pytest.fixture

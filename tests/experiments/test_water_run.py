@@ -10,15 +10,13 @@ import ase
 import ase.io
 import numpy as np
 import pytest
-import systems
 
-REPO = Path(__file__).resolve().parents[2]
-RUN_PY = REPO / "experiments" / "water" / "run.py"
+from experiments.water import run as water_run
 
 
 @pytest.fixture(scope="module")
 def run():
-    return systems.load_script("water_run", RUN_PY)
+    return water_run
 
 
 def _water_box(n_side: int = 3, spacing: float = 3.1, step: int = 0) -> ase.Atoms:
