@@ -38,17 +38,22 @@ from pathlib import Path
 import numpy as np
 
 from experiments import runinfo
+from experiments.water.settings import (
+    AUGMENTED_FILE,
+    DT_FS,
+    EQUILIBRATION_PS,
+    HERE,
+    LOG_EVERY,
+    LOGS_PER_CHUNK,
+    RUNS,
+    SKIN,
+    TAU_T_FS,
+    TEMPERATURE_K,
+    TRAIN_FILE,
+    VALID_FILE,
+)
+from experiments.water.structure import first_broken_frame, from_oxygens, oh_bond_lengths
 
-HERE = Path(__file__).resolve().parent
-RUNS = HERE / "runs"
-DATA = HERE.parents[2] / "shared" / "data" / "water"
-TRAIN_FILE, VALID_FILE = DATA / "water_train.extxyz", DATA / "water_valid.extxyz"
-DT_FS = 1.0
-TEMPERATURE_K = 300.0
-TAU_T_FS = 100.0
-SKIN = 0.5
-LOG_EVERY, LOGS_PER_CHUNK = 10, 10  # a thermo row every 10 fs, a frame every 100 fs
-EQUILIBRATION_PS = 5.0
 MSD_FIT_PS = (1.0, 4.0)  # window of the Einstein fit (lag times, ≤ half the production)
 RDF_R_MAX, RDF_BINS = 6.0, 120
 RECORD_HELP = "write the committed report files next to run.py (default: into runs/)"
@@ -87,16 +92,6 @@ MORSE_D_EV, MORSE_A_PER_A, MORSE_R0_A = 4.4834, 2.287, 0.981
 STRETCH_RANGE_A = (1.15, 2.2)  # O–H distance of the moved H (DFT frames: <= 1.138 Å)
 STRETCH_MIN_OTHER_O_A, STRETCH_MIN_H_A = 1.5, 1.3  # keep the moved H clear of other atoms
 STRETCH_LABEL_CAP_EV = 1.0  # label: DFT energy + min(Morse energy change, this)
-AUGMENTED_FILE = RUNS / "augmented" / "water_train_plus_stretched.extxyz"
-
-
-def _from_oxygens(positions, h: int, is_o, cell) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-image vectors O→H from every O to the H atom ``h`` (``[n_O, 3]``), and their
-    lengths."""
-    from allegro_jax.md.analysis import minimum_image_vectors
-
-    vec = minimum_image_vectors(positions[h] - positions[is_o], np.asarray(cell))
-    return vec, np.linalg.norm(vec, axis=1)
 
 
 def morse_oh(r):
@@ -115,7 +110,7 @@ def stretched_frame(atoms, rng: np.random.Generator, energy: float):
     is_o = atoms.numbers == 8
     for _ in range(100):
         h = rng.choice(np.flatnonzero(atoms.numbers == 1))
-        oh, dist = _from_oxygens(atoms.positions, h, is_o, cell)
+        oh, dist = from_oxygens(atoms.positions, h, is_o, cell)
         k = np.argmin(dist)
         direction = oh[k] / dist[k] + rng.normal(scale=0.5, size=3)
         d = rng.uniform(*STRETCH_RANGE_A)
@@ -281,49 +276,6 @@ def _frames(run: Path, skip_ps: float):
     return [f for f in frames if f.info["time_fs"] >= skip_ps * 1000]
 
 
-def _distances(frame, a: str, b: str) -> np.ndarray:
-    """Minimum-image distances (Å) from every atom of element ``a`` to every atom of ``b``."""
-    from allegro_jax.md.analysis import minimum_image_vectors
-
-    s = np.array(frame.get_chemical_symbols())
-    pa, pb = frame.positions[s == a], frame.positions[s == b]
-    return np.linalg.norm(
-        minimum_image_vectors(pb[None] - pa[:, None], np.array(frame.cell)), axis=-1
-    )
-
-
-def oh_bond_lengths(frames) -> dict:
-    """Mean and spread (Å) of each H's distance to its nearest O, over all H of all frames."""
-    d = np.concatenate([_distances(f, "O", "H").min(axis=0) for f in frames])
-    return {"mean_A": float(d.mean()), "std_A": float(d.std())}
-
-
-# Intact water, judged against all 400 DFT frames: there every H has one O within 0.89–1.14 Å
-# and no other O within 1.32 Å, no two O are closer than 2.35 Å, and no two H of different
-# molecules closer than 1.63 Å. The thresholds sit well outside those ranges.
-BOND_O_H, CONTACT_O_O, CONTACT_H_H = 1.25, 2.0, 1.2
-
-
-def first_broken_frame(frames) -> int | None:
-    """Index of the first frame that is not intact water, or ``None``.
-
-    Intact: every O has exactly two H within ``BOND_O_H`` and every H one O; no two O within
-    ``CONTACT_O_O``; no two H of different molecules within ``CONTACT_H_H``."""
-    for k, f in enumerate(frames):
-        d_oh = _distances(f, "O", "H")
-        close = d_oh < BOND_O_H
-        if not (np.all(close.sum(1) == 2) and np.all(close.sum(0) == 1)):
-            return k
-        d_oo = _distances(f, "O", "O")
-        if np.any(d_oo[~np.eye(len(d_oo), dtype=bool)] < CONTACT_O_O):
-            return k
-        owner = d_oh.argmin(axis=0)
-        d_hh = _distances(f, "H", "H")
-        if np.any(d_hh[owner[:, None] != owner[None, :]] < CONTACT_H_H):
-            return k
-    return None
-
-
 STRETCH_DISTANCES = (0.98, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0)  # Å, O to moved H
 
 
@@ -356,7 +308,7 @@ def stretch_profile(frames, calc, distances=STRETCH_DISTANCES, every: int = 8) -
     def placements(atoms, start):
         is_o = atoms.numbers == 8
         for h in np.flatnonzero(atoms.numbers == 1)[::every]:
-            oh, dist = _from_oxygens(start, h, is_o, atoms.cell)
+            oh, dist = from_oxygens(start, h, is_o, atoms.cell)
             k = np.argmin(dist)
             unit = oh[k] / dist[k]
 
@@ -385,7 +337,7 @@ def approach_profile(frames, calc, distances=APPROACH_DISTANCES, every: int = 8)
         cell = np.array(atoms.cell)
         o_idx, h_idx = np.flatnonzero(atoms.numbers == 8), np.flatnonzero(atoms.numbers == 1)
         for h in h_idx[::every]:
-            from_o, dist = _from_oxygens(start, h, o_idx, cell)
+            from_o, dist = from_oxygens(start, h, o_idx, cell)
             acceptor = np.argsort(dist)[1]
             if dist[acceptor] > 2.2:
                 continue

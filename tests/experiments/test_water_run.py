@@ -1,4 +1,4 @@
-"""experiments/water/run.py: the broken-molecule criterion, the diffusion block errors and
+"""experiments/water: the broken-molecule criterion, the diffusion block errors and
 the command lines it hands to ``allegro-jax`` (no training or MD here)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.water import run as water_run
+from experiments.water import structure
 
 
 @pytest.fixture(scope="module")
@@ -29,45 +30,45 @@ def _water_box(n_side: int = 3, spacing: float = 3.1, step: int = 0) -> ase.Atom
     return atoms
 
 
-def test_first_broken_frame_finds_a_detached_h_also_across_the_boundary(run):
+def test_first_broken_frame_finds_a_detached_h_also_across_the_boundary():
     intact = [_water_box(step=100 * k) for k in range(4)]
-    assert run.first_broken_frame(intact) is None
+    assert structure.first_broken_frame(intact) is None
     # An H wrapped to the far side of the box is still bonded (minimum image).
     wrapped = _water_box(step=400)
     wrapped.positions[2] += wrapped.cell[1]
-    assert run.first_broken_frame([*intact, wrapped]) is None
+    assert structure.first_broken_frame([*intact, wrapped]) is None
     detached = _water_box(step=500)
     detached.positions[1] = detached.positions[0] + [1.7, 0.0, 0.0]  # H 1.7 Å from its O
-    assert run.first_broken_frame([*intact, detached, _water_box(step=600)]) == 4
+    assert structure.first_broken_frame([*intact, detached, _water_box(step=600)]) == 4
     # An H that hops to a neighbouring O gives one O three H: also broken.
     hopped = _water_box(step=500)
     hopped.positions[1] = hopped.positions[3] + [0.0, 0.0, 0.98]
-    assert run.first_broken_frame([hopped]) == 0
+    assert structure.first_broken_frame([hopped]) == 0
 
 
-def test_first_broken_frame_finds_fused_oxygens_and_colliding_h(run):
+def test_first_broken_frame_finds_fused_oxygens_and_colliding_h():
     """Molecules that keep their H but whose O sit 1.6 Å apart (seen in MD at 57 ps), or
     whose H of different molecules meet at 0.9 Å (attempt E), are not intact water; two H
     of one molecule 1.5 Å apart are."""
     intact = _water_box()
-    assert run.first_broken_frame([intact]) is None
+    assert structure.first_broken_frame([intact]) is None
     fused = _water_box()
     fused.positions[3:6] -= [0.0, 0.0, 1.5]  # the molecule next along z: O–O 3.1 -> 1.6 Å
-    assert run.first_broken_frame([intact, fused]) == 1
+    assert structure.first_broken_frame([intact, fused]) == 1
     colliding = _water_box()
     colliding.positions[27:30] -= [0.3, 0.0, 0.0]  # the molecule next along x: O–O 2.8 Å
     colliding.positions[28] = colliding.positions[27] - [0.97, 0.0, 0.0]  # its H faces H 1
     assert np.linalg.norm(colliding.positions[28] - colliding.positions[1]) == pytest.approx(0.87)
-    assert run.first_broken_frame([colliding]) == 0
+    assert structure.first_broken_frame([colliding]) == 0
 
 
-def test_oh_bond_lengths_take_each_h_to_its_nearest_o_across_the_boundary(run):
+def test_oh_bond_lengths_take_each_h_to_its_nearest_o_across_the_boundary():
     atoms = _water_box(n_side=2)
     atoms.positions -= 0.6  # some H now sit across the boundary from their O
     atoms.wrap()
     stretched = atoms.copy()
     stretched.positions[1] += [0.1, 0.0, 0.0]  # first H: 0.96 -> 1.06 Å
-    got = run.oh_bond_lengths([atoms, stretched])
+    got = structure.oh_bond_lengths([atoms, stretched])
     d = np.r_[[0.96, np.hypot(0.24, 0.93)] * 16]
     d[16] = 1.06
     assert got["mean_A"] == pytest.approx(d.mean(), abs=1e-9)
