@@ -11,8 +11,8 @@ import ase.io
 import numpy as np
 import pytest
 
+from experiments.water import augment, structure
 from experiments.water import run as water_run
-from experiments.water import structure
 
 
 @pytest.fixture(scope="module")
@@ -287,11 +287,11 @@ def test_stretch_profile_of_a_pure_morse_model(run, tmp_path):
     assert np.all(de[:, 1:] > 1.0)  # a stretched bond costs energy
 
 
-def test_stretched_frames_move_one_h_clear_of_others_with_the_morse_label(run):
+def test_stretched_frames_move_one_h_clear_of_others_with_the_morse_label():
     rng = np.random.default_rng(0)
     box = _water_box(n_side=3, spacing=3.1)
     for _ in range(20):
-        made = run.stretched_frame(box, rng, energy=-100.0)
+        made = augment.stretched_frame(box, rng, energy=-100.0)
         assert made is not None
         moved = np.flatnonzero(np.any(np.abs(made.positions - box.positions) > 1e-9, axis=1))
         assert len(moved) == 1 and made.numbers[moved[0]] == 1
@@ -299,16 +299,16 @@ def test_stretched_frames_move_one_h_clear_of_others_with_the_morse_label(run):
         d_new = made.get_distances(h, range(len(made)), mic=True)
         d_old = box.get_distances(h, range(len(box)), mic=True)
         own = np.argmin(np.where(box.numbers == 8, d_old, np.inf))  # its O before the move
-        assert run.STRETCH_RANGE_A[0] <= d_new[own] <= run.STRETCH_RANGE_A[1]
+        assert augment.STRETCH_RANGE_A[0] <= d_new[own] <= augment.STRETCH_RANGE_A[1]
         others = np.delete(np.arange(len(made)), [h, own])
         o, hh = others[made.numbers[others] == 8], others[made.numbers[others] == 1]
-        assert d_new[o].min() >= run.STRETCH_MIN_OTHER_O_A
-        assert d_new[hh].min() >= run.STRETCH_MIN_H_A
-        want = -100.0 + run.morse_oh(d_new[own]) - run.morse_oh(d_old[own])
-        want = -100.0 + min(want + 100.0, run.STRETCH_LABEL_CAP_EV)
+        assert d_new[o].min() >= augment.STRETCH_MIN_OTHER_O_A
+        assert d_new[hh].min() >= augment.STRETCH_MIN_H_A
+        want = -100.0 + augment.morse_oh(d_new[own]) - augment.morse_oh(d_old[own])
+        want = -100.0 + min(want + 100.0, augment.STRETCH_LABEL_CAP_EV)
         assert made.info["energy"] == pytest.approx(want, abs=1e-9)
         assert made.info["energy"] > -100.0 + 0.3  # stretching to >= 1.15 Å costs energy
-    assert run.morse_oh(run.MORSE_R0_A) == pytest.approx(-run.MORSE_D_EV)
+    assert augment.morse_oh(augment.MORSE_R0_A) == pytest.approx(-augment.MORSE_D_EV)
 
 
 def test_approach_profile_moves_the_acceptor_molecule_rigidly_to_each_distance(run):
