@@ -11,7 +11,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from experiments.water import augment, structure
+from experiments.water import augment, probes, structure
 from experiments.water import run as water_run
 
 
@@ -244,7 +244,7 @@ def test_nve_check_starts_from_the_source_runs_frame_at_its_timestep(run, tmp_pa
     assert flag["--out"] == str(tmp_path / "nve_md64_x")
 
 
-def test_stretch_profile_of_a_pure_morse_model(run, tmp_path):
+def test_stretch_profile_of_a_pure_morse_model(tmp_path):
     """Network weights zero, so the energy is the O–H Morse term alone: the profile is the
     formula's difference, for both H of a molecule that straddles the periodic boundary."""
     import jax
@@ -280,7 +280,7 @@ def test_stretch_profile_of_a_pure_morse_model(run, tmp_path):
         return 4.5 * ((1 - np.exp(-2.3 * (r - 0.98))) ** 2 - 1) * u
 
     d = (1.0, 1.3, 1.8)
-    de = run.stretch_profile([mol], calc, distances=d, every=1)
+    de = probes.stretch_profile([mol], calc, distances=d, every=1)
     start = (0.97, np.hypot(0.24, 0.95))  # O–H distances of the two H
     want = [[pair(x) - pair(r0) for x in d] for r0 in start]
     np.testing.assert_allclose(de, want, atol=2e-4)  # float32 model
@@ -311,7 +311,7 @@ def test_stretched_frames_move_one_h_clear_of_others_with_the_morse_label():
     assert augment.morse_oh(augment.MORSE_R0_A) == pytest.approx(-augment.MORSE_D_EV)
 
 
-def test_approach_profile_moves_the_acceptor_molecule_rigidly_to_each_distance(run):
+def test_approach_profile_moves_the_acceptor_molecule_rigidly_to_each_distance():
     """A recording calculator: the acceptor O ends at d from the H, its molecule unchanged."""
     from ase.calculators.calculator import Calculator, all_changes
 
@@ -328,7 +328,7 @@ def test_approach_profile_moves_the_acceptor_molecule_rigidly_to_each_distance(r
             self.results = {"energy": 0.0}
 
     box = _water_box(n_side=3, spacing=2.9)  # H-bond-like contacts below 2.2 Å
-    de = run.approach_profile([box], Recorder(), distances=(1.5, 1.2), every=1)
+    de = probes.approach_profile([box], Recorder(), distances=(1.5, 1.2), every=1)
     assert de.shape[0] > 0 and np.all(de == 0.0)
     start, moved = seen[0], seen[1:]
     cell = np.array(box.cell)
