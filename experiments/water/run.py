@@ -39,6 +39,17 @@ import numpy as np
 
 from experiments import runinfo
 from experiments.water.augment import augment
+from experiments.water.observables import (
+    MSD_FIT_PS,
+    RDF_BINS,
+    RDF_R_MAX,
+    dt_fs,
+    frame_observables,
+    md_speed,
+    oxygen_diffusion,
+    partial_rdfs,
+    read_frames,
+)
 from experiments.water.probes import (
     APPROACH_DISTANCES,
     STRETCH_DISTANCES,
@@ -61,8 +72,6 @@ from experiments.water.settings import (
 )
 from experiments.water.structure import first_broken_frame, oh_bond_lengths
 
-MSD_FIT_PS = (1.0, 4.0)  # window of the Einstein fit (lag times, ≤ half the production)
-RDF_R_MAX, RDF_BINS = 6.0, 120
 RECORD_HELP = "write the committed report files next to run.py (default: into runs/)"
 
 
@@ -179,7 +188,7 @@ def cmd_nve_check(args: argparse.Namespace) -> int:
     import ase.io
 
     source = RUNS / args.source
-    dt = args.dt or _dt_fs(source)
+    dt = args.dt or dt_fs(source)
     out = RUNS / (args.out or ("nve64" if args.source == "md64" else f"nve_{args.source}"))
     if not (out / "checkpoint.npz").exists():
         frames = ase.io.read(source / "trajectory.extxyz", index=":")
@@ -200,23 +209,6 @@ def cmd_nve_check(args: argparse.Namespace) -> int:
     structure = _start_structure(64)
     cli = _md_args(out, structure, "nve", start + steps, model=args.model, dt=dt)
     return _cli([*cli, "--restart"])
-
-
-def _dt_fs(run: Path) -> float:
-    """The run's timestep, from its thermo log (``time_fs / step``)."""
-    first = np.genfromtxt(run / "thermo.csv", delimiter=",", names=True, max_rows=1)
-    return float(first["time_fs"] / first["step"])
-
-
-def _frames(run: Path, skip_ps: float):
-    """The run's frames from ``skip_ps`` on, each with ``info["time_fs"]``."""
-    import ase.io
-
-    dt = _dt_fs(run)
-    frames = ase.io.read(run / "trajectory.extxyz", index=":")
-    for f in frames:
-        f.info["time_fs"] = f.info["step"] * dt
-    return [f for f in frames if f.info["time_fs"] >= skip_ps * 1000]
 
 
 def cmd_stretch(args: argparse.Namespace) -> int:
@@ -252,30 +244,6 @@ def cmd_stretch(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(out, indent=1) + "\n")
     _written(path)
     return 0
-
-
-def _speed(run: Path) -> dict | None:
-    if not (run / "timing.jsonl").exists():  # a run killed before it finished
-        return None
-    rows = [json.loads(ln) for ln in (run / "timing.jsonl").read_text().splitlines() if ln]
-    steps = sum(r["steps"] for r in rows)
-    wall = sum(r["wall_s"] for r in rows)
-    steady = [r for r in rows if r["steps_per_s_after_first_chunk"]]
-    rate = (
-        sum(r["steps_per_s_after_first_chunk"] * r["steps"] for r in steady)
-        / sum(r["steps"] for r in steady)
-        if steady
-        else steps / wall
-    )
-    n_atoms = rows[-1]["n_atoms"]
-    return {
-        "steps_per_s": rate,
-        "atom_steps_per_s": rate * n_atoms,
-        "ns_per_day": rate * _dt_fs(run) * 1e-6 * 86400,
-        "total_steps": steps,
-        "total_wall_s": wall,
-        "load_average_1min": [r["load_average"][0] for r in rows],
-    }
 
 
 def _plot_rdf(r, dft, md, path: Path) -> None:
@@ -320,42 +288,6 @@ def _plot_msd(curves: dict, fits: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _observables(frames, rdfs, g_dft, r):
-    """RDF differences to DFT and the O self-diffusion coefficient of a list of frames."""
-    from allegro_jax.md.analysis import diffusion_coefficient
-
-    g = rdfs(frames)
-    info: dict = {"rdf_max_abs_diff": {k: float(np.max(np.abs(g[k] - g_dft[k]))) for k in g}}
-    info["oh_bond"] = oh_bond_lengths(frames)
-    peak = (r > 2.4) & (r < 3.3)
-    info["rdf_OO_first_peak"] = {
-        "max_abs_diff": float(np.max(np.abs(g["O-O"][peak] - g_dft["O-O"][peak]))),
-        "md_height": float(g["O-O"][peak].max()),
-        "dft_height": float(g_dft["O-O"][peak].max()),
-        "md_position_A": float(r[peak][np.argmax(g["O-O"][peak])]),
-        "dft_position_A": float(r[peak][np.argmax(g_dft["O-O"][peak])]),
-    }
-    t, msd = oxygen_msd(frames)
-    dt_frame_ps = (frames[1].info["time_fs"] - frames[0].info["time_fs"]) / 1000
-    if t[-1] < MSD_FIT_PS[1]:
-        info["diffusion_O_cm2_per_s"] = None
-        info["diffusion_note"] = f"production too short for the {MSD_FIT_PS} ps window"
-        return info, g, None
-    d, slope, intercept = diffusion_coefficient(t, msd, MSD_FIT_PS)
-    info["diffusion_O_cm2_per_s"] = d
-    # Spread over independent time blocks, each long enough for the same fit window.
-    n_blocks = int(len(frames) * dt_frame_ps // (2 * MSD_FIT_PS[1]))
-    if n_blocks >= 2:
-        per_block = []
-        for block in np.array_split(np.arange(len(frames)), n_blocks):
-            per_block.append(oxygen_diffusion(frames[block[0] : block[-1] + 1]))
-        info["diffusion_O_blocks_cm2_per_s"] = per_block
-        info["diffusion_O_standard_error_cm2_per_s"] = float(
-            np.std(per_block, ddof=1) / np.sqrt(n_blocks)
-        )
-    return info, g, ((t, msd), (slope, intercept))
-
-
 BARRIER = {"kind": "barrier", "types": ["O", "H"], "height": 1.0, "r_lo": 1.10, "r_hi": 1.36}
 
 
@@ -382,37 +314,13 @@ def cmd_barrier(args: argparse.Namespace) -> int:
     return 0
 
 
-def oxygen_msd(frames) -> tuple[np.ndarray, np.ndarray]:
-    """Lag times (ps) and the O mean-squared displacement (Å², all time origins, unwrapped,
-    centre-of-mass drift removed) of a list of frames, up to half their length."""
-    from allegro_jax.md.analysis import (
-        mean_squared_displacement,
-        remove_center_of_mass_drift,
-        unwrap,
-    )
-
-    pos = unwrap(np.stack([f.positions for f in frames]), np.array(frames[0].cell))
-    pos = remove_center_of_mass_drift(pos, frames[0].get_masses())
-    oxygen = np.array(frames[0].get_chemical_symbols()) == "O"
-    dt_frame_ps = (frames[1].info["time_fs"] - frames[0].info["time_fs"]) / 1000
-    lags, msd = mean_squared_displacement(pos[:, oxygen], max_lag=len(frames) // 2)
-    return lags * dt_frame_ps, msd
-
-
-def oxygen_diffusion(frames) -> float:
-    """D_O (cm²/s) of a list of frames: Einstein fit of the O MSD over ``MSD_FIT_PS``."""
-    from allegro_jax.md.analysis import diffusion_coefficient
-
-    return diffusion_coefficient(*oxygen_msd(frames), MSD_FIT_PS)[0]
-
-
 def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
     """D_O of each run over one common window (its intact part only) and over consecutive
     ``--block-ps`` blocks: how much of a difference between runs is sampling."""
     out: dict = {"window_ps": [EQUILIBRATION_PS, args.until_ps], "block_ps": args.block_ps}
     out["runs"] = {}
     for name in args.runs:
-        frames = _frames(RUNS / name, EQUILIBRATION_PS)
+        frames = read_frames(RUNS / name, EQUILIBRATION_PS)
         broken = first_broken_frame(frames)
         intact = frames if broken is None else frames[:broken]
         window = [f for f in intact if f.info["time_fs"] <= args.until_ps * 1000 + 1e-6]
@@ -424,7 +332,7 @@ def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
             per_block.append(oxygen_diffusion(block))
             start += length
         out["runs"][name] = {
-            "dt_fs": _dt_fs(RUNS / name),
+            "dt_fs": dt_fs(RUNS / name),
             "intact_until_ps": None if broken is None else frames[broken].info["time_fs"] / 1000,
             "window_end_ps": window[-1].info["time_fs"] / 1000,
             "D_O_window_1e5_cm2_per_s": oxygen_diffusion(window) * 1e5,
@@ -446,22 +354,11 @@ def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
 def cmd_analyse(args: argparse.Namespace) -> int:
     import ase.io
 
-    from allegro_jax.md.analysis import (
-        rdf,
-    )
-
     edges = np.linspace(0.0, RDF_R_MAX, RDF_BINS + 1)
     r = 0.5 * (edges[1:] + edges[:-1])
-    pairs = {"O-O": ("O", "O"), "O-H": ("O", "H"), "H-H": ("H", "H")}
 
     def rdfs(frames):
-        symbols = np.array(frames[0].get_chemical_symbols())
-        pos = np.stack([f.positions for f in frames])
-        cell = np.array(frames[0].cell)
-        return {
-            name: rdf(pos, cell, symbols == a, symbols == b, edges)
-            for name, (a, b) in pairs.items()
-        }
+        return partial_rdfs(frames, edges)
 
     dft_frames = ase.io.read(TRAIN_FILE, index=":") + ase.io.read(VALID_FILE, index=":")
     g_dft = rdfs(dft_frames)
@@ -497,7 +394,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         if not (run / "trajectory.extxyz").exists():
             continue
         size = len(ase.io.read(run / "trajectory.extxyz", index=0)) // 3
-        all_frames = _frames(run, 0.0)
+        all_frames = read_frames(run, 0.0)
         thermo = np.genfromtxt(run / "thermo.csv", delimiter=",", names=True)
         broken = first_broken_frame(all_frames)
         end_fs = thermo["time_fs"][-1]
@@ -508,7 +405,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         info: dict = {
             "n_molecules": size,
             "n_atoms": len(all_frames[0]),
-            "dt_fs": _dt_fs(run),
+            "dt_fs": dt_fs(run),
             "simulated_ps": float(thermo["time_fs"][-1] / 1000),
             "molecules_intact_until_ps": None
             if broken is None
@@ -518,11 +415,11 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             "mean_temperature_K": float(np.mean(thermo["temperature_K"][prod]))
             if prod.any()
             else None,
-            "speed": _speed(run),
+            "speed": md_speed(run),
         }
         label = f"{name}: {size} H2O ({info['production_ps']:.1f} ps)"
         if len(frames) >= 2:
-            part, g, curve = _observables(frames, rdfs, g_dft, r)
+            part, g, curve = frame_observables(frames, rdfs, g_dft, r)
             info.update(part)
             if name in args.runs:  # --compare runs are tabulated, not plotted
                 md_rdfs[label] = g
@@ -530,7 +427,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
                     md_curves[label], fits[label] = curve
         if broken is not None:  # sensitivity: the whole run after equilibration, defects incl.
             tail = [f for f in all_frames if f.info["time_fs"] >= EQUILIBRATION_PS * 1000]
-            part, _, _ = _observables(tail, rdfs, g_dft, r)
+            part, _, _ = frame_observables(tail, rdfs, g_dft, r)
             part["production_ps"] = float(
                 (tail[-1].info["time_fs"] - tail[0].info["time_fs"]) / 1000
             )
@@ -545,7 +442,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         t_ps = (th["time_fs"] - th["time_fs"][0]) / 1000
         slope = np.polyfit(t_ps, e, 1)[0]
         results[nve_name] = {
-            "dt_fs": _dt_fs(RUNS / nve_name),
+            "dt_fs": dt_fs(RUNS / nve_name),
             "length_ps": float(t_ps[-1]),
             "max_abs_drift_eV": float(np.max(np.abs(e - e[0]))),
             "max_abs_drift_meV_per_atom": float(np.max(np.abs(e - e[0])) / 192 * 1000),

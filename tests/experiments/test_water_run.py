@@ -11,7 +11,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from experiments.water import augment, probes, structure
+from experiments.water import augment, observables, probes, structure
 from experiments.water import run as water_run
 
 
@@ -75,7 +75,7 @@ def test_oh_bond_lengths_take_each_h_to_its_nearest_o_across_the_boundary():
     assert got["std_A"] == pytest.approx(d.std(), abs=1e-9)
 
 
-def test_diffusion_blocks_recover_a_known_coefficient(run):
+def test_diffusion_blocks_recover_a_known_coefficient():
     """Random walk with D = 1e-5 cm²/s (0.1 Å²/ps) per axis step: the full fit and the
     block estimates agree with it, and the standard error is reported."""
     rng = np.random.default_rng(0)
@@ -93,14 +93,14 @@ def test_diffusion_blocks_recover_a_known_coefficient(run):
             cell=np.eye(3) * 1000.0,
             pbc=True,
         )
-        atoms.info["time_fs"] = k * dt_ps * 1000  # as _frames sets it
+        atoms.info["time_fs"] = k * dt_ps * 1000  # as read_frames sets it
         frames.append(atoms)
 
     def no_rdf(frames):
         return {k: np.zeros(3) for k in ("O-O", "O-H", "H-H")}
 
     r = np.array([2.5, 2.9, 3.5])
-    info, _, curve = run._observables(frames, no_rdf, no_rdf(frames), r)
+    info, _, curve = observables.frame_observables(frames, no_rdf, no_rdf(frames), r)
     assert info["diffusion_O_cm2_per_s"] == pytest.approx(1e-5, rel=0.15)
     blocks = info["diffusion_O_blocks_cm2_per_s"]
     assert len(blocks) == 3  # 24 ps of frames / (2 × 4 ps window)
@@ -208,14 +208,14 @@ def test_train_and_md_command_lines(run, monkeypatch):
     assert flag["--log-every"] == str(2 * run.LOG_EVERY)  # still a row every 10 fs
 
 
-def test_frames_carry_their_time_from_the_runs_timestep(run, tmp_path):
+def test_frames_carry_their_time_from_the_runs_timestep(tmp_path):
     (tmp_path / "thermo.csv").write_text("step,time_fs,temperature_K\n20,10,300\n40,20,301\n")
     ase.io.write(
         tmp_path / "trajectory.extxyz", [_water_box(n_side=1, step=s) for s in (200, 400, 600)]
     )
-    frames = run._frames(tmp_path, skip_ps=0.15)
+    frames = observables.read_frames(tmp_path, skip_ps=0.15)
     assert [f.info["time_fs"] for f in frames] == [200.0, 300.0]
-    assert run._dt_fs(tmp_path) == 0.5
+    assert observables.dt_fs(tmp_path) == 0.5
 
 
 def test_nve_check_starts_from_the_source_runs_frame_at_its_timestep(run, tmp_path, monkeypatch):
