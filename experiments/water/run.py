@@ -50,6 +50,7 @@ from experiments.water.observables import (
     partial_rdfs,
     read_frames,
 )
+from experiments.water.plots import plot_msd, plot_rdf
 from experiments.water.probes import (
     APPROACH_DISTANCES,
     STRETCH_DISTANCES,
@@ -246,48 +247,6 @@ def cmd_stretch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot_rdf(r, dft, md, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, pair in zip(axes, ("O-O", "O-H", "H-H"), strict=True):
-        ax.plot(r, dft[pair], "k-", lw=2, label="DFT frames (400)")
-        for label, g in md.items():
-            ax.plot(r, g[pair], lw=1.2, label=label)
-        ax.set_title(f"g(r) {pair}")
-        ax.set_xlabel("r (Å)")
-        ax.set_xlim(0.5, r[-1])
-    axes[0].set_ylabel("g(r)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_msd(curves: dict, fits: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for label, (t, msd) in curves.items():
-        ax.plot(t, msd, label=label)
-        slope, intercept = fits[label]
-        window = (t >= MSD_FIT_PS[0]) & (t <= MSD_FIT_PS[1])
-        ax.plot(t[window], slope * t[window] + intercept, "k--", lw=1)
-    ax.axvspan(*MSD_FIT_PS, color="0.9", zorder=0, label="fit window")
-    ax.set_xlabel("lag time (ps)")
-    ax.set_ylabel("O MSD (Å²)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 BARRIER = {"kind": "barrier", "types": ["O", "H"], "height": 1.0, "r_lo": 1.10, "r_hi": 1.36}
 
 
@@ -455,10 +414,10 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.json"]
     if md_rdfs:
-        _plot_rdf(r, g_dft, md_rdfs, out / "rdf.png")
+        plot_rdf(r, g_dft, md_rdfs, out / "rdf.png")
         written.append(out / "rdf.png")
     if md_curves:
-        _plot_msd(md_curves, fits, out / "msd.png")
+        plot_msd(md_curves, fits, out / "msd.png")
         written.append(out / "msd.png")
     RUNS.mkdir(parents=True, exist_ok=True)
     np.savez(RUNS / "rdf_curves.npz", r=r, **{f"dft_{k}": v for k, v in g_dft.items()})
