@@ -39,6 +39,7 @@ import numpy as np
 
 from experiments import runinfo
 from experiments.water.augment import augment
+from experiments.water.barrier import AlreadyHasBarrier, add_barrier
 from experiments.water.observables import (
     MSD_FIT_PS,
     RDF_BINS,
@@ -247,28 +248,14 @@ def cmd_stretch(args: argparse.Namespace) -> int:
     return 0
 
 
-BARRIER = {"kind": "barrier", "types": ["O", "H"], "height": 1.0, "r_lo": 1.10, "r_hi": 1.36}
-
-
 def cmd_barrier(args: argparse.Namespace) -> int:
-    """A trained model plus :data:`BARRIER` (attempt B), same weights, in ``runs/OUT/model``.
-
-    The barrier is 1 eV high and zero outside 1.10–1.36 Å, the O–H distances between the
-    longest covalent bond (1.138 Å) and the closest second O (1.327 Å) of all DFT frames."""
-    from allegro_jax.io.model import load_model, save_model
-
-    config, params, _ = load_model(RUNS / args.model)
-    terms = config.to_dict()["pair_potential"]
-    if any(term["kind"] == "barrier" for term in terms):
-        print(f"{args.model} already has a barrier: {terms}")
+    """A trained model plus :data:`~experiments.water.barrier.BARRIER` (attempt B), same
+    weights, in ``runs/OUT/model``."""
+    try:
+        out = add_barrier(RUNS / args.model, RUNS / args.out / "model")
+    except AlreadyHasBarrier as e:
+        print(f"{args.model} {e}")
         return 1
-    terms = [*terms, BARRIER]
-    out = save_model(
-        RUNS / args.out / "model",
-        config.replace(pair_potential=terms),
-        params,
-        metadata={"weights_from": str(RUNS / args.model), "added": BARRIER},
-    )
     print(f"wrote {out}")
     return 0
 
