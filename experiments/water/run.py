@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,7 @@ from experiments.water.probes import (
     approach_profile,
     stretch_profile,
 )
+from experiments.water.report import markdown_table, versions
 from experiments.water.settings import (
     AUGMENTED_FILE,
     DT_FS,
@@ -311,7 +311,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     results: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "hardware": f"2-core CPU, shared box ({runinfo.cpu_model()}); MD pinned to one core",
-        "versions": _versions(),
+        "versions": versions(),
         "dt_fs": DT_FS,
         "ensemble": f"NVT Nosé–Hoover chain, {TEMPERATURE_K} K, tau {TAU_T_FS} fs",
         "equilibration_discarded_ps": EQUILIBRATION_PS,
@@ -413,58 +413,6 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     print(markdown_table(results))
     _written(*written)
     return 0
-
-
-def markdown_table(results: dict) -> str:
-    """The README's results table from ``results.json``."""
-    head = (
-        "| run | molecules | dt (fs) | production (ps) | intact until (ps) | ⟨T⟩ (K) "
-        "| O–O peak max abs Δg "
-        "| O–O peak height MD / DFT (position, Å) | max abs Δg O–O / O–H / H–H "
-        "| D_O (10⁻⁵ cm²/s) | steps/s | atom-steps/s | ns/day | load avg |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|\n"
-    )
-    rows = []
-    for name, r in results["runs"].items():
-        pk, g, sp = r.get("rdf_OO_first_peak"), r.get("rdf_max_abs_diff"), r.get("speed")
-        d = r.get("diffusion_O_cm2_per_s")
-        rows.append(
-            f"| {name} | {r['n_molecules']} | {r.get('dt_fs', DT_FS):g} | {r['production_ps']:.1f} "
-            f"| {r['molecules_intact_until_ps'] or '—'} "
-            f"| {r['mean_temperature_K']:.1f} "
-            + (
-                f"| {pk['max_abs_diff']:.2f} | {pk['md_height']:.2f} / {pk['dft_height']:.2f} "
-                f"({pk['md_position_A']:.3f} / {pk['dft_position_A']:.3f}) "
-                f"| {g['O-O']:.2f} / {g['O-H']:.2f} / {g['H-H']:.2f} "
-                if pk
-                else "| — | — | — "
-            )
-            + (
-                f"| {d * 1e5:.2f} ± {se * 1e5:.2f} "
-                if d and (se := r.get("diffusion_O_standard_error_cm2_per_s"))
-                else (f"| {d * 1e5:.2f} " if d else "| — ")
-            )
-            + (
-                f"| {sp['steps_per_s']:.2f} | {sp['atom_steps_per_s']:.0f} "
-                f"| {sp['ns_per_day']:.2f} "
-                f"| {', '.join(f'{x:.1f}' for x in sp['load_average_1min'])} |"
-                if sp
-                else "| — | — | — | — |"
-            )
-        )
-    return head + "\n".join(rows) + "\n"
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "jax-md", "e3nn-jax", "flax", "ase", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
