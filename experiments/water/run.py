@@ -24,6 +24,11 @@ larger ``--ps``. For a single-core run set ``taskset -c 1`` and
 ``rdf.png``, ``msd.png``; ``stretch.json``; ``diffusion_blocks.json``) into ``runs/``
 (git-ignored); only with ``--record`` do they replace the committed files next to this
 script.
+
+This module is the command line; the work is in the modules beside it: ``settings`` (files,
+MD protocol), ``structure`` (intact-water checks), ``augment`` (stretched-bond frames),
+``probes`` (stretch and approach energy profiles), ``observables`` (frames, speed, RDF, MSD,
+diffusion), ``plots``, ``report`` (README table) and ``barrier`` (attempt B's model).
 """
 
 from __future__ import annotations
