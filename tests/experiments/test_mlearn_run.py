@@ -1,0 +1,80 @@
+"""experiments/mlearn: the cosine fine-tune config, and a fine-tuned model that keeps the
+runs it came from (publish) so the results row can name every stage's hardware and time.
+
+No training here (the training loop and the cosine schedule have their own tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from experiments.mlearn import run as mlearn
+
+
+def test_cosine_fine_tune_config(tmp_path):
+    plain = mlearn.make_config("Si", tmp_path, 30.0, None)
+    assert plain.lr_scheduler_name == "ReduceLROnPlateau" and plain.initial_model is None
+    tuned = mlearn.make_config("Cu", tmp_path, 30.0, tmp_path / "model", cosine_epochs=40)
+    assert tuned.lr_scheduler_name == "cosine" and tuned.max_epochs == 40
+    assert tuned.initial_model == str(tmp_path / "model")
+    assert tuned.loss_coeffs.get("stress", 0.0) == 0.0  # Cu has no stress labels
+    assert plain.loss_coeffs["stress"] > 0
+    assert tuned.dataset_file_name == str(tmp_path / "Cu_train.extxyz")
+    assert tuned.test_dataset_file_name is None  # the test file waits for `evaluate`
+
+
+def _fake_run(workdir: Path, summary: dict, initial_model: Path | None) -> None:
+    (workdir / "model").mkdir(parents=True)
+    (workdir / "model" / "config.json").write_text(json.dumps({"model": {}, "metadata": {}}))
+    (workdir / "summary.json").write_text(json.dumps(summary))
+    cfg = {"initial_model": None if initial_model is None else str(initial_model)}
+    (workdir / "train_config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_publish_keeps_the_stages_a_model_was_fine_tuned_from(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    monkeypatch.setattr(mlearn, "MODELS", models)
+    gpu = {
+        "stop_reason": "max_wall_time",
+        "epochs": 164,
+        "steps": 6397,
+        "device_kind": "H200",
+        "train_wall_time_s": 420.0,
+        "train_cpu_time_s": 247.1,
+        "best_validation": {"validation_force_mae_mev_per_a": 48.2},
+    }
+    cpu = {
+        "stop_reason": "max_epochs",
+        "epochs": 100,
+        "steps": 4000,
+        "backend": "cpu",
+        "train_wall_time_s": 900.0,
+        "train_cpu_time_s": 1700.0,
+    }
+    _fake_run(tmp_path / "gpu" / "Si", gpu, None)
+    mlearn.publish(argparse.Namespace(elements=["Si"], runs_dir=str(tmp_path / "gpu")))
+    assert "previous_stages" not in json.loads((models / "Si" / "summary.json").read_text())
+
+    # a run that started from the published model: its stage list keeps the GPU run
+    _fake_run(tmp_path / "cpu" / "Si", cpu, models / "Si")
+    mlearn.publish(argparse.Namespace(elements=["Si"], runs_dir=str(tmp_path / "cpu")))
+    summary = json.loads((models / "Si" / "summary.json").read_text())
+    assert summary["epochs"] == 100
+    (stage,) = summary["previous_stages"]
+    assert stage["epochs"] == 164 and stage["device_kind"] == "H200"
+    assert stage["best_validation_force_mae_mev_per_a"] == 48.2
+    stages = mlearn._stages(summary)
+    assert [s["hardware"] for s in stages] == ["H200", "cpu"]
+    assert [s["epochs"] for s in stages] == [164, 100]
+    assert stages[1]["cpu_hours"] == round(1700.0 / 3600.0, 3)
+
+    # a run from elsewhere (not the published model) does not inherit its stages
+    shutil.rmtree(tmp_path / "cpu")
+    _fake_run(tmp_path / "cpu" / "Si", cpu, None)
+    mlearn.publish(argparse.Namespace(elements=["Si"], runs_dir=str(tmp_path / "cpu")))
+    assert "previous_stages" not in json.loads((models / "Si" / "summary.json").read_text())
