@@ -146,3 +146,27 @@ def learning_curve(rows: list[dict[str, Any]], key: str, points: int = 200) -> l
     ]
     step = max(1, -(-len(pts) // points))
     return pts[::step] + ([pts[-1]] if pts and (len(pts) - 1) % step else [])
+
+
+def training_stages(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training run behind a model, oldest first (its ``previous_stages``, then the
+    run of ``summary`` itself): hardware, epochs, steps, wall minutes, CPU hours, stop."""
+
+    def one(s: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "hardware": s.get("device_kind") or s.get("backend"),
+            "epochs": s.get("epochs"),
+            "steps": s.get("steps"),
+            "wall_minutes": round((s.get("train_wall_time_s") or 0.0) / 60.0, 1),
+            "cpu_hours": round((s.get("train_cpu_time_s") or 0.0) / 3600.0, 3),
+            "stop_reason": s.get("stop_reason"),
+        }
+
+    earlier = [one(s) for s in summary.get("previous_stages") or []]
+    return earlier + ([one(summary)] if summary else [])
+
+
+def previous_cpu_hours(summary: dict[str, Any]) -> float:
+    """CPU hours of the runs a fine-tuned model started from (0 for a run from scratch)."""
+    cpu_s = [s.get("train_cpu_time_s") or 0.0 for s in summary.get("previous_stages") or []]
+    return sum(cpu_s) / 3600.0

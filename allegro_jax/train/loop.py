@@ -77,6 +77,8 @@ from allegro_jax.train.resume import (
     losses_to_json,
     normalised_config,
     read_model_metadata,
+    read_previous_stages,
+    record_previous_stages,
     remove_empty_run_dirs,
     restore_or_refuse,
     resume_line,
@@ -375,6 +377,7 @@ def restore_run(run: Run, store: CheckpointStore) -> None:
     run.last_saved_dir = store.restored_from
     if restored is None and run.initial_dir is not None:
         run.state = start_from_model(run.initial_dir, run.state, run.tx, run.config, run.n_members)
+        record_previous_stages(run.initial_dir, run.workdir)
     if restored is not None:
         state, meta = restored
         if not run.config.data_parallel:
@@ -716,6 +719,9 @@ def finalise(run: Run, stop_reason: str | None, log: MetricsLog, exporter: Model
     }
     if ensemble:
         summary["ensemble_size"] = run.n_members
+    previous = read_previous_stages(workdir)
+    if previous is not None:
+        summary["previous_stages"] = previous
     test_path = workdir / "test_metrics.json"
     finished = stop_reason in FINAL_STOPS
     if config.test_dataset_file_name and not finished:

@@ -5,7 +5,7 @@
 * :func:`check_ensemble_size`, :func:`warn_config_changes`: a resumed run's config
   against the first start's (``train_config.yaml``);
 * :func:`initial_model_config`, :func:`start_from_model`: a new run from a trained model
-  (``initial_model``);
+  (``initial_model``); :func:`record_previous_stages`: the training runs behind it;
 * :func:`exported_losses`, :func:`read_model_metadata`: what ``model/`` holds;
 * :func:`remove_empty_run_dirs`: a run that failed before writing anything leaves no
   folder; :func:`test_not_evaluated`: why a clock-stopped run has no test errors.
@@ -29,6 +29,7 @@ import yaml
 from flax import serialization
 
 from allegro_jax.config import AllegroConfig
+from allegro_jax.io.atomic import atomic_write_text
 from allegro_jax.io.model import PARAMS_FILE, find_model_dir, read_ensemble_size, read_model_config
 from allegro_jax.io.runlock import HOLDER_FILE, LOCK_FILE
 from allegro_jax.nn.ensemble import member, stack_members
@@ -185,6 +186,51 @@ def start_from_model(initial_dir: Path, state: Any, tx: Any, config: TrainConfig
             ]
         )
     return create_train_state(params, tx, config.learning_rate, state.rng)
+
+
+PREVIOUS_STAGES_FILE = "previous_stages.json"
+STAGE_KEYS = (
+    "stop_reason",
+    "epochs",
+    "steps",
+    "train_wall_time_s",
+    "train_cpu_time_s",
+    "backend",
+    "device_kind",
+)
+
+
+def record_previous_stages(initial_dir: Path, workdir: Path) -> list[dict[str, Any]]:
+    """Write ``workdir/previous_stages.json``: the runs that trained ``initial_model``.
+
+    A run that starts from a trained model continues that model's training; its
+    ``summary.json`` then lists under ``previous_stages`` (oldest first) what each earlier
+    run trained (epochs, steps, wall and CPU seconds, device, stop reason, best validation
+    force MAE), read once, at the start, from the ``summary.json`` found beside the
+    initial model's weights (none: an empty list). Later resumes keep the file.
+    """
+    found = find_model_dir(initial_dir)
+    summary_path = next(
+        (d / "summary.json" for d in (found, found.parent) if (d / "summary.json").exists()),
+        None,
+    )
+    stages: list[dict[str, Any]] = []
+    if summary_path is not None:
+        old = json.loads(summary_path.read_text())
+        stages = list(old.get("previous_stages") or [])
+        stage = {k: old[k] for k in STAGE_KEYS if k in old}
+        best = old.get("best_validation") or {}
+        if "validation_force_mae_mev_per_a" in best:
+            stage["best_validation_force_mae_mev_per_a"] = best["validation_force_mae_mev_per_a"]
+        stages.append(stage)
+    atomic_write_text(workdir / PREVIOUS_STAGES_FILE, json.dumps(stages, indent=2))
+    return stages
+
+
+def read_previous_stages(workdir: Path) -> list[dict[str, Any]] | None:
+    """The stages :func:`record_previous_stages` wrote (None: the run started afresh)."""
+    path = workdir / PREVIOUS_STAGES_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def restore_or_refuse(store: CheckpointStore, target: Any, workdir: Path) -> tuple | None:

@@ -125,27 +125,9 @@ def _commit() -> str | None:
     return out.stdout.strip()
 
 
-def _stages(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every training run behind a model, oldest first: hardware, epochs, steps, time."""
-
-    def one(s: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "hardware": s.get("device_kind") or s.get("backend"),
-            "epochs": s.get("epochs"),
-            "steps": s.get("steps"),
-            "wall_minutes": round((s.get("train_wall_time_s") or 0.0) / 60.0, 1),
-            "cpu_hours": round((s.get("train_cpu_time_s") or 0.0) / 3600.0, 3),
-            "stop_reason": s.get("stop_reason"),
-        }
-
-    return [one(s) for s in summary.get("previous_stages", [])] + (
-        [one(summary)] if summary else []
-    )
-
-
 def evaluate(args: argparse.Namespace) -> None:
     from allegro_jax.train.evaluate import evaluate_model
-    from experiments.runinfo import device_description
+    from experiments.runinfo import device_description, training_stages
 
     results = load_results()
     for el in args.elements:
@@ -184,7 +166,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "n_params": summ.get("n_params"),
             "published": PUBLISHED[el],
             "model_id": key,
-            "training": _stages(summ),
+            "training": training_stages(summ),
             "evaluated_on": device_description(),
             "commit": _commit(),
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -194,24 +176,16 @@ def evaluate(args: argparse.Namespace) -> None:
         print(f"[{el}] test: {json.dumps({k: row[k] for k in list(row)[:3]})}", flush=True)
 
 
-STAGE_KEYS = (
-    "stop_reason",
-    "epochs",
-    "steps",
-    "train_wall_time_s",
-    "train_cpu_time_s",
-    "backend",
-    "device_kind",
-    "lr_scheduler_name",
-)
-
-
 def _keep_stages(workdir: Path, dest: Path, new: Path) -> None:
     """A run that started from the published model keeps that model's training as a stage.
 
     ``summary.json`` of the new model gains ``previous_stages`` (oldest first): what each
-    earlier run from which it was fine-tuned trained, and on which hardware.
+    earlier run from which it was fine-tuned trained, and on which hardware. The training
+    loop records them itself (``previous_stages.json`` in the run directory); this is for
+    runs begun before it did.
     """
+    from allegro_jax.train.resume import STAGE_KEYS
+
     train_cfg = workdir / "train_config.yaml"
     init = (
         yaml.safe_load(train_cfg.read_text()).get("initial_model") if train_cfg.exists() else None
@@ -221,13 +195,15 @@ def _keep_stages(workdir: Path, dest: Path, new: Path) -> None:
         return
     if Path(init).resolve() != dest.resolve():
         return
+    summary = json.loads(new_summary.read_text())
+    if "previous_stages" in summary:  # recorded by the training loop
+        return
     old = json.loads(old_summary.read_text())
     stages = old.pop("previous_stages", [])
     stage = {k: old.get(k) for k in STAGE_KEYS if k in old}
     stage["best_validation_force_mae_mev_per_a"] = (old.get("best_validation") or {}).get(
         "validation_force_mae_mev_per_a"
     )
-    summary = json.loads(new_summary.read_text())
     summary["previous_stages"] = [*stages, stage]
     new_summary.write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -41,9 +41,11 @@ from experiments.runinfo import (
     learning_curve,
     portable_command,
     portable_config,
+    previous_cpu_hours,
     publish_model,
     repo_path,
     splice_block,
+    training_stages,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -165,10 +167,12 @@ def make_config(
     budget_minutes: float,
     n_train: int = 950,
     initial_model: Path | None = None,
+    cosine_epochs: int | None = None,
 ):
     """The molecule's config with the variant's overrides, absolute data paths, budget, the
-    training-set size (the validation set stays 50 frames drawn from the same file) and,
-    for a run without checkpoints, the committed model to start from."""
+    training-set size (the validation set stays 50 frames drawn from the same file), for a
+    run without checkpoints the committed model to start from, and with ``cosine_epochs`` a
+    run of that many epochs whose rate falls along a half cosine (one that finishes)."""
     from allegro_jax.train.config import load_config
 
     overrides: dict[str, Any] = {}
@@ -184,6 +188,8 @@ def make_config(
         "n_val": 50,
         "initial_model": str(initial_model) if initial_model is not None else None,
     }
+    if cosine_epochs is not None:
+        overrides |= {"lr_scheduler_name": "cosine", "max_epochs": cosine_epochs}
     return load_config(CONFIGS / f"{mol}.yaml", overrides)
 
 
@@ -198,7 +204,9 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
     # a fresh machine (no checkpoints) continues from the committed model's weights
     fresh = not (workdir / "checkpoints").is_dir()
     init = published if fresh and (published / "config.json").exists() else None
-    config = make_config(mol, args.variant, data_dir, args.budget_minutes, args.n_train, init)
+    config = make_config(
+        mol, args.variant, data_dir, args.budget_minutes, args.n_train, init, args.cosine_epochs
+    )
     summary_path = workdir / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.exists() else None
     t0 = time.perf_counter()
@@ -234,6 +242,10 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
     cpu_s = summary.get("train_cpu_time_s")
     if cpu_s is None and rows:
         cpu_s = rows[-1].get("cpu_time_s")
+    # a run fine-tuned from a committed model: the CPU hours of the runs behind it count
+    earlier_h = previous_cpu_hours(summary)
+    if cpu_s is not None:
+        cpu_s += 3600.0 * earlier_h
     return {
         "energy_mae_mev": test["energy_mae_mev"],
         "force_mae_mev_per_a": test["force_mae_mev_per_a"],
@@ -247,7 +259,8 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
         "cpu_hours": round(cpu_s / 3600.0, 3) if cpu_s is not None else None,
         "n_train": args.n_train,
         "n_val": 50,
-        "curve": curve(rows),
+        "curve": [[round(h + earlier_h, 4), v] for h, v in curve(rows)],
+        "training": training_stages(summary),
         "wall_s": round(summary["train_wall_time_s"], 1),
         "s_per_epoch_median": epoch_seconds(epoch_times),
         "s_first_epoch": round(epoch_times[0], 1) if epoch_times else None,
@@ -470,6 +483,13 @@ def main(argv: list[str] | None = None) -> int:
         default=str(HERE / "runs"),
         help="run directories (<variant>/<molecule>) and this invocation's results.json / "
         "results_table.md",
+    )
+    p.add_argument(
+        "--cosine-epochs",
+        type=int,
+        default=None,
+        help="train this many epochs with the rate falling along a half cosine to 0 (a run "
+        "that finishes; from the committed model when the run directory is new)",
     )
     p.add_argument("--test-batch-size", type=int, default=50)
     p.add_argument("--force", action="store_true", help="train on even if the run had stopped")

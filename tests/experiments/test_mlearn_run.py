@@ -11,8 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
+from experiments import runinfo
 from experiments.mlearn import run as mlearn
 
 
@@ -68,10 +70,12 @@ def test_publish_keeps_the_stages_a_model_was_fine_tuned_from(tmp_path, monkeypa
     (stage,) = summary["previous_stages"]
     assert stage["epochs"] == 164 and stage["device_kind"] == "H200"
     assert stage["best_validation_force_mae_mev_per_a"] == 48.2
-    stages = mlearn._stages(summary)
+    stages = runinfo.training_stages(summary)
     assert [s["hardware"] for s in stages] == ["H200", "cpu"]
     assert [s["epochs"] for s in stages] == [164, 100]
     assert stages[1]["cpu_hours"] == round(1700.0 / 3600.0, 3)
+    assert runinfo.previous_cpu_hours(summary) == pytest.approx(247.1 / 3600.0)
+    assert runinfo.previous_cpu_hours({"epochs": 3}) == 0.0
 
     # a run from elsewhere (not the published model) does not inherit its stages
     shutil.rmtree(tmp_path / "cpu")

@@ -87,6 +87,15 @@ def test_the_low_data_setting_trains_on_50_frames_in_its_own_folder(run, tmp_pat
     model = tmp_path / "models" / "cpu-n50" / "ethanol"
     cfg = run.make_config("ethanol", "cpu", tmp_path, 1.0, n_train=50, initial_model=model)
     assert cfg.initial_model == str(model)
+    assert cfg.lr_scheduler_name == "ReduceLROnPlateau"
+
+
+def test_a_cosine_fine_tune_is_a_run_that_finishes(run, tmp_path):
+    model = tmp_path / "models" / "mid" / "benzene"
+    cfg = run.make_config("benzene", "mid", tmp_path, 30.0, initial_model=model, cosine_epochs=80)
+    assert (cfg.lr_scheduler_name, cfg.max_epochs) == ("cosine", 80)
+    assert cfg.initial_model == str(model) and cfg.n_train == 950
+    assert "max_epochs" in run.FINISHED  # its stop reason counts as finished
 
 
 def test_the_learning_curve_is_thinned_and_keeps_the_last_epoch(run):

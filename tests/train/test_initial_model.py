@@ -80,3 +80,30 @@ def test_an_initial_model_of_another_architecture_is_refused(trained):
     config = _config(other, initial_model=str(tmp / "a"), num_scalar_features=16)
     with pytest.raises(ValueError, match="another architecture.*num_scalar_features: 16 here, 8"):
         train_and_evaluate(config, tmp / "d")
+
+
+def test_a_fine_tuned_run_lists_the_runs_behind_its_initial_model(trained):
+    tmp, other = trained
+    one = {"max_epochs": 1}
+    a = json.loads((tmp / "a" / "summary.json").read_text())
+    assert "previous_stages" not in a  # a run from scratch has no earlier stages
+    train_and_evaluate(_config(other, initial_model=str(tmp / "a" / "model"), **one), tmp / "e")
+    e = json.loads((tmp / "e" / "summary.json").read_text())
+    (stage,) = e["previous_stages"]
+    assert (stage["epochs"], stage["steps"]) == (a["epochs"], a["steps"])
+    assert stage["train_cpu_time_s"] == a["train_cpu_time_s"]
+    assert stage["device_kind"] == a["device_kind"]
+    assert stage["best_validation_force_mae_mev_per_a"] == pytest.approx(
+        a["best_validation"]["validation_force_mae_mev_per_a"]
+    )
+    # a second fine-tune from that run (its run directory) keeps both, oldest first
+    train_and_evaluate(_config(other, initial_model=str(tmp / "e"), **one), tmp / "f")
+    f = json.loads((tmp / "f" / "summary.json").read_text())
+    assert [s["epochs"] for s in f["previous_stages"]] == [a["epochs"], e["epochs"]]
+    # the stages are read once, at the start: a resume keeps them even if the initial
+    # model has since been replaced (e.g. published over by this very run)
+    (tmp / "e" / "summary.json").write_text(json.dumps({"epochs": 99}))
+    train_and_evaluate(_config(other, initial_model=str(tmp / "e"), max_epochs=2), tmp / "f")
+    f2 = json.loads((tmp / "f" / "summary.json").read_text())
+    assert f2["epochs"] == 2
+    assert f2["previous_stages"] == f["previous_stages"]
