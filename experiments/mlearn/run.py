@@ -131,10 +131,10 @@ def evaluate(args: argparse.Namespace) -> None:
 
     results = load_results()
     for el in args.elements:
-        workdir = Path(args.runs_dir) / el
-        model = workdir / "model"
+        # the committed model, what a user gets (`publish` puts a run's best model there)
+        model = MODELS / el
         if not (model / "config.json").exists():
-            model = MODELS / el
+            raise SystemExit(f"[{el}] {model}: no published model; run `publish {el}` first")
         meta = json.loads((model / "config.json").read_text()).get("metadata", {})
         previous = results["elements"].get(el)
         key = {
@@ -146,7 +146,7 @@ def evaluate(args: argparse.Namespace) -> None:
             print(f"[{el}] this model was evaluated on the test file already", flush=True)
             continue
         test = evaluate_model(model, Path(args.data_dir) / f"{el}_test.extxyz", batch_size=8)
-        summary = workdir / "summary.json"
+        summary = model / "summary.json"
         summ = json.loads(summary.read_text()) if summary.exists() else {}
         row = {
             "energy_mae_mev_per_atom": test.get("energy_per_atom_mae_mev"),
@@ -227,23 +227,36 @@ def publish(args: argparse.Namespace) -> None:
         print(f"[{el}] published {dest} ({size / 1e6:.2f} MB)", flush=True)
 
 
+def _trained(row: dict[str, Any]) -> str:
+    """The training stages of a results row: '7.0 min NVIDIA H200 (164) + 0.31 CPU h (100)'."""
+    parts = []
+    for st in row.get("training") or []:
+        if str(st.get("hardware")).lower() == "cpu":
+            parts.append(f"{st['cpu_hours']:.2f} CPU h ({st['epochs']})")
+        else:
+            parts.append(f"{st['wall_minutes']:.1f} min {st['hardware']} ({st['epochs']})")
+    if not parts:
+        parts.append(f"{row.get('cpu_hours', 0.0):.2f} CPU h ({row.get('epochs')})")
+    return " + ".join(parts)
+
+
 def render_table(results: dict[str, Any]) -> str:
     lines = [
         "| element | E MAE (meV/atom) | F MAE (eV/Å) | stress MAE (GPa) | GAP E / F | MTP E / F "
-        "| epochs | CPU h | stop |",
-        "|---|---:|---:|---:|---|---|---:|---:|---|",
+        "| trained (epochs) | stop |",
+        "|---|---:|---:|---:|---|---|---|---|",
     ]
     for el in ELEMENTS:
         r = results["elements"].get(el)
         gap, mtp = PUBLISHED[el]["GAP"], PUBLISHED[el]["MTP"]
         pub = f"{gap[0]} / {gap[1]} | {mtp[0]} / {mtp[1]}"
         if r is None:
-            lines.append(f"| {el} | not yet run | | | {pub} | | | |")
+            lines.append(f"| {el} | not yet run | | | {pub} | | |")
             continue
         stress = "" if r["stress_mae_gpa"] is None else f"{r['stress_mae_gpa']:.3f}"
         lines.append(
             f"| {el} | {r['energy_mae_mev_per_atom']:.2f} | {r['force_mae_ev_per_a']:.3f} | "
-            f"{stress} | {pub} | {r['epochs']} | {r['cpu_hours']:.2f} | {r['stop_reason']} |"
+            f"{stress} | {pub} | {_trained(r)} | {r['stop_reason']} |"
         )
     return "\n".join(lines)
 

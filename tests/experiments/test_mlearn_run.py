@@ -82,3 +82,19 @@ def test_publish_keeps_the_stages_a_model_was_fine_tuned_from(tmp_path, monkeypa
     _fake_run(tmp_path / "cpu" / "Si", cpu, None)
     mlearn.publish(argparse.Namespace(elements=["Si"], runs_dir=str(tmp_path / "cpu")))
     assert "previous_stages" not in json.loads((models / "Si" / "summary.json").read_text())
+
+
+def test_the_table_names_every_training_stage_and_evaluate_needs_a_published_model(
+    tmp_path, monkeypatch
+):
+    row = {
+        "training": [
+            {"hardware": "NVIDIA H200", "epochs": 164, "wall_minutes": 7.0, "cpu_hours": 0.07},
+            {"hardware": "cpu", "epochs": 100, "wall_minutes": 20.0, "cpu_hours": 0.309},
+        ]
+    }
+    assert mlearn._trained(row) == "7.0 min NVIDIA H200 (164) + 0.31 CPU h (100)"
+    monkeypatch.setattr(mlearn, "MODELS", tmp_path / "models")
+    args = argparse.Namespace(elements=["Si"], data_dir=str(tmp_path), again=False)
+    with pytest.raises(SystemExit, match="no published model; run `publish Si` first"):
+        mlearn.evaluate(args)
