@@ -346,6 +346,17 @@ def _cpu_h(r: dict[str, Any]) -> str:
     return "" if r.get("cpu_hours") is None else f"{r['cpu_hours']:.2f}"
 
 
+def _totals(r: dict[str, Any]) -> tuple[Any, Any, str]:
+    """Steps, epochs (over every run behind the model) and the stop column of a row; a
+    model fine-tuned from an earlier one says how many runs it took."""
+    stages = r.get("training") or []
+    if len(stages) < 2:
+        return r.get("steps", ""), r["epochs"], r["stop_reason"]
+    steps = sum(st.get("steps") or 0 for st in stages)
+    epochs = sum(st.get("epochs") or 0 for st in stages)
+    return steps, epochs, f"{r['stop_reason']} ({len(stages)} runs)"
+
+
 def render_table(results: dict[str, Any]) -> str:
     """Markdown tables: the paper's setting (950 training frames), one row per (molecule,
     variant) run, beside the paper's Allegro row; then the low-data setting (50 frames)
@@ -379,11 +390,12 @@ def render_table(results: dict[str, Any]) -> str:
             if b.get("invocations"):  # counted since run.py recorded them
                 budget += f", {b['invocations']} call(s)"
             ratio = r["force_mae_mev_per_a"] / PAPER[mol][1]
+            steps, epochs, stop = _totals(r)
             lines.append(
                 f"| {mol} | {_fmt(r['energy_mae_mev'])} | {_fmt(r['force_mae_mev_per_a'])} | "
                 f"{_fmt(r['energy_rmse_mev'])} | {_fmt(r['force_rmse_mev_per_a'])} | {paper} | "
-                f"{ratio:.1f}× | {r.get('steps', '')} | {r['epochs']} | {_cpu_h(r)} | "
-                f"{r['stop_reason']} | {budget} | {r['hardware']} | {r['n_params']} |"
+                f"{ratio:.1f}× | {steps} | {epochs} | {_cpu_h(r)} | "
+                f"{stop} | {budget} | {r['hardware']} | {r['n_params']} |"
             )
         mace = "{} / {}".format(*MACE_50[mol])
         nequip = "{} / {}".format(*NEQUIP_50[mol])
@@ -391,10 +403,11 @@ def render_table(results: dict[str, Any]) -> str:
             low.append(f"| {mol} | not yet run | | {mace} | {nequip} | | | | | | | |")
         for setting, r in sorted(few.items()):
             below = "yes" if r["force_mae_mev_per_a"] < MACE_50[mol][1] else "no"
+            steps, epochs, stop = _totals(r)
             low.append(
                 f"| {mol} | {_fmt(r['energy_mae_mev'])} | {_fmt(r['force_mae_mev_per_a'])} | "
-                f"{mace} | {nequip} | {below} | {r.get('steps', '')} | {r['epochs']} | "
-                f"{_cpu_h(r)} | {r['stop_reason']} | {split_setting(setting)[0]} | "
+                f"{mace} | {nequip} | {below} | {steps} | {epochs} | "
+                f"{_cpu_h(r)} | {stop} | {split_setting(setting)[0]} | "
                 f"{r['n_params']} |"
             )
     return "\n".join(lines + low)

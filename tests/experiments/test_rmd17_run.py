@@ -79,6 +79,16 @@ def test_table_marks_missing_molecules_and_keeps_the_readme_text(run, tmp_path, 
     assert "2.7×" in text  # the force MAE over the paper's (5.678 / 2.1)
 
 
+def test_a_fine_tuned_row_counts_the_steps_and_epochs_of_every_run(run):
+    row = {"steps": 700, "epochs": 40, "stop_reason": "max_epochs"}
+    assert run._totals(row) == (700, 40, "max_epochs")
+    row["training"] = [
+        {"steps": 4890, "epochs": 25, "stop_reason": "max_wall_time"},
+        {"steps": 700, "epochs": 40, "stop_reason": "max_epochs"},
+    ]
+    assert run._totals(row) == (5590, 65, "max_epochs (2 runs)")
+
+
 def test_the_low_data_setting_trains_on_50_frames_in_its_own_folder(run, tmp_path):
     assert run.setting_name("cpu", 950) == "cpu" and run.setting_name("cpu", 50) == "cpu-n50"
     assert run.split_setting("cpu-n50") == ("cpu", 50) and run.split_setting("mid") == ("mid", 950)
