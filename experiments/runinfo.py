@@ -10,6 +10,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,3 +171,24 @@ def previous_cpu_hours(summary: dict[str, Any]) -> float:
     """CPU hours of the runs a fine-tuned model started from (0 for a run from scratch)."""
     cpu_s = [s.get("train_cpu_time_s") or 0.0 for s in summary.get("previous_stages") or []]
     return sum(cpu_s) / 3600.0
+
+
+def git_commit(repo: str | os.PathLike) -> str | None:
+    """The repository's HEAD as a short hash, ``+dirty`` when tracked files have changes
+    (None outside a git checkout)."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")

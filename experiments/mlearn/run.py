@@ -28,8 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -114,20 +112,9 @@ def save_results(results: dict[str, Any]) -> None:
     os.replace(tmp, RESULTS)
 
 
-def _commit() -> str | None:
-    """The repository's HEAD (the code that evaluates; each stage's code is in git log)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def evaluate(args: argparse.Namespace) -> None:
     from allegro_jax.train.evaluate import evaluate_model
-    from experiments.runinfo import device_description, training_stages
+    from experiments.runinfo import device_description, git_commit, training_stages
 
     results = load_results()
     for el in args.elements:
@@ -168,7 +155,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "model_id": key,
             "training": training_stages(summ),
             "evaluated_on": device_description(),
-            "commit": _commit(),
+            "commit": git_commit(REPO),
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         results["elements"][el] = row
@@ -176,53 +163,13 @@ def evaluate(args: argparse.Namespace) -> None:
         print(f"[{el}] test: {json.dumps({k: row[k] for k in list(row)[:3]})}", flush=True)
 
 
-def _keep_stages(workdir: Path, dest: Path, new: Path) -> None:
-    """A run that started from the published model keeps that model's training as a stage.
-
-    ``summary.json`` of the new model gains ``previous_stages`` (oldest first): what each
-    earlier run from which it was fine-tuned trained, and on which hardware. The training
-    loop records them itself (``previous_stages.json`` in the run directory); this is for
-    runs begun before it did.
-    """
-    from allegro_jax.train.resume import STAGE_KEYS
-
-    train_cfg = workdir / "train_config.yaml"
-    init = (
-        yaml.safe_load(train_cfg.read_text()).get("initial_model") if train_cfg.exists() else None
-    )
-    old_summary, new_summary = dest / "summary.json", new / "summary.json"
-    if not (init and old_summary.exists() and new_summary.exists()):
-        return
-    if Path(init).resolve() != dest.resolve():
-        return
-    summary = json.loads(new_summary.read_text())
-    if "previous_stages" in summary:  # recorded by the training loop
-        return
-    old = json.loads(old_summary.read_text())
-    stages = old.pop("previous_stages", [])
-    stage = {k: old.get(k) for k in STAGE_KEYS if k in old}
-    stage["best_validation_force_mae_mev_per_a"] = (old.get("best_validation") or {}).get(
-        "validation_force_mae_mev_per_a"
-    )
-    summary["previous_stages"] = [*stages, stage]
-    new_summary.write_text(json.dumps(summary, indent=2) + "\n")
-
-
 def publish(args: argparse.Namespace) -> None:
+    """A run's best model, metrics curve, summary (with the runs behind it,
+    ``previous_stages``) and statistics -> ``models/<El>`` (replaced atomically)."""
+    from experiments.runinfo import publish_model
+
     for el in args.elements:
-        workdir = Path(args.runs_dir) / el
-        if not (workdir / "model" / "config.json").exists():
-            raise SystemExit(f"{workdir / 'model'}: no trained model to publish")
-        dest = MODELS / el
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(workdir / "model", tmp)
-        for name in ("metrics.csv", "summary.json", "statistics.json"):
-            if (workdir / name).exists():
-                shutil.copy2(workdir / name, tmp / name)
-        _keep_stages(workdir, dest, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        dest = publish_model(Path(args.runs_dir) / el, MODELS / el, REPO)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         print(f"[{el}] published {dest} ({size / 1e6:.2f} MB)", flush=True)
 

@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import yaml
 from allegro_jax.data.datasets import RMD17_MOLECULES
 from experiments.runinfo import (
     device_description,
+    git_commit,
     learning_curve,
     portable_command,
     portable_config,
@@ -133,22 +133,9 @@ def versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        out["git"] = rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    commit = git_commit(REPO)
+    if commit is not None:
+        out["git"] = commit
     return out
 
 

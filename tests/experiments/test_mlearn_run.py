@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from experiments import runinfo
 from experiments.mlearn import run as mlearn
@@ -30,58 +28,47 @@ def test_cosine_fine_tune_config(tmp_path):
     assert tuned.test_dataset_file_name is None  # the test file waits for `evaluate`
 
 
-def _fake_run(workdir: Path, summary: dict, initial_model: Path | None) -> None:
+def _fake_run(workdir: Path, summary: dict) -> None:
     (workdir / "model").mkdir(parents=True)
     (workdir / "model" / "config.json").write_text(json.dumps({"model": {}, "metadata": {}}))
     (workdir / "summary.json").write_text(json.dumps(summary))
-    cfg = {"initial_model": None if initial_model is None else str(initial_model)}
-    (workdir / "train_config.yaml").write_text(yaml.safe_dump(cfg))
 
 
 def test_publish_keeps_the_stages_a_model_was_fine_tuned_from(tmp_path, monkeypatch):
     models = tmp_path / "models"
     monkeypatch.setattr(mlearn, "MODELS", models)
-    gpu = {
+    gpu_stage = {
         "stop_reason": "max_wall_time",
         "epochs": 164,
         "steps": 6397,
         "device_kind": "H200",
         "train_wall_time_s": 420.0,
         "train_cpu_time_s": 247.1,
-        "best_validation": {"validation_force_mae_mev_per_a": 48.2},
+        "best_validation_force_mae_mev_per_a": 48.2,
     }
+    # what the training loop writes for a run from initial_model (tests/train)
     cpu = {
         "stop_reason": "max_epochs",
         "epochs": 100,
         "steps": 4000,
-        "backend": "cpu",
+        "device_kind": "cpu",
         "train_wall_time_s": 900.0,
         "train_cpu_time_s": 1700.0,
+        "previous_stages": [gpu_stage],
     }
-    _fake_run(tmp_path / "gpu" / "Si", gpu, None)
-    mlearn.publish(argparse.Namespace(elements=["Si"], runs_dir=str(tmp_path / "gpu")))
-    assert "previous_stages" not in json.loads((models / "Si" / "summary.json").read_text())
-
-    # a run that started from the published model: its stage list keeps the GPU run
-    _fake_run(tmp_path / "cpu" / "Si", cpu, models / "Si")
+    _fake_run(tmp_path / "cpu" / "Si", cpu)
     mlearn.publish(argparse.Namespace(elements=["Si"], runs_dir=str(tmp_path / "cpu")))
     summary = json.loads((models / "Si" / "summary.json").read_text())
-    assert summary["epochs"] == 100
-    (stage,) = summary["previous_stages"]
-    assert stage["epochs"] == 164 and stage["device_kind"] == "H200"
-    assert stage["best_validation_force_mae_mev_per_a"] == 48.2
+    assert (models / "Si" / "config.json").exists()
+    assert summary["previous_stages"] == [gpu_stage]
     stages = runinfo.training_stages(summary)
     assert [s["hardware"] for s in stages] == ["H200", "cpu"]
     assert [s["epochs"] for s in stages] == [164, 100]
     assert stages[1]["cpu_hours"] == round(1700.0 / 3600.0, 3)
     assert runinfo.previous_cpu_hours(summary) == pytest.approx(247.1 / 3600.0)
     assert runinfo.previous_cpu_hours({"epochs": 3}) == 0.0
-
-    # a run from elsewhere (not the published model) does not inherit its stages
-    shutil.rmtree(tmp_path / "cpu")
-    _fake_run(tmp_path / "cpu" / "Si", cpu, None)
-    mlearn.publish(argparse.Namespace(elements=["Si"], runs_dir=str(tmp_path / "cpu")))
-    assert "previous_stages" not in json.loads((models / "Si" / "summary.json").read_text())
+    with pytest.raises(SystemExit, match="no trained model to publish"):
+        mlearn.publish(argparse.Namespace(elements=["Ge"], runs_dir=str(tmp_path / "cpu")))
 
 
 def test_the_table_names_every_training_stage_and_evaluate_needs_a_published_model(
