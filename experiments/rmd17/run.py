@@ -277,6 +277,16 @@ def run_molecule(mol: str, args: argparse.Namespace, command: str) -> dict[str, 
     }
 
 
+def joined_curve(old: dict[str, Any] | None, entry: dict[str, Any]) -> list[list[float]]:
+    """The curve of a model fine-tuned from the recorded one: the recorded run's curve (up
+    to where the new one starts, in CPU hours) followed by the new run's."""
+    new = entry.get("curve") or []
+    if not old or len(entry.get("training") or []) < 2 or not old.get("curve"):
+        return new
+    start = new[0][0] if new else float("inf")
+    return [c for c in old["curve"] if c[0] < start] + new
+
+
 def curve(rows: list[dict[str, Any]], points: int = 200) -> list[list[float]]:
     """Validation force MAE against training CPU hours (the plot's data)."""
     return learning_curve(rows, "validation_force_mae_mev_per_a", points)
@@ -535,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results = load_results(results_path)  # re-read: keep what others wrote meanwhile
         setting = setting_name(args.variant, args.n_train)
+        entry["curve"] = joined_curve((results.get(mol) or {}).get(setting), entry)
         results.setdefault(mol, {})[setting] = entry
         save_results(results, results_path)
         write_table(results, table_path)

@@ -151,3 +151,11 @@ def test_publish_copies_the_best_model_and_its_record(run, tmp_path, monkeypatch
 def test_evaluate_only_needs_a_run(run, tmp_path):
     with pytest.raises(SystemExit, match="no finished or stopped run to evaluate"):
         run.main(["ethanol", "--runs-dir", str(tmp_path), "--evaluate-only"])
+
+
+def test_a_fine_tuned_curve_continues_the_recorded_one(run):
+    old = {"curve": [[0.01, 90.0], [0.05, 40.0], [0.07, 30.0]]}
+    entry = {"curve": [[0.07, 35.0], [0.1, 20.0]], "training": [{}, {}]}
+    assert run.joined_curve(old, entry) == [[0.01, 90.0], [0.05, 40.0], [0.07, 35.0], [0.1, 20.0]]
+    assert run.joined_curve(None, entry) == entry["curve"]
+    assert run.joined_curve(old, {"curve": [[0.2, 5.0]]}) == [[0.2, 5.0]]  # a run from scratch
