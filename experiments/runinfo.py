@@ -5,6 +5,7 @@ machine (:func:`repo_path`, :func:`portable_config`, :func:`portable_command`)."
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -171,6 +172,23 @@ def previous_cpu_hours(summary: dict[str, Any]) -> float:
     """CPU hours of the runs a fine-tuned model started from (0 for a run from scratch)."""
     cpu_s = [s.get("train_cpu_time_s") or 0.0 for s in summary.get("previous_stages") or []]
     return sum(cpu_s) / 3600.0
+
+
+def add_cosine_epochs_option(parser: argparse.ArgumentParser, start: str) -> None:
+    """``--cosine-epochs N`` of the experiment scripts (:func:`cosine_overrides`)."""
+    parser.add_argument(
+        "--cosine-epochs",
+        type=int,
+        default=None,
+        help="train this many epochs with the rate falling along a half cosine to 0 (a run "
+        f"that finishes; from the {start} model when the run directory is new)",
+    )
+
+
+def cosine_overrides(epochs: int | None) -> dict[str, Any]:
+    """Training-config overrides of a run of ``epochs`` epochs that ends annealed
+    (``lr_scheduler_name: cosine``); none for ``None``."""
+    return {} if epochs is None else {"lr_scheduler_name": "cosine", "max_epochs": epochs}
 
 
 def git_commit(repo: str | os.PathLike) -> str | None:

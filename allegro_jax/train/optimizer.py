@@ -10,7 +10,6 @@ state with :func:`set_learning_rate` (``optax.inject_hyperparams``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -120,10 +119,10 @@ def plateau_update(
 def cosine_lr(learning_rate: float, epoch: int, epochs: int) -> float:
     """Rate of epoch ``epoch`` (0-based) of a half cosine from ``learning_rate`` to 0.
 
-    ``learning_rate · (1 + cos(π · epoch / epochs)) / 2``; ``epoch ≥ epochs`` gives 0.
+    ``learning_rate · (1 + cos(π · epoch / epochs)) / 2``; ``epoch ≥ epochs`` gives 0
+    (``optax.cosine_decay_schedule`` with the epoch as its count).
     """
-    frac = min(max(epoch, 0), epochs) / epochs
-    return 0.5 * learning_rate * (1.0 + math.cos(math.pi * frac))
+    return float(optax.cosine_decay_schedule(learning_rate, epochs)(epoch))
 
 
 def ema_decay_at(step: jax.Array, decay: float, use_num_updates: bool = True) -> jax.Array:

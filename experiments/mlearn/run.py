@@ -68,14 +68,14 @@ def make_config(
     cosine_epochs: int | None = None,
 ):
     from allegro_jax.train.config import load_config
+    from experiments.runinfo import cosine_overrides
 
     overrides: dict[str, Any] = {
         "dataset_file_name": str(data_dir / f"{element}_train.extxyz"),
         "test_dataset_file_name": None,  # evaluated once, by `run.py evaluate`
         "max_wall_time": 60.0 * minutes,
     }
-    if cosine_epochs is not None:  # a run of fixed length that ends with the rate annealed
-        overrides |= {"lr_scheduler_name": "cosine", "max_epochs": cosine_epochs}
+    overrides |= cosine_overrides(cosine_epochs)
     if init_model is not None:
         overrides["initial_model"] = str(init_model)
     if element in NO_STRESS:  # no stress labels in the files: train on energy and forces
@@ -246,19 +246,15 @@ def table(_: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.runinfo import add_cosine_epochs_option
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("command", choices=("train", "evaluate", "publish", "table"))
     p.add_argument("elements", nargs="*", default=[], help=f"'all' or some of {ELEMENTS}")
     p.add_argument("--runs-dir", default=str(REPO.parent / "runs" / "mlearn"))
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mlearn"))
     p.add_argument("--minutes", type=float, default=60.0, help="wall clock per element and call")
-    p.add_argument(
-        "--cosine-epochs",
-        type=int,
-        default=None,
-        help="train this many epochs with the rate falling along a half cosine to 0 (a run "
-        "that finishes; from the published model when the run directory is new)",
-    )
+    add_cosine_epochs_option(p, "published")
     p.add_argument("--again", action="store_true", help="evaluate a model evaluated before")
     args = p.parse_args(argv)
     if args.elements == ["all"]:

@@ -36,6 +36,8 @@ import yaml
 
 from allegro_jax.data.datasets import RMD17_MOLECULES
 from experiments.runinfo import (
+    add_cosine_epochs_option,
+    cosine_overrides,
     device_description,
     git_commit,
     learning_curve,
@@ -175,8 +177,7 @@ def make_config(
         "n_val": 50,
         "initial_model": str(initial_model) if initial_model is not None else None,
     }
-    if cosine_epochs is not None:
-        overrides |= {"lr_scheduler_name": "cosine", "max_epochs": cosine_epochs}
+    overrides |= cosine_overrides(cosine_epochs)
     return load_config(CONFIGS / f"{mol}.yaml", overrides)
 
 
@@ -494,13 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run directories (<variant>/<molecule>) and this invocation's results.json / "
         "results_table.md",
     )
-    p.add_argument(
-        "--cosine-epochs",
-        type=int,
-        default=None,
-        help="train this many epochs with the rate falling along a half cosine to 0 (a run "
-        "that finishes; from the committed model when the run directory is new)",
-    )
+    add_cosine_epochs_option(p, "committed")
     p.add_argument("--test-batch-size", type=int, default=50)
     p.add_argument("--force", action="store_true", help="train on even if the run had stopped")
     p.add_argument(
