@@ -2,8 +2,9 @@
 
 Sub-commands: demo (a model on a generated structure), train (a model from a YAML config),
 evaluate (its errors on a labelled data file), md (molecular dynamics with it), lammps (a
-LAMMPS input run with the model as its force field, under mpiexec) and export (a
-jax.export artefact of the model). "allegro-jax <command> --help" describes each.
+LAMMPS input run with the model as its force field, under mpiexec), export (a
+jax.export artefact of the model) and ensemble (separately trained models stacked into one
+ensemble). "allegro-jax <command> --help" describes each.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     from .io.export import add_export_parser
 
     add_export_parser(sub)
+    from .io.combine import add_ensemble_parser
+
+    add_ensemble_parser(sub)
     sub.add_parser(
         "lammps",
         help="run a LAMMPS input with pair_style allegro/jax (allegro-jax lammps -in in.lammps; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ase.io
+import jax
 import numpy as np
 import pytest
 from md_helpers import random_params, si_o_crystal, small_config
@@ -10,7 +11,7 @@ from md_helpers import random_params, si_o_crystal, small_config
 from allegro_jax.cli import main
 from allegro_jax.data.graph import Structure
 from allegro_jax.data.padding import build_graph
-from allegro_jax.io.model import save_model
+from allegro_jax.io.model import load_model, read_ensemble_size, save_model
 from allegro_jax.nn.ensemble import stack_members
 from allegro_jax.nn.model import make_model
 
@@ -56,3 +57,38 @@ def test_md_cli_logs_ensemble_force_std(tmp_path):
     sigma = np.sqrt(((f - f.mean(0)) ** 2).sum(-1).mean(0))
     np.testing.assert_allclose(ens["force_std_max"][-1], sigma.max(), rtol=1e-6)
     np.testing.assert_allclose(ens["force_std_mean"][-1], sigma.mean(), rtol=1e-6)
+
+
+def test_ensemble_cli_stacks_separately_trained_models(tmp_path, capsys):
+    config = small_config(r_max=3.0)
+    members = [random_params(config, seed=s) for s in (0, 1, 2)]
+    for k, p in enumerate(members):
+        save_model(tmp_path / f"m{k}", config, p, {"seed": k})
+    paths = [str(tmp_path / f"m{k}") for k in range(3)]
+    assert main(["ensemble", "--members", *paths, "--out", str(tmp_path / "ens")]) == 0
+    assert read_ensemble_size(tmp_path / "ens") == 3
+    _, params, ens_fn = load_model(tmp_path / "ens")
+    assert np.asarray(jax.tree.leaves(params)[0]).dtype == np.float64
+    atoms = si_o_crystal()
+    out = ens_fn(atoms)
+    singles = [load_model(p)[2](atoms) for p in paths]
+    np.testing.assert_allclose(
+        out["forces"], np.mean([s["forces"] for s in singles], axis=0), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(out["member_energy"], [s["energy"] for s in singles], rtol=1e-12)
+    assert out["forces_std"].max() > 0
+    capsys.readouterr()
+
+    # a member of another model, an ensemble member, or one member alone: refused, no traceback
+    save_model(tmp_path / "other", small_config(r_max=3.5), members[0])
+    for bad, words in (
+        ([paths[0], str(tmp_path / "other")], ["other", "'r_max'"]),
+        ([paths[0], str(tmp_path / "ens")], ["ens", "already an ensemble"]),
+        ([paths[0]], ["at least 2 members"]),
+        ([paths[0], str(tmp_path / "missing")], ["missing", "no trained model"]),
+    ):
+        assert main(["ensemble", "--members", *bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ERROR (allegro-jax ensemble)") and "Traceback" not in err
+        assert all(w in err for w in words), err
+        assert not (tmp_path / "bad").exists()
