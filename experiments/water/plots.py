@@ -48,3 +48,26 @@ def plot_msd(curves: dict, fits: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_committee(curves: dict, model: str, path: Path) -> None:
+    """Largest per-atom force spread of the ensemble ``model`` along each run, with the
+    run's first broken frame marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (t, smax, broken_ps) in curves.items():
+        (line,) = ax.plot(t, smax, lw=0.8, label=name)
+        if broken_ps is not None:
+            ax.axvline(broken_ps, color=line.get_color(), ls="--", lw=1)
+    ax.set_xlabel("time (ps); dashed: first broken frame")
+    ax.set_ylabel("max over atoms of force std (eV/Å)")
+    ax.set_yscale("log")
+    ax.set_title(f"force spread of {model}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -19,6 +19,8 @@ def markdown_table(results: dict) -> str:
     )
     rows = []
     for name, r in results["runs"].items():
+        if "production_ps" not in r:  # a stability test tabled by stability_table only
+            continue
         pk, g, sp = r.get("rdf_OO_first_peak"), r.get("rdf_max_abs_diff"), r.get("speed")
         d = r.get("diffusion_O_cm2_per_s")
         rows.append(
@@ -44,6 +46,26 @@ def markdown_table(results: dict) -> str:
                 if sp
                 else "| — | — | — | — |"
             )
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def stability_table(results: dict) -> str:
+    """Every MD run of ``results.json``: model, molecules, fixed pair terms or not, step,
+    temperature, simulated time and how long the water stayed intact."""
+    head = (
+        "| run | model | molecules | pair terms | dt (fs) | T (K) | simulated (ps) "
+        "| intact (ps) | note |\n|---|---|---:|---|---:|---:|---:|---:|---|\n"
+    )
+    rows = []
+    for name, r in results["runs"].items():
+        broke = r.get("molecules_intact_until_ps")
+        intact = f"**{r['intact_ps']:.1f}** (whole run)" if broke is None else f"{broke:.1f}"
+        rows.append(
+            f"| {name} | {r.get('model') or '—'} | {r['molecules']} "
+            f"| {({True: 'yes', False: 'no'}).get(r['pair_terms'], '—')} | {r['dt_fs']:g} "
+            f"| {r.get('temperature_K', 300.0):g} | {r['simulated_ps']:.1f} | {intact} "
+            f"| {r.get('note', '')} |"
         )
     return head + "\n".join(rows) + "\n"
 

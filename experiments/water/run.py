@@ -44,6 +44,7 @@ import numpy as np
 from experiments import runinfo
 from experiments.water.augment import augment
 from experiments.water.barrier import AlreadyHasBarrier, add_barrier
+from experiments.water.history import STRESS_360K, stability_keys
 from experiments.water.observables import (
     MSD_FIT_PS,
     RDF_BINS,
@@ -55,14 +56,14 @@ from experiments.water.observables import (
     partial_rdfs,
     read_frames,
 )
-from experiments.water.plots import plot_msd, plot_rdf
+from experiments.water.plots import plot_committee, plot_msd, plot_rdf
 from experiments.water.probes import (
     APPROACH_DISTANCES,
     STRETCH_DISTANCES,
     approach_profile,
     stretch_profile,
 )
-from experiments.water.report import markdown_table, versions
+from experiments.water.report import markdown_table, stability_table, versions
 from experiments.water.settings import (
     AUGMENTED_FILE,
     DT_FS,
@@ -169,6 +170,33 @@ def _md_args(
     ]
 
 
+RUN_CARD = "water_md.json"
+
+
+def write_run_card(out: Path, args: argparse.Namespace) -> dict:
+    """``OUT/water_md.json``: what the run is (model, whether it has fixed pair terms, its
+    ensemble size, molecules, step, temperature), read back by ``analyse``."""
+    from allegro_jax.io.model import read_ensemble_size, read_model_config
+
+    model = RUNS / args.model
+    try:
+        config = read_model_config(model)
+    except FileNotFoundError:  # allegro-jax md says so, with the path
+        return {}
+    card = {
+        "model": args.model,
+        "pair_terms": bool(config.pair_potential),
+        "ensemble_size": read_ensemble_size(model),
+        "molecules": args.size,
+        "dt_fs": args.dt,
+        "temperature_K": args.temperature,
+        "velocity_seed": 0 if args.seed is None else args.seed,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_CARD).write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
 def cmd_md(args: argparse.Namespace) -> int:
     out = RUNS / (args.out or f"md{args.size}")
     cli = _md_args(
@@ -182,6 +210,7 @@ def cmd_md(args: argparse.Namespace) -> int:
     )
     if (out / "checkpoint.npz").exists():
         cli.append("--restart")
+    write_run_card(out, args)
     if args.max_wall_time:
         cli += ["--max-wall-time", str(args.max_wall_time)]
     if args.seed is not None:
@@ -302,6 +331,94 @@ def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def force_std_summary(thermo: np.ndarray, broken_ps: float | None) -> dict:
+    """An ensemble run's force spread (eV/Å) from its thermo rows: over the whole run, and
+    for a run that broke, in the last picosecond before the first broken frame against the
+    intact run before that."""
+    t_ps = thermo["time_fs"] / 1000
+    smax = thermo["force_std_max"]
+    out = {
+        "max_over_run_eV_per_A": float(np.max(smax)),
+        "median_of_max_eV_per_A": float(np.median(smax)),
+        "mean_of_mean_eV_per_A": float(np.mean(thermo["force_std_mean"])),
+    }
+    if broken_ps is not None:
+        before = (t_ps < broken_ps - 1.0) & (t_ps >= EQUILIBRATION_PS)
+        last = (t_ps >= broken_ps - 1.0) & (t_ps < broken_ps)
+        if before.any() and last.any():
+            out["intact_until_1ps_before_break"] = {
+                "median_of_max": float(np.median(smax[before])),
+                "p99_of_max": float(np.percentile(smax[before], 99)),
+                "max": float(np.max(smax[before])),
+            }
+            out["last_ps_before_break"] = {
+                "median_of_max": float(np.median(smax[last])),
+                "max": float(np.max(smax[last])),
+            }
+    return out
+
+
+def cmd_committee(args: argparse.Namespace) -> int:
+    """The force spread of an ensemble (``--model``) on the frames of MD runs (``--runs``,
+    e.g. single-model runs that broke): does it rise before the first broken frame?
+    -> committee.json and committee.png."""
+    from allegro_jax.io.model import load_model, read_ensemble_size
+
+    model = RUNS / args.model
+    if read_ensemble_size(model) < 2:
+        print(f"{model} is not an ensemble (allegro-jax ensemble --members ... makes one)")
+        return 1
+    _, _, predict = load_model(model)
+    out: dict = {"model": args.model, "runs": {}}
+    curves = {}
+    for name in args.runs:
+        frames = read_frames(RUNS / name, 0.0)
+        broken = first_broken_frame(frames)
+        t_ps = np.array([f.info["time_fs"] / 1000 for f in frames])
+        smax, smean = [], []
+        for k in range(0, len(frames), args.batch):
+            for pred in predict(frames[k : k + args.batch]):
+                smax.append(float(pred["forces_std"].max()))
+                smean.append(float(pred["forces_std"].mean()))
+        smax = np.array(smax)
+        broken_ps = None if broken is None else float(t_ps[broken])
+        thermo = {"time_fs": t_ps * 1000, "force_std_max": smax, "force_std_mean": np.array(smean)}
+        out["runs"][name] = {
+            "frames": len(frames),
+            "frame_spacing_ps": float(t_ps[1] - t_ps[0]),
+            "first_broken_frame_ps": broken_ps,
+            "force_std_eV_per_A": force_std_summary(thermo, broken_ps),
+            "series": {"time_ps": t_ps.round(4).tolist(), "force_std_max": smax.round(5).tolist()},
+        }
+        curves[name] = (t_ps, smax, broken_ps)
+        print(f"{name}: {json.dumps(out['runs'][name]['force_std_eV_per_A'])}")
+    dest = report_dir(args)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "committee.json").write_text(json.dumps(out, indent=1) + "\n")
+    plot_committee(curves, args.model, dest / "committee.png")
+    _written(dest / "committee.json", dest / "committee.png")
+    return 0
+
+
+def carry_over_history(results: dict, committed: Path) -> None:
+    """Keep in ``results["runs"]`` every run of the committed ``results.json`` whose folder
+    was not analysed now (``carried_over_from`` its date) and the 360 K tests of
+    :data:`~experiments.water.history.STRESS_360K`, each with the stability keys."""
+    old = json.loads(committed.read_text()) if committed.exists() else {}
+    if "training" not in results and "training" in old:  # model 3's, runs/train not here
+        results["training"] = old["training"]
+    for key, value in old.items():  # NVE checks of runs not re-read here
+        if key.startswith("nve") or key.startswith("model2/nve"):
+            results.setdefault(key, value)
+    for name, info in old.get("runs", {}).items():
+        if name not in results["runs"]:
+            info = {**info, "carried_over_from": info.get("carried_over_from", old.get("date"))}
+            info.update(stability_keys(name, info))
+            results["runs"][name] = info
+    for name, info in STRESS_360K.items():
+        results["runs"].setdefault(name, dict(info))
+
+
 def cmd_analyse(args: argparse.Namespace) -> int:
     import ase.io
 
@@ -353,6 +470,8 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             end_fs = all_frames[max(broken - 1, 0)].info["time_fs"]
         frames = [f for f in all_frames if EQUILIBRATION_PS * 1000 <= f.info["time_fs"] <= end_fs]
         prod = (thermo["time_fs"] >= EQUILIBRATION_PS * 1000) & (thermo["time_fs"] <= end_fs)
+        card_file = run / RUN_CARD
+        card = json.loads(card_file.read_text()) if card_file.exists() else {}
         info: dict = {
             "n_molecules": size,
             "n_atoms": len(all_frames[0]),
@@ -368,6 +487,12 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             else None,
             "speed": md_speed(run),
         }
+        info.update({k: card[k] for k in ("model", "pair_terms", "ensemble_size") if k in card})
+        if "temperature_K" in card:
+            info["temperature_K"] = card["temperature_K"]
+        info.update(stability_keys(name, info))
+        if "force_std_max" in (thermo.dtype.names or ()):
+            info["force_std"] = force_std_summary(thermo, info["molecules_intact_until_ps"])
         label = f"{name}: {size} H2O ({info['production_ps']:.1f} ps)"
         if len(frames) >= 2:
             part, g, curve = frame_observables(frames, rdfs, g_dft, r)
@@ -402,6 +527,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             "E_tot_std_meV_per_atom": float(np.std(e) / 192 * 1000),
             "mean_temperature_K": float(np.mean(th["temperature_K"])),
         }
+    carry_over_history(results, HERE / "results.json")
     out = report_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.json"]
@@ -416,6 +542,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     print(markdown_table(results))
+    print(stability_table(results))
     _written(*written)
     return 0
 
@@ -481,6 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-ps", type=float, default=10.0)
     p.add_argument("--record", action="store_true", help=RECORD_HELP)
     p.set_defaults(func=cmd_diffusion_blocks)
+    p = sub.add_parser("committee", help="an ensemble's force spread on MD runs' frames")
+    p.add_argument("--model", required=True, help="ensemble model folder under runs/")
+    p.add_argument("--runs", nargs="+", required=True, help="MD run folders under runs/")
+    p.add_argument("--batch", type=int, default=8, help="frames per evaluation")
+    p.add_argument("--record", action="store_true", help=RECORD_HELP)
+    p.set_defaults(func=cmd_committee)
     p = sub.add_parser("augment", help="DFT + synthetic stretched-bond frames (attempt E)")
     p.set_defaults(func=lambda args: 0 if augment() else 1)
     p = sub.add_parser("stretch", help="stretched O-H bonds and approaching molecules")

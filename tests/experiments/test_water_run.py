@@ -341,3 +341,91 @@ def test_approach_profile_moves_the_acceptor_molecule_rigidly_to_each_distance()
         h = [k for k in range(len(box)) if box.numbers[k] == 1 and k not in changed]
         dist = np.linalg.norm(minimum_image_vectors(positions[h] - positions[o_a], cell), axis=1)
         assert np.isclose(dist, d, atol=1e-9).any()
+
+
+def _fake_md_run(folder: Path, n_frames: int, broken_from: int | None, ensemble: bool) -> None:
+    """A 64-molecule run at 0.5 fs, a frame every 1 ps (step 2000 k), a thermo row every
+    0.5 ps; an H leaves its O from frame ``broken_from`` on."""
+    folder.mkdir(parents=True)
+    frames = []
+    for k in range(n_frames):
+        atoms = _water_box(n_side=4, step=2000 * k)
+        atoms.positions += 0.01 * k
+        if broken_from is not None and k >= broken_from:
+            atoms.positions[1] = atoms.positions[0] + [1.7, 0.0, 0.0]
+        frames.append(atoms)
+    ase.io.write(folder / "trajectory.extxyz", frames)
+    steps = np.arange(1000, 2000 * n_frames, 1000)
+    cols = ["step", "time_fs", "temperature_K"] + (["force_std_max", "force_std_mean"] * ensemble)
+    rows = []
+    for s in steps:
+        t = s * 0.5
+        spread = [0.1 + (0.5 if broken_from and t >= 1000 * (broken_from - 0.5) else 0.0), 0.05]
+        rows.append([s, t, 300.0] + spread * ensemble)
+    lines = [",".join(cols)] + [",".join(f"{v:g}" for v in r) for r in rows]
+    (folder / "thermo.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_analyse_lists_every_run_with_its_stability_keys(run, tmp_path, monkeypatch, shared_data):
+    """A new ensemble run (its run card: no pair terms, 4 members) broken at 9 ps, a new
+    single-model run intact throughout, a run of the committed results.json whose folder is
+    gone (carried over) and the 360 K history: all in ``runs`` with molecules, pair_terms,
+    dt_fs and intact_ps; the ensemble's force spread before the break is summarised."""
+    runs, here = tmp_path / "runs", tmp_path / "here"
+    here.mkdir()
+    _fake_md_run(runs / "ens", 12, broken_from=9, ensemble=True)
+    card = {"model": "ens4", "pair_terms": False, "ensemble_size": 4, "molecules": 64}
+    card |= {"dt_fs": 0.5, "temperature_K": 300.0, "velocity_seed": 0}
+    (runs / "ens" / run.RUN_CARD).write_text(json.dumps(card))
+    _fake_md_run(runs / "single", 8, broken_from=None, ensemble=False)
+    old = {"date": "2026-11-24", "runs": {"md64": {"n_molecules": 64, "dt_fs": 1.0,
+           "simulated_ps": 105.0, "molecules_intact_until_ps": 64.9}}}  # fmt: skip
+    (here / "results.json").write_text(json.dumps(old))
+    monkeypatch.setattr(run, "RUNS", runs)
+    monkeypatch.setattr(run, "HERE", here)
+    assert run.main(["analyse", "--runs", "ens", "single", "--compare", "--record"]) == 0
+    got = json.loads((here / "results.json").read_text())["runs"]
+    for name, r in got.items():
+        assert {"molecules", "pair_terms", "dt_fs", "intact_ps"} <= set(r), name
+    ens, single, md64 = got["ens"], got["single"], got["md64"]
+    assert (ens["molecules"], ens["pair_terms"], ens["dt_fs"], ens["ensemble_size"]) == (
+        64, False, 0.5, 4
+    )  # fmt: skip
+    assert ens["intact_ps"] == pytest.approx(9.0) and ens["molecules_intact_until_ps"] == 9.0
+    spread = ens["force_std"]
+    assert spread["last_ps_before_break"]["max"] == pytest.approx(0.6)
+    assert spread["intact_until_1ps_before_break"]["max"] == pytest.approx(0.1)
+    assert single["intact_ps"] == pytest.approx(7.5) and single["pair_terms"] is None
+    assert md64["intact_ps"] == 64.9 and md64["pair_terms"] is False
+    assert md64["carried_over_from"] == "2026-11-24"
+    assert got["attempts/B_barrier/stress360_dt05"]["pair_terms"] is True
+    table = run.stability_table({"runs": got})
+    assert "| ens | ens4 | 64 | no | 0.5 | 300 | 11.5 | 9.0 |" in table
+    assert "| single | — | 64 | — | 0.5 | 300 | 7.5 | **7.5** (whole run) |" in table
+
+
+def test_committee_spread_on_a_runs_frames(run, tmp_path, monkeypatch):
+    import jax
+
+    from allegro_jax.config import AllegroConfig
+    from allegro_jax.io.model import save_model
+    from allegro_jax.nn.ensemble import stack_members
+    from allegro_jax.nn.model import make_model
+
+    config = AllegroConfig(
+        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
+        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
+    )  # fmt: skip
+    init = make_model(config)[0]
+    members = [init(jax.random.PRNGKey(k)) for k in range(3)]
+    save_model(tmp_path / "ens" / "model", config, stack_members(members), ensemble_size=3)
+    save_model(tmp_path / "one" / "model", config, members[0])
+    _fake_md_run(tmp_path / "md", 6, broken_from=4, ensemble=False)
+    monkeypatch.setattr(run, "RUNS", tmp_path)
+    assert run.main(["committee", "--model", "one", "--runs", "md"]) == 1  # not an ensemble
+    assert run.main(["committee", "--model", "ens", "--runs", "md", "--batch", "4"]) == 0
+    got = json.loads((tmp_path / "committee.json").read_text())["runs"]["md"]
+    assert got["frames"] == 6 and got["first_broken_frame_ps"] == pytest.approx(4.0)
+    series = np.array(got["series"]["force_std_max"])
+    assert series.shape == (6,) and np.all(series > 0)
+    assert (tmp_path / "committee.png").stat().st_size > 0
