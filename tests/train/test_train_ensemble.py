@@ -163,6 +163,26 @@ def test_ensemble_md_system_runs_on_the_mean_energy():
     np.testing.assert_allclose(std_fn(positions, nbr), force_std(forces), rtol=1e-10)
     assert float(jnp.max(std_fn(positions, nbr))) > 0
     np.testing.assert_allclose(jax.jit(std_fn)(positions, nbr), force_std(forces), rtol=1e-10)
+    # the dynamics see the mean force (members scanned), jitted or not
+    mean_grad = -jnp.mean(forces, axis=0)
+    for grad_fn in (jax.grad(system.energy_fn), jax.jit(jax.grad(system.energy_fn))):
+        np.testing.assert_allclose(grad_fn(positions, nbr), mean_grad, rtol=1e-10, atol=1e-14)
+    # with keywords (a strain, as the stress takes it) the members are vmapped: same value,
+    # and its strain derivative is the mean of the members'
+    eye = jnp.eye(3)
+    np.testing.assert_allclose(
+        float(system.energy_fn(positions, nbr, perturbation=eye)), np.mean(energies)
+    )
+
+    def strained(fn):
+        return jax.grad(lambda eps: fn(positions, nbr, perturbation=eye + eps))(jnp.zeros((3, 3)))
+
+    np.testing.assert_allclose(
+        strained(system.energy_fn),
+        np.mean([strained(e) for e in e_members], axis=0),
+        rtol=1e-10,
+        atol=1e-14,
+    )
 
 
 def test_vmap_and_map_strategies_take_the_same_step(data):
