@@ -429,3 +429,41 @@ def test_committee_spread_on_a_runs_frames(run, tmp_path, monkeypatch):
     series = np.array(got["series"]["force_std_max"])
     assert series.shape == (6,) and np.all(series > 0)
     assert (tmp_path / "committee.png").stat().st_size > 0
+
+
+def test_publish_copies_a_run_or_an_ensemble_to_models_and_md_finds_it(run, tmp_path, monkeypatch):
+    import jax
+
+    from allegro_jax.config import AllegroConfig
+    from allegro_jax.io.model import read_ensemble_size, save_model
+    from allegro_jax.nn.ensemble import stack_members
+    from allegro_jax.nn.model import make_model
+
+    config = AllegroConfig(
+        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
+        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
+    )  # fmt: skip
+    init = make_model(config)[0]
+    runs, here = tmp_path / "runs", tmp_path / "here"
+    save_model(runs / "seed0" / "model", config, init(jax.random.PRNGKey(0)))
+    (runs / "seed0" / "metrics.csv").write_text("epoch,validation_loss\n1,0.5\n")
+    members = stack_members([init(jax.random.PRNGKey(k)) for k in range(2)])
+    save_model(runs / "ens2", config, members, ensemble_size=2)
+    monkeypatch.setattr(run, "RUNS", runs)
+    monkeypatch.setattr(run, "HERE", here)
+    monkeypatch.setattr(run, "MODELS", here / "models")
+    assert run.main(["publish", "--run", "seed0", "--name", "seed0"]) == 0
+    assert run.main(["publish", "--run", "ens2", "--name", "ens2"]) == 0
+    assert (here / "models" / "seed0" / "metrics.csv").exists()
+    assert read_ensemble_size(here / "models" / "seed0") == 1
+    assert read_ensemble_size(here / "models" / "ens2") == 2
+    # md takes a run folder by name, else the committed model, and its run card says which
+    assert run.model_path("seed0") == runs / "seed0"
+    assert run.model_path("models/ens2") == here / "models" / "ens2"
+    calls = []
+    monkeypatch.setattr(run, "_cli", lambda args: calls.append(args) or 0)
+    monkeypatch.setattr(run, "_start_structure", lambda size: Path(f"start_{size}.extxyz"))
+    assert run.main(["md", "--model", "models/ens2", "--out", "m", "--dt", "0.5"]) == 0
+    assert calls[-1][calls[-1].index("--model") + 1] == str(here / "models" / "ens2")
+    card = json.loads((runs / "m" / run.RUN_CARD).read_text())
+    assert card["ensemble_size"] == 2 and card["pair_terms"] is False and card["dt_fs"] == 0.5
