@@ -219,5 +219,9 @@ def test_vmap_and_map_strategies_take_the_same_step(data):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-7), a, b)
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
     assert ma["loss"].shape == (2,) and ma["loss"][0] != ma["loss"][1]
+    # the default picks map on a CPU backend: the very same program as "map"
+    assert jax.default_backend() == "cpu"
+    c, _ = make_ensemble_train_step(step, "auto")(states, batch)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), b, c)
     with pytest.raises(ValueError, match="ensemble_strategy"):
         _config(data, ensemble_strategy="pmap")
