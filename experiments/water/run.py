@@ -80,7 +80,7 @@ from experiments.water.settings import (
     TRAIN_FILE,
     VALID_FILE,
 )
-from experiments.water.structure import first_broken_frame, oh_bond_lengths
+from experiments.water.structure import describe_break, first_broken_frame, oh_bond_lengths
 
 RECORD_HELP = "write the committed report files next to run.py (default: into runs/)"
 
@@ -522,6 +522,8 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         if "temperature_K" in card:
             info["temperature_K"] = card["temperature_K"]
         info.update(stability_keys(name, info))
+        if broken is not None:
+            info["first_break"] = describe_break(all_frames[broken])
         if "force_std_max" in (thermo.dtype.names or ()):
             info["force_std"] = force_std_summary(thermo, info["molecules_intact_until_ps"])
         label = f"{name}: {size} H2O ({info['production_ps']:.1f} ps)"

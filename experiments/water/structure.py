@@ -56,3 +56,34 @@ def first_broken_frame(frames) -> int | None:
         if np.any(d_hh[owner[:, None] != owner[None, :]] < CONTACT_H_H):
             return k
     return None
+
+
+def describe_break(frame) -> dict:
+    """What is broken in a frame (the first that :func:`first_broken_frame` flags): each H
+    without exactly one O within ``BOND_O_H`` with its two nearest O distances (Å) and
+    those O's distance; each O–O contact below ``CONTACT_O_O``; each H–H contact of
+    different molecules below ``CONTACT_H_H``."""
+    d_oh = distances(frame, "O", "H")  # [n_O, n_H]
+    d_oo = distances(frame, "O", "O")
+    out: dict = {"h_off_bond": [], "o_o_contacts": [], "h_h_contacts": []}
+    close = d_oh < BOND_O_H
+    for h in np.flatnonzero(close.sum(0) != 1):
+        o1, o2 = np.argsort(d_oh[:, h])[:2]
+        out["h_off_bond"].append(
+            {
+                "h": int(h),
+                "nearest_o_A": round(float(d_oh[o1, h]), 3),
+                "second_o_A": round(float(d_oh[o2, h]), 3),
+                "o_o_A": round(float(d_oo[o1, o2]), 3),
+            }
+        )
+    iu = np.triu_indices(len(d_oo), 1)
+    for i, j in zip(*iu, strict=True):
+        if d_oo[i, j] < CONTACT_O_O:
+            out["o_o_contacts"].append({"o": [int(i), int(j)], "A": round(float(d_oo[i, j]), 3)})
+    owner = d_oh.argmin(axis=0)
+    d_hh = distances(frame, "H", "H")
+    for i, j in zip(*np.triu_indices(len(d_hh), 1), strict=True):
+        if owner[i] != owner[j] and d_hh[i, j] < CONTACT_H_H:
+            out["h_h_contacts"].append({"h": [int(i), int(j)], "A": round(float(d_hh[i, j]), 3)})
+    return out

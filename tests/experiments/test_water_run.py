@@ -392,6 +392,10 @@ def test_analyse_lists_every_run_with_its_stability_keys(run, tmp_path, monkeypa
         64, False, 0.5, 4
     )  # fmt: skip
     assert ens["intact_ps"] == pytest.approx(9.0) and ens["molecules_intact_until_ps"] == 9.0
+    (off,) = ens["first_break"]["h_off_bond"]  # H 1 moved 1.7 Å along x from its O:
+    assert off["h"] == 0 and off["nearest_o_A"] == pytest.approx(1.4, abs=1e-3)  # next O
+    assert off["second_o_A"] == pytest.approx(1.7, abs=1e-3) and off["o_o_A"] == 3.1
+    assert ens["first_break"]["o_o_contacts"] == []
     spread = ens["force_std"]
     assert spread["last_ps_before_break"]["max"] == pytest.approx(0.6)
     assert spread["intact_until_1ps_before_break"]["max"] == pytest.approx(0.1)
