@@ -135,6 +135,19 @@ def _loss_coeffs(value: Any) -> dict[str, float]:
     return out
 
 
+# validation metrics that can pick the best model (metrics.csv columns; lower is better)
+METRICS_KEYS = ("validation_loss",) + tuple(
+    f"validation_{quantity}_{stat}_{unit}"
+    for quantity, unit in (
+        ("energy", "mev"),
+        ("energy_per_atom", "mev"),
+        ("force", "mev_per_a"),
+        ("stress", "mev_per_a3"),
+    )
+    for stat in ("mae", "rmse")
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs, apart from the work directory.
@@ -180,8 +193,13 @@ class TrainConfig:
         lr_scheduler_patience: epochs without improvement before the rate is reduced.
         lr_scheduler_factor: multiplier of the rate on a plateau.
         lr_scheduler_threshold: relative improvement that counts (torch's default 1e-4).
+        metrics_key: the validation metric that picks the best model (``model/``), drives
+            ``ReduceLROnPlateau`` and counts for early stopping (nequip's key):
+            ``validation_loss`` (the default) or a validation error column of
+            ``metrics.csv``, e.g. ``validation_force_mae_mev_per_a`` or
+            ``validation_energy_per_atom_mae_mev`` (lower is better).
         early_stopping_patiences: ``{"validation_loss": epochs}``: stop after this many
-            epochs without improvement.
+            epochs without improvement of ``metrics_key``.
         early_stopping_lower_bounds: ``{"LR": value}``: stop when the rate falls below it.
         max_wall_time: stop (with a checkpoint) after this many seconds of this invocation.
         loss_coeffs: weights of the per-atom energy MSE (``total_energy``), the force MSE
@@ -237,6 +255,7 @@ class TrainConfig:
     lr_scheduler_patience: int = 50
     lr_scheduler_factor: float = 0.5
     lr_scheduler_threshold: float = 1e-4
+    metrics_key: str = "validation_loss"
     early_stopping_patiences: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {"validation_loss": 100}
     )
@@ -332,6 +351,8 @@ class TrainConfig:
                 if not v > 0:
                     raise ValueError(f"{name} must be > 0 or null, got {v}")
                 set_(name, v)
+        if self.metrics_key not in METRICS_KEYS:
+            raise ValueError(f"metrics_key must be one of {METRICS_KEYS}, got {self.metrics_key!r}")
         pat = dict(self.early_stopping_patiences or {})
         if set(pat) - {"validation_loss"}:
             raise ValueError(

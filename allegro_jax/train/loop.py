@@ -171,7 +171,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike) -> dict[
             run = setup_run(config, workdir, t_start)
             with CheckpointStore(workdir, keep=config.checkpoint_keep) as store:
                 restore_run(run, store)
-                exporter = ModelExporter.from_dir(workdir / "model", run.n_members)
+                exporter = ModelExporter.from_dir(
+                    workdir / "model", run.n_members, config.metrics_key
+                )
                 log = MetricsLog(workdir, run.epoch)
                 stop_reason = train_epochs(run, exporter, log)
             return finalise(run, stop_reason, log, exporter)
@@ -409,6 +411,21 @@ def validate(run: Run) -> tuple[list[dict], dict | None]:
     return members, summarize(mean_sums, config.loss_coeffs) | summarize_uncertainty(unc)
 
 
+def selection_values(val_metrics: list[dict], key: str) -> np.ndarray:
+    """``[K]`` values of the validation metric ``key`` (``metrics_key``: a ``metrics.csv``
+    column, ``validation_`` + a :func:`~allegro_jax.train.loss.summarize` key) per member.
+
+    Raises:
+        ValueError: the validation data does not give that metric (e.g. a stress error
+            without stress labels); the message lists those it gives.
+    """
+    name = key.removeprefix("validation_")
+    if name not in val_metrics[0]:
+        have = sorted(f"validation_{k}" for k in val_metrics[0])
+        raise ValueError(f"metrics_key {key!r}: the validation data gives only {have}")
+    return np.asarray([m[name] for m in val_metrics], np.float64)
+
+
 @dataclasses.dataclass
 class ModelExporter:
     """``model/``: only ever replaced by weights with a lower validation loss (per member).
@@ -425,12 +442,12 @@ class ModelExporter:
     changed: bool = False
 
     @classmethod
-    def from_dir(cls, model_dir: Path, n_members: int) -> ModelExporter:
-        return cls(*exported_losses(model_dir, n_members))
+    def from_dir(cls, model_dir: Path, n_members: int, key: str) -> ModelExporter:
+        return cls(*exported_losses(model_dir, n_members, key))
 
     def export(self, run: Run, val_metrics: list[dict], info: dict) -> bool:
         """Write ``model/`` where a member's validation loss beats the exported one."""
-        losses = np.asarray([m["loss"] for m in val_metrics], np.float64)
+        losses = selection_values(val_metrics, run.config.metrics_key)
         better = losses < self.losses
         if not better.any():
             return False
@@ -635,8 +652,8 @@ def end_epoch(
         for k in range(n_members)
     ]
     val_metrics, ens_metrics = validate(run)
-    val_losses = np.asarray([m["loss"] for m in val_metrics], np.float64)
-    if not np.all(np.isfinite(val_losses)):
+    val_losses = selection_values(val_metrics, config.metrics_key)
+    if not np.all(np.isfinite(val_losses)) or not all(np.isfinite(m["loss"]) for m in val_metrics):
         raise NonFiniteLossError(
             f"non-finite validation loss after epoch {run.epoch + 1}; the last good "
             f"checkpoint is step {run.last_saved}"
@@ -701,6 +718,7 @@ def finalise(run: Run, stop_reason: str | None, log: MetricsLog, exporter: Model
         "epochs": run.epoch,
         "steps": run.step,
         "best_epoch": best_epochs if ensemble else best_epochs[0],
+        "metrics_key": config.metrics_key,
         "best_validation_loss": best_losses if ensemble else best_losses[0],
         "best_validation": (
             None if ensemble else next((r for r in log.rows if r["epoch"] == best_epochs[0]), None)

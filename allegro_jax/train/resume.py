@@ -52,15 +52,19 @@ def losses_from_json(values: Any) -> np.ndarray:
     return np.asarray([math.inf if v is None else float(v) for v in values], np.float64)
 
 
-def exported_losses(model_dir: Path, n_members: int) -> tuple[np.ndarray, Any]:
-    """Validation losses recorded in an exported model (inf where unknown) and its params."""
+def exported_losses(
+    model_dir: Path, n_members: int, key: str = "validation_loss"
+) -> tuple[np.ndarray, Any]:
+    """The validation metric ``key`` (``metrics_key``) recorded in an exported model (inf
+    where unknown) and its params."""
+    name = key.removeprefix("validation_")
     inf = np.full(n_members, np.inf)
     try:
         doc = json.loads((model_dir / "config.json").read_text())
         meta = doc.get("metadata", {})
         entries = meta.get("members") if n_members > 1 else [meta]
         losses = np.asarray(
-            [e.get("validation", {}).get("loss", math.inf) for e in entries], np.float64
+            [e.get("validation", {}).get(name, math.inf) for e in entries], np.float64
         )
         if losses.shape != (n_members,):
             return inf, None
