@@ -229,24 +229,52 @@ def write_run_card(out: Path, args: argparse.Namespace) -> dict:
 
 
 def cmd_md(args: argparse.Namespace) -> int:
+    """NVT of the water box; with ``--stop-when-broken`` in calls of ``--chunk-ps`` that
+    each resume the last, until the water is broken (``structure.first_broken_frame``) or
+    ``--ps`` is reached: a stability test spends no time after its failure."""
     out = RUNS / (args.out or f"md{args.size}")
-    cli = _md_args(
-        out,
-        _start_structure(args.size),
-        "nvt_nose_hoover",
-        round(args.ps * 1000 / args.dt),
-        model=args.model,
-        temperature=args.temperature,
-        dt=args.dt,
-    )
-    if (out / "checkpoint.npz").exists():
-        cli.append("--restart")
     write_run_card(out, args)
-    if args.max_wall_time:
-        cli += ["--max-wall-time", str(args.max_wall_time)]
-    if args.seed is not None:
-        cli += ["--seed", str(args.seed)]
-    return _cli(cli)
+    t0 = time.monotonic()
+    target_ps = args.ps
+    while True:
+        if args.stop_when_broken:
+            done_ps = 0.0
+            if (out / "thermo.csv").exists():
+                done_ps = float(np.atleast_1d(_thermo_times(out))[-1]) / 1000
+            target_ps = min(args.ps, done_ps + args.chunk_ps)
+        cli = _md_args(
+            out,
+            _start_structure(args.size),
+            "nvt_nose_hoover",
+            round(target_ps * 1000 / args.dt),
+            model=args.model,
+            temperature=args.temperature,
+            dt=args.dt,
+        )
+        if (out / "checkpoint.npz").exists():
+            cli.append("--restart")
+        if args.max_wall_time:
+            left = args.max_wall_time - (time.monotonic() - t0)
+            if left <= 0:
+                print(f"{out.name}: --max-wall-time reached")
+                return 0
+            cli += ["--max-wall-time", str(round(left, 1))]
+        if args.seed is not None:
+            cli += ["--seed", str(args.seed)]
+        rc = _cli(cli)
+        if rc != 0 or not args.stop_when_broken:
+            return rc
+        broken = first_broken_frame(read_frames(out, 0.0))
+        if broken is not None:
+            t_break = read_frames(out, 0.0)[broken].info["time_fs"] / 1000
+            print(f"{out.name}: water broken at {t_break:g} ps; stopped (--stop-when-broken)")
+            return 0
+        if target_ps >= args.ps:
+            return 0
+
+
+def _thermo_times(run: Path) -> np.ndarray:
+    return np.genfromtxt(run / "thermo.csv", delimiter=",", names=True)["time_fs"]
 
 
 def cmd_nve_check(args: argparse.Namespace) -> int:
@@ -603,6 +631,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=TEMPERATURE_K, help="K")
     p.add_argument("--seed", type=int, default=None, help="velocity seed (default 0)")
     p.add_argument("--dt", type=float, default=DT_FS, help="timestep, fs (default 1)")
+    p.add_argument(
+        "--stop-when-broken",
+        action="store_true",
+        help="run in --chunk-ps calls and stop at the first chunk whose water is broken",
+    )
+    p.add_argument("--chunk-ps", type=float, default=5.0, help="with --stop-when-broken")
     p.set_defaults(func=cmd_md)
     p = sub.add_parser("nve-check")
     p.add_argument("--ps", type=float, default=2.0)

@@ -471,3 +471,42 @@ def test_publish_copies_a_run_or_an_ensemble_to_models_and_md_finds_it(run, tmp_
     assert calls[-1][calls[-1].index("--model") + 1] == str(here / "models" / "ens2")
     card = json.loads((runs / "m" / run.RUN_CARD).read_text())
     assert card["ensemble_size"] == 2 and card["pair_terms"] is False and card["dt_fs"] == 0.5
+
+
+def test_md_stop_when_broken_runs_chunks_until_the_water_breaks(run, tmp_path, monkeypatch):
+    """Each fake ``allegro-jax md`` call appends 5 ps of frames (1 fs, a frame per ps); the
+    water breaks in the second call's frames: two calls, the second with --restart."""
+    monkeypatch.setattr(run, "RUNS", tmp_path)
+    monkeypatch.setattr(run, "_start_structure", lambda size: Path(f"start_{size}.extxyz"))
+    calls = []
+
+    def fake_md(args):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        until = int(args[args.index("--until-step") + 1])
+        frames = ase.io.read(out / "trajectory.extxyz", ":") if calls[1:] else []
+        start = 1000 * len(frames)
+        for step in range(start, until, 1000):
+            atoms = _water_box(n_side=4, step=step)
+            if step >= 7000:
+                atoms.positions[1] = atoms.positions[0] + [1.7, 0.0, 0.0]
+            frames.append(atoms)
+        ase.io.write(out / "trajectory.extxyz", frames)
+        rows = "\n".join(f"{s},{s * 1.0},300" for s in range(10, until + 1, 10))
+        (out / "thermo.csv").write_text("step,time_fs,temperature_K\n" + rows + "\n")
+        (out / "checkpoint.npz").write_bytes(b"")
+        return 0
+
+    monkeypatch.setattr(run, "_cli", fake_md)
+    (tmp_path / "m").mkdir()
+    argv = ["md", "--model", "m", "--out", "t", "--ps", "50", "--stop-when-broken"]
+    assert run.main(argv) == 0
+    assert len(calls) == 2
+    assert "--restart" not in calls[0] and "--restart" in calls[1]
+    steps = [int(c[c.index("--until-step") + 1]) for c in calls]
+    assert steps == [5000, 10000]
+    # without the flag: one call to the whole length
+    calls.clear()
+    assert run.main(["md", "--model", "m", "--out", "u", "--ps", "3"]) == 0
+    assert len(calls) == 1 and calls[0][calls[0].index("--until-step") + 1] == "3000"
