@@ -390,6 +390,63 @@ def cmd_diffusion_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_summary(run: Path) -> dict:
+    """Epochs, wall and CPU seconds of a training run and the validation errors of its best
+    epoch (lowest validation loss), from its ``metrics.csv``."""
+    import csv
+
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    best = min(rows, key=lambda row: float(row["validation_loss"]))
+    out = {
+        "epochs": len(rows),
+        "wall_s": float(rows[-1]["wall_time_s"]),
+        "best_epoch": int(best["epoch"]),
+    }
+    if rows[-1].get("cpu_time_s"):
+        out["cpu_s"] = float(rows[-1]["cpu_time_s"])
+    for key in (
+        "validation_energy_per_atom_mae_mev",
+        "validation_force_mae_mev_per_a",
+        "validation_force_rmse_mev_per_a",
+    ):
+        out[key] = float(best[key])
+    return out
+
+
+def model_summary(path: Path) -> dict:
+    """What an MD run's model is: its size, seed and training (a run folder), or its
+    members' (an ensemble made by ``allegro-jax ensemble``)."""
+    from allegro_jax.io.model import find_model_dir, read_ensemble_size, read_model_config
+
+    try:
+        config = read_model_config(path)
+    except FileNotFoundError:
+        return {}
+    out = {
+        "num_layers": config.num_layers,
+        "r_max": config.r_max,
+        "l_max": config.l_max,
+        "num_scalar_features": config.num_scalar_features,
+        "num_tensor_features": config.num_tensor_features,
+        "ensemble_size": read_ensemble_size(path),
+    }
+    if (path / "metrics.csv").exists():
+        out["training"] = training_summary(path)
+    train_config = path / "train_config.yaml"
+    if train_config.exists():
+        import yaml
+
+        out["seed"] = (yaml.safe_load(train_config.read_text()) or {}).get("seed")
+    if out["ensemble_size"] > 1:
+        doc = json.loads((find_model_dir(path) / "config.json").read_text())
+        out["members"] = [
+            runinfo.repo_path(m["source"], HERE.parents[1]) if "source" in m else None
+            for m in doc.get("metadata", {}).get("members", [])
+        ]
+    return out
+
+
 def force_std_summary(thermo: np.ndarray, broken_ps: float | None) -> dict:
     """An ensemble run's force spread (eV/Å) from its thermo rows: over the whole run, and
     for a run that broke, in the last picosecond before the first broken frame against the
@@ -501,20 +558,8 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         "msd_fit_window_ps": list(MSD_FIT_PS),
         "runs": {},
     }
-    train_summary = RUNS / "train" / "metrics.csv"
-    if train_summary.exists():
-        import csv
-
-        rows = list(csv.DictReader(open(train_summary)))
-        best = min(rows, key=lambda row: float(row["validation_loss"]))
-        results["training"] = {
-            "epochs": len(rows),
-            "wall_s": float(rows[-1]["wall_time_s"]),
-            "best_epoch": int(best["epoch"]),
-            "validation_energy_per_atom_mae_mev": float(best["validation_energy_per_atom_mae_mev"]),
-            "validation_force_mae_mev_per_a": float(best["validation_force_mae_mev_per_a"]),
-            "validation_force_rmse_mev_per_a": float(best["validation_force_rmse_mev_per_a"]),
-        }
+    if (RUNS / "train" / "metrics.csv").exists():
+        results["training"] = training_summary(RUNS / "train")
     md_curves, md_rdfs, fits = {}, {}, {}
     for name in [*args.runs, *args.compare]:
         run = RUNS / name
@@ -550,6 +595,9 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         if "temperature_K" in card:
             info["temperature_K"] = card["temperature_K"]
         info.update(stability_keys(name, info))
+        model = card.get("model")
+        if model and model not in results.setdefault("models", {}):
+            results["models"][model] = model_summary(model_path(model))
         if broken is not None:
             info["first_break"] = describe_break(all_frames[broken])
         if "force_std_max" in (thermo.dtype.names or ()):
