@@ -61,8 +61,10 @@ from experiments.water.observables import (
 from experiments.water.plots import plot_committee, plot_msd, plot_rdf
 from experiments.water.probes import (
     APPROACH_DISTANCES,
+    CONTACT_DISTANCES,
     STRETCH_DISTANCES,
     approach_profile,
+    contact_profile,
     stretch_profile,
 )
 from experiments.water.report import markdown_table, stability_table, versions
@@ -318,6 +320,7 @@ def cmd_stretch(args: argparse.Namespace) -> int:
     probes = {
         "stretch": (stretch_profile, STRETCH_DISTANCES, "H moved to d from its O"),
         "approach": (approach_profile, APPROACH_DISTANCES, "acceptor O moved to d from the H"),
+        "contact": (contact_profile, CONTACT_DISTANCES, "nearest molecule moved to O–O d"),
     }
     for name in args.models:
         calc = AllegroCalculator.from_model_dir(RUNS / name / "model")

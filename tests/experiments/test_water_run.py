@@ -510,3 +510,36 @@ def test_md_stop_when_broken_runs_chunks_until_the_water_breaks(run, tmp_path, m
     calls.clear()
     assert run.main(["md", "--model", "m", "--out", "u", "--ps", "3"]) == 0
     assert len(calls) == 1 and calls[0][calls[0].index("--until-step") + 1] == "3000"
+
+
+def test_contact_profile_moves_the_nearest_molecule_rigidly_to_each_o_o_distance():
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    seen = []
+
+    class Recorder(Calculator):
+        implemented_properties = ("energy",)
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            seen.append(atoms.positions.copy())
+            self.results = {"energy": 0.0}
+
+    box = _water_box(n_side=3, spacing=3.1)
+    de = probes.contact_profile([box], Recorder(), distances=(2.2, 1.7), every=4)
+    assert de.shape == (7, 2)  # O 0, 4, 8, ... of 27, each with its nearest molecule
+    start, moved = seen[0], seen[1:]
+    cell = np.array(box.cell)
+    o_idx = np.flatnonzero(box.numbers == 8)
+    for positions, d in zip(moved, [2.2, 1.7] * len(de), strict=True):
+        shift = positions - start
+        changed = np.flatnonzero(np.linalg.norm(shift, axis=1) > 1e-9)
+        assert len(changed) == 3 and (box.numbers[changed] == [8, 1, 1]).all()
+        assert np.allclose(shift[changed], shift[changed[0]])  # rigid translation
+        others = [o for o in o_idx if o != changed[0]]
+        dist = np.linalg.norm(
+            minimum_image_vectors(positions[others] - positions[changed[0]], cell), axis=1
+        )
+        assert np.isclose(dist.min(), d, atol=1e-9)  # the probed O now d from the moved one
