@@ -33,7 +33,8 @@ from ..data.padding import (
     max_budget,
     round_budget,
 )
-from ..io.model import load_model
+from ..io.model import load_model, read_ensemble_size
+from ..nn.ensemble import ensemble_size_of, make_ensemble_apply_fn
 from ..nn.model import make_model
 
 Params = Any
@@ -48,6 +49,9 @@ class AllegroCalculator(Calculator):
         steps_per_octave: resolution of the budget ladder (higher: less padding, more
             compilations).
         min_distance: coincident-atom threshold in Å passed to the neighbour list.
+        ensemble_size: K > 1: ``params`` are K stacked members (an ensemble model, as
+            ``from_model_dir`` reads it): the results are the members' mean, plus
+            ``energy_std`` (eV) and the per-atom ``forces_std`` (eV/Å) in ``results``.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
     """
 
@@ -66,6 +70,7 @@ class AllegroCalculator(Calculator):
         *,
         steps_per_octave: int = 4,
         min_distance: float | None = 1e-6,
+        ensemble_size: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -75,6 +80,12 @@ class AllegroCalculator(Calculator):
         self.min_distance = min_distance
         self.dtype = config.dtype
         _, apply_fn = make_model(config)
+        self.ensemble_size = 1
+        if ensemble_size > 1:  # stacked members: the mean, and the spread as extra results
+            if ensemble_size_of(self.params) != ensemble_size:
+                raise ValueError(f"params are not a stacked ensemble of {ensemble_size} members")
+            self.ensemble_size = ensemble_size
+            apply_fn = make_ensemble_apply_fn(apply_fn)
         self._apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
         self._budget: Budget | None = None
 
@@ -82,7 +93,7 @@ class AllegroCalculator(Calculator):
     def from_model_dir(cls, path: str | os.PathLike, **kwargs: Any) -> AllegroCalculator:
         """A calculator for a trained model (a run directory or its ``model/`` folder)."""
         config, params, _ = load_model(path)
-        return cls(config, params, **kwargs)
+        return cls(config, params, ensemble_size=read_ensemble_size(path), **kwargs)
 
     @property
     def budget(self) -> Budget | None:
@@ -145,3 +156,6 @@ class AllegroCalculator(Calculator):
         }
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].astype(np.float64))
+        if self.ensemble_size > 1:
+            self.results["energy_std"] = float(out["energy_std"][0])
+            self.results["forces_std"] = out["forces_std"][:n].astype(np.float64)

@@ -323,7 +323,7 @@ def cmd_stretch(args: argparse.Namespace) -> int:
         "contact": (contact_profile, CONTACT_DISTANCES, "nearest molecule moved to O–O d"),
     }
     for name in args.models:
-        calc = AllegroCalculator.from_model_dir(RUNS / name / "model")
+        calc = AllegroCalculator.from_model_dir(model_path(name))
         out["models"][name] = {}
         for probe, (fn, distances, what) in probes.items():
             de = fn(frames, calc)

@@ -77,6 +77,16 @@ def test_ensemble_cli_stacks_separately_trained_models(tmp_path, capsys):
     )
     np.testing.assert_allclose(out["member_energy"], [s["energy"] for s in singles], rtol=1e-12)
     assert out["forces_std"].max() > 0
+    # the ASE calculator reads the ensemble too: the mean, and the spread in its results
+    from allegro_jax import AllegroCalculator
+
+    calc = AllegroCalculator.from_model_dir(tmp_path / "ens")
+    atoms.calc = calc
+    np.testing.assert_allclose(atoms.get_forces(), out["forces"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(atoms.get_potential_energy(), out["energy"], rtol=1e-12)
+    np.testing.assert_allclose(calc.results["forces_std"], out["forces_std"], rtol=1e-10)
+    assert calc.results["energy_std"] == pytest.approx(np.std(out["member_energy"]), rel=1e-10)
+    assert atoms.get_stress().shape == (6,)
     capsys.readouterr()
 
     # a member of another model, an ensemble member, or one member alone: refused, no traceback
