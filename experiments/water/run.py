@@ -12,12 +12,16 @@ Subcommands (run from the repository root; outputs under experiments/water/runs/
     python -m experiments.water.run barrier  # model 3 + O-H barrier -> runs/attempts/B_barrier
     python -m experiments.water.run stretch --models train  # bond-stretch probes -> stretch.json
     python -m experiments.water.run augment  # synthetic stretched-bond frames (README, attempt E)
+    python -m experiments.water.run committee --model ens4 --runs R  # ensemble spread on R
+    python -m experiments.water.run publish --run seed3 --name seed3  # -> models/seed3
     python -m experiments.water.run analyse --record      # the committed files, see below
 
 ``train --config C --run R`` trains another model into ``runs/R``; ``md --model R --out O
 --temperature T`` runs it (e.g. a hotter stability test). ``md`` resumes from its checkpoint
 when run again (``--ps`` is the total length), so a longer run is the same command with a
-larger ``--ps``. For a single-core run set ``taskset -c 1`` and
+larger ``--ps``; ``--stop-when-broken`` runs it in ``--chunk-ps`` calls and stops at the
+first chunk with broken water. ``--model`` names a run folder under ``runs/`` or a
+committed model (``models/seed3``). For a single-core run set ``taskset -c 1`` and
 ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``.
 
 ``analyse``, ``stretch`` and ``diffusion-blocks`` write their reports (``results.json``,
@@ -701,13 +705,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--runs",
         nargs="+",
-        default=["md64_barrier_dt05", "md512_barrier_dt05"],
+        default=["seed3_md64_dt05", "ens4_md64_dt05"],
         help="run folders (plotted)",
     )
     p.add_argument(
         "--compare",
         nargs="*",
-        default=["md64", "md512", "md64_dt05", "model2/md64", "model2/md512", "md64_model1"],
+        default=["single_md64_dt05", "seed3_md512_dt05", "seed3_md512_dt05_v1"],
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
     p.add_argument("--record", action="store_true", help=RECORD_HELP)
