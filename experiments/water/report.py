@@ -61,6 +61,12 @@ def stability_table(results: dict) -> str:
     for name, r in results["runs"].items():
         broke = r.get("molecules_intact_until_ps")
         intact = f"**{r['intact_ps']:.1f}** (whole run)" if broke is None else f"{broke:.1f}"
+        if broke is not None and "first_lasting_break_ps" in r:
+            lasting = r["first_lasting_break_ps"]
+            healed = sum(e["healed"] for e in r.get("broken_episodes", []))
+            intact += f"; {healed} transient, lasting defect " + (
+                "none" if lasting is None else f"at {lasting:.1f}"
+            )
         rows.append(
             f"| {name} | {r.get('model') or '—'} | {r['molecules']} "
             f"| {({True: 'yes', False: 'no'}).get(r['pair_terms'], '—')} | {r['dt_fs']:g} "

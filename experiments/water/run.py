@@ -86,7 +86,12 @@ from experiments.water.settings import (
     TRAIN_FILE,
     VALID_FILE,
 )
-from experiments.water.structure import describe_break, first_broken_frame, oh_bond_lengths
+from experiments.water.structure import (
+    broken_episodes,
+    describe_break,
+    first_broken_frame,
+    oh_bond_lengths,
+)
 
 RECORD_HELP = "write the committed report files next to run.py (default: into runs/)"
 
@@ -607,6 +612,10 @@ def cmd_analyse(args: argparse.Namespace) -> int:
             results["models"][model] = model_summary(model_path(model))
         if broken is not None:
             info["first_break"] = describe_break(all_frames[broken])
+            episodes = broken_episodes(all_frames)
+            info["broken_episodes"] = episodes
+            lasting = [e for e in episodes if not e["healed"]]
+            info["first_lasting_break_ps"] = lasting[0]["start_ps"] if lasting else None
         if "force_std_max" in (thermo.dtype.names or ()):
             info["force_std"] = force_std_summary(thermo, info["molecules_intact_until_ps"])
         label = f"{name}: {size} H2O ({info['production_ps']:.1f} ps)"

@@ -87,3 +87,34 @@ def describe_break(frame) -> dict:
         if owner[i] != owner[j] and d_hh[i, j] < CONTACT_H_H:
             out["h_h_contacts"].append({"h": [int(i), int(j)], "A": round(float(d_hh[i, j]), 3)})
     return out
+
+
+HEAL_PS = 0.5  # a broken stretch of frames that ends within this is a transient excursion
+
+
+def broken_episodes(frames, heal_ps: float = HEAL_PS) -> list[dict]:
+    """Stretches of consecutive broken frames (``info["time_fs"]`` set): each with its
+    first and last broken time (ps), and whether the water was intact again within
+    ``heal_ps`` (a transient excursion, e.g. an H briefly centred between two O) or not
+    (a lasting defect: an H that stays off, fused molecules, or broken to the end)."""
+    out: list[dict] = []
+    for f in frames:
+        t = f.info["time_fs"] / 1000
+        if first_broken_frame([f]) is None:
+            continue
+        if out and out[-1]["_next"] and t <= out[-1]["_next"] + 1e-9:
+            out[-1]["end_ps"] = t
+        else:
+            out.append({"start_ps": t, "end_ps": t})
+        out[-1]["_next"] = t + _spacing(frames)
+    times = [f.info["time_fs"] / 1000 for f in frames]
+    for e in out:
+        e.pop("_next")
+        after = [t for t in times if t > e["end_ps"] + 1e-9]
+        e["healed"] = bool(after) and e["end_ps"] - e["start_ps"] < heal_ps
+        e["start_ps"], e["end_ps"] = round(e["start_ps"], 4), round(e["end_ps"], 4)
+    return out
+
+
+def _spacing(frames) -> float:
+    return (frames[1].info["time_fs"] - frames[0].info["time_fs"]) / 1000 if len(frames) > 1 else 0

@@ -404,7 +404,11 @@ def test_analyse_lists_every_run_with_its_stability_keys(run, tmp_path, monkeypa
     assert md64["carried_over_from"] == "2026-11-24"
     assert got["attempts/B_barrier/stress360_dt05"]["pair_terms"] is True
     table = run.stability_table({"runs": got})
-    assert "| ens | ens4 | 64 | no | 0.5 | 300 | 11.5 | 9.0 |" in table
+    assert (
+        "| ens | ens4 | 64 | no | 0.5 | 300 | 11.5 | 9.0; 0 transient, lasting defect at 9.0 |"
+        in table
+    )
+    assert ens["broken_episodes"] == [{"start_ps": 9.0, "end_ps": 11.0, "healed": False}]
     assert "| single | — | 64 | — | 0.5 | 300 | 7.5 | **7.5** (whole run) |" in table
 
 
@@ -543,3 +547,20 @@ def test_contact_profile_moves_the_nearest_molecule_rigidly_to_each_o_o_distance
             minimum_image_vectors(positions[others] - positions[changed[0]], cell), axis=1
         )
         assert np.isclose(dist.min(), d, atol=1e-9)  # the probed O now d from the moved one
+
+
+def test_broken_episodes_tell_a_transient_excursion_from_a_lasting_defect():
+    frames = []
+    for k in range(20):  # a frame every 0.1 ps
+        atoms = _water_box(n_side=4, step=k)
+        atoms.info["time_fs"] = 100.0 * k
+        if k in (3, 4) or k >= 12:  # an H off for 0.2 ps, then off from 1.2 ps to the end
+            atoms.positions[1] = atoms.positions[0] + [1.7, 0.0, 0.0]
+        frames.append(atoms)
+    episodes = structure.broken_episodes(frames)
+    assert [(e["start_ps"], e["end_ps"], e["healed"]) for e in episodes] == [
+        (0.3, 0.4, True),
+        (1.2, 1.9, False),
+    ]
+    assert structure.broken_episodes(frames[:12]) == episodes[:1]
+    assert structure.broken_episodes(frames[:5])[0]["healed"] is False  # broken at the end
