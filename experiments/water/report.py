@@ -76,6 +76,31 @@ def stability_table(results: dict) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def probe_table(stretch: dict, points: dict | None = None) -> str:
+    """Median / minimum energy change (eV) of each model's probes (``stretch.json``) at a
+    few distances: where the DFT frames never go, a physical model costs energy."""
+    points = points or {
+        "stretch": (1.2, 1.4, 1.6),
+        "approach": (1.2, 1.0),
+        "contact": (2.0, 1.8, 1.7),
+    }
+    head = "| model | " + " | ".join(f"{probe} {d:g} Å" for probe, ds in points.items() for d in ds)
+    n = sum(len(ds) for ds in points.values())
+    rows = [head + " |", "|---|" + "---|" * n]
+    for name, probes in stretch["models"].items():
+        cells = []
+        for probe, ds in points.items():
+            p = probes.get(probe)
+            for d in ds:
+                if p is None or d not in p["distances_A"]:
+                    cells.append("—")
+                    continue
+                k = p["distances_A"].index(d)
+                cells.append(f"{p['median_eV'][k]:.2f} / {p['min_eV'][k]:.2f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def versions() -> dict:
     import importlib.metadata as md
 
