@@ -40,8 +40,8 @@ def member_energies_and_forces(
     the other (``jax.lax.scan``).
 
     On a CPU this is ~3× faster than ``jax.vmap`` over the members (water, 192 atoms,
-    4 members, one core: 25 ms against 80 ms for energies and gradients; a single model
-    7 ms), and its cost grows linearly with the members.
+    4 members, one core: 22 ms against 74 ms per force call; a single model 7 ms;
+    ``benchmarks/results/ensemble_md.json``), and its cost grows linearly with the members.
     """
 
     def body(carry: None, p: Params) -> tuple[None, tuple[Array, Array]]:
