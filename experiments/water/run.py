@@ -346,6 +346,10 @@ def cmd_stretch(args: argparse.Namespace) -> int:
             print(f"{probe} ({what}), d (Å): " + " ".join(f"{d:6.2f}" for d in distances))
             for label, values in (("median", np.median(de, 0)), ("min", de.min(0))):
                 print(f"  {name:>16} {label:>6} " + " ".join(f"{v:6.2f}" for v in values))
+    committed = HERE / "stretch.json"  # models probed before and not now are kept
+    if committed.exists():
+        for name, probed in json.loads(committed.read_text()).get("models", {}).items():
+            out["models"].setdefault(name, probed)
     path = report_dir(args) / "stretch.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")

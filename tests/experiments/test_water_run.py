@@ -564,3 +564,30 @@ def test_broken_episodes_tell_a_transient_excursion_from_a_lasting_defect():
     ]
     assert structure.broken_episodes(frames[:12]) == episodes[:1]
     assert structure.broken_episodes(frames[:5])[0]["healed"] is False  # broken at the end
+
+
+def test_stretch_record_keeps_the_models_probed_before(run, tmp_path, monkeypatch, shared_data):
+    import jax
+
+    from allegro_jax.config import AllegroConfig
+    from allegro_jax.io.model import save_model
+    from allegro_jax.nn.model import make_model
+
+    config = AllegroConfig(
+        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
+        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
+    )  # fmt: skip
+    save_model(
+        tmp_path / "runs" / "m" / "model", config, make_model(config)[0](jax.random.PRNGKey(0))
+    )
+    here = tmp_path / "here"
+    here.mkdir()
+    old = {"frames": 4, "models": {"train": {"stretch": {"median_eV": [1.0]}}}}
+    (here / "stretch.json").write_text(json.dumps(old))
+    monkeypatch.setattr(run, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(run, "HERE", here)
+    assert run.main(["stretch", "--models", "m", "--frames", "1", "--record"]) == 0
+    got = json.loads((here / "stretch.json").read_text())["models"]
+    assert got["train"] == old["models"]["train"]  # the earlier model's probes, kept
+    assert set(got["m"]) == {"stretch", "approach", "contact"}
+    assert got["m"]["contact"]["n_probes"] == 8  # every 8th of 64 O
