@@ -26,7 +26,8 @@ def markdown_table(results: dict) -> str:
         rows.append(
             f"| {name} | {r['n_molecules']} | {r.get('dt_fs', DT_FS):g} | {r['production_ps']:.1f} "
             f"| {r['molecules_intact_until_ps'] or '—'} "
-            f"| {r['mean_temperature_K']:.1f} "
+            + (f"| {r['mean_temperature_K']:.1f} " if r.get("mean_temperature_K") else "| — ")
+            + ""
             + (
                 f"| {pk['max_abs_diff']:.2f} | {pk['md_height']:.2f} / {pk['dft_height']:.2f} "
                 f"({pk['md_position_A']:.3f} / {pk['dft_position_A']:.3f}) "

@@ -632,6 +632,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
                     md_curves[label], fits[label] = curve
         if broken is not None:  # sensitivity: the whole run after equilibration, defects incl.
             tail = [f for f in all_frames if f.info["time_fs"] >= EQUILIBRATION_PS * 1000]
+        if broken is not None and len(tail) >= 2:  # (none for a run broken and ended early)
             part, _, _ = frame_observables(tail, rdfs, g_dft, r)
             part["production_ps"] = float(
                 (tail[-1].info["time_fs"] - tail[0].info["time_fs"]) / 1000
@@ -724,7 +725,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--compare",
         nargs="*",
-        default=["single_md64_dt05", "seed3_md512_dt05", "seed3_md512_dt05_v1"],
+        default=[
+            "single_md64_dt05",
+            "seed1_md64_dt05",
+            "seed2_md64_dt05",
+            "layers2_md64_dt05",
+            "seed3_md512_dt05",
+            "seed3_md512_dt05_v1",
+        ],
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
     p.add_argument("--record", action="store_true", help=RECORD_HELP)

@@ -111,8 +111,8 @@ def broken_episodes(frames, heal_ps: float = HEAL_PS) -> list[dict]:
     for e in out:
         e.pop("_next")
         after = [t for t in times if t > e["end_ps"] + 1e-9]
-        e["healed"] = bool(after) and e["end_ps"] - e["start_ps"] < heal_ps
-        e["start_ps"], e["end_ps"] = round(e["start_ps"], 4), round(e["end_ps"], 4)
+        e["healed"] = bool(after) and bool(e["end_ps"] - e["start_ps"] < heal_ps)
+        e["start_ps"], e["end_ps"] = round(float(e["start_ps"]), 4), round(float(e["end_ps"]), 4)
     return out
 
 
