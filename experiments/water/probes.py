@@ -29,6 +29,25 @@ def _energy_profile(frames, calc, distances, placements) -> np.ndarray:
     return np.asarray(rows)
 
 
+def _molecule(o: int, start, h_idx, cell) -> list[int]:
+    """The O ``o`` with its two nearest H (minimum image)."""
+    from allegro_jax.md.analysis import minimum_image_vectors
+
+    own_h = minimum_image_vectors(start[h_idx] - start[o], cell)
+    return [o, *h_idx[np.argsort(np.linalg.norm(own_h, axis=1))[:2]]]
+
+
+def _rigid_shift(start, molecule, unit):
+    """``shift -> positions`` with ``molecule`` moved rigidly by ``shift`` along ``unit``."""
+
+    def place(shift):
+        moved = start.copy()
+        moved[molecule] += shift * unit
+        return moved
+
+    return place
+
+
 def stretch_profile(frames, calc, distances=STRETCH_DISTANCES, every: int = 8) -> np.ndarray:
     """Energy change (eV) when one H is moved along its O→H direction to distance ``d`` from
     its O, ``[n_probes, len(distances)]``; relative to the unmoved frame. Every ``every``-th H
@@ -62,7 +81,6 @@ def approach_profile(frames, calc, distances=APPROACH_DISTANCES, every: int = 8)
     distance is ``d``, ``[n_probes, len(distances)]``. Below the 1.33 Å that no DFT frame
     goes under, a physical model rises steeply (the molecules overlap); a fall is a path
     for two molecules to collapse into each other."""
-    from allegro_jax.md.analysis import minimum_image_vectors
 
     def placements(atoms, start):
         cell = np.array(atoms.cell)
@@ -72,17 +90,9 @@ def approach_profile(frames, calc, distances=APPROACH_DISTANCES, every: int = 8)
             acceptor = np.argsort(dist)[1]
             if dist[acceptor] > 2.2:
                 continue
-            o_a = o_idx[acceptor]
-            own_h = minimum_image_vectors(start[h_idx] - start[o_a], cell)
-            molecule = [o_a, *h_idx[np.argsort(np.linalg.norm(own_h, axis=1))[:2]]]
             unit = -from_o[acceptor] / dist[acceptor]  # H→O
-
-            def place(d, molecule=molecule, now=dist[acceptor], unit=unit):
-                moved = start.copy()
-                moved[molecule] += (d - now) * unit
-                return moved
-
-            yield place
+            shift = _rigid_shift(start, _molecule(o_idx[acceptor], start, h_idx, cell), unit)
+            yield lambda d, shift=shift, now=dist[acceptor]: shift(d - now)
 
     return _energy_profile(frames, calc, distances, placements)
 
@@ -106,16 +116,8 @@ def contact_profile(frames, calc, distances=CONTACT_DISTANCES, every: int = 8) -
             dist = np.linalg.norm(vec, axis=1)
             dist[o_idx == o] = np.inf
             k = int(np.argmin(dist))
-            other = o_idx[k]
-            own_h = minimum_image_vectors(start[h_idx] - start[other], cell)
-            molecule = [other, *h_idx[np.argsort(np.linalg.norm(own_h, axis=1))[:2]]]
             unit = -vec[k] / dist[k]  # from the other O towards o
-
-            def place(d, molecule=molecule, now=dist[k], unit=unit):
-                moved = start.copy()
-                moved[molecule] += (now - d) * unit
-                return moved
-
-            yield place
+            shift = _rigid_shift(start, _molecule(o_idx[k], start, h_idx, cell), unit)
+            yield lambda d, shift=shift, now=dist[k]: shift(now - d)
 
     return _energy_profile(frames, calc, distances, placements)

@@ -30,6 +30,24 @@ def _water_box(n_side: int = 3, spacing: float = 3.1, step: int = 0) -> ase.Atom
     return atoms
 
 
+def _recording_calculator():
+    """``(seen, calc)``: an ASE calculator of zero energy that keeps every positions array it
+    is asked about in ``seen``."""
+    from ase.calculators.calculator import Calculator, all_changes
+
+    seen = []
+
+    class Recorder(Calculator):
+        implemented_properties = ("energy",)
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            seen.append(atoms.positions.copy())
+            self.results = {"energy": 0.0}
+
+    return seen, Recorder()
+
+
 def test_first_broken_frame_finds_a_detached_h_also_across_the_boundary():
     intact = [_water_box(step=100 * k) for k in range(4)]
     assert structure.first_broken_frame(intact) is None
@@ -313,22 +331,12 @@ def test_stretched_frames_move_one_h_clear_of_others_with_the_morse_label():
 
 def test_approach_profile_moves_the_acceptor_molecule_rigidly_to_each_distance():
     """A recording calculator: the acceptor O ends at d from the H, its molecule unchanged."""
-    from ase.calculators.calculator import Calculator, all_changes
-
     from allegro_jax.md.analysis import minimum_image_vectors
 
-    seen = []
-
-    class Recorder(Calculator):
-        implemented_properties = ("energy",)
-
-        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-            super().calculate(atoms, properties, system_changes)
-            seen.append(atoms.positions.copy())
-            self.results = {"energy": 0.0}
+    seen, recorder = _recording_calculator()
 
     box = _water_box(n_side=3, spacing=2.9)  # H-bond-like contacts below 2.2 Å
-    de = probes.approach_profile([box], Recorder(), distances=(1.5, 1.2), every=1)
+    de = probes.approach_profile([box], recorder, distances=(1.5, 1.2), every=1)
     assert de.shape[0] > 0 and np.all(de == 0.0)
     start, moved = seen[0], seen[1:]
     cell = np.array(box.cell)
@@ -517,22 +525,12 @@ def test_md_stop_when_broken_runs_chunks_until_the_water_breaks(run, tmp_path, m
 
 
 def test_contact_profile_moves_the_nearest_molecule_rigidly_to_each_o_o_distance():
-    from ase.calculators.calculator import Calculator, all_changes
-
     from allegro_jax.md.analysis import minimum_image_vectors
 
-    seen = []
-
-    class Recorder(Calculator):
-        implemented_properties = ("energy",)
-
-        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-            super().calculate(atoms, properties, system_changes)
-            seen.append(atoms.positions.copy())
-            self.results = {"energy": 0.0}
+    seen, recorder = _recording_calculator()
 
     box = _water_box(n_side=3, spacing=3.1)
-    de = probes.contact_profile([box], Recorder(), distances=(2.2, 1.7), every=4)
+    de = probes.contact_profile([box], recorder, distances=(2.2, 1.7), every=4)
     assert de.shape == (7, 2)  # O 0, 4, 8, ... of 27, each with its nearest molecule
     start, moved = seen[0], seen[1:]
     cell = np.array(box.cell)
