@@ -732,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
             "layers2_md64_dt05",
             "seed3_md512_dt05",
             "seed3_md512_dt05_v1",
+            "seed0_md512_dt05",
+            "seed2_md512_dt05",
         ],
         help="more run folders (e.g. earlier models) for the table and results.json, not plots",
     )
