@@ -22,7 +22,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from allegro_jax.io.model import find_model_dir, load_model, read_ensemble_size, save_model
+from allegro_jax.io.model import (
+    CONFIG_FILE,
+    find_model_dir,
+    load_model,
+    read_ensemble_size,
+    save_model,
+)
 
 
 class CombineError(ValueError):
@@ -47,7 +53,7 @@ def combine_models(members: Sequence[str | os.PathLike], out: str | os.PathLike)
     """
     if len(members) < 2:
         raise CombineError(f"an ensemble needs at least 2 members, got {len(members)}")
-    configs, params, sources = [], [], []
+    configs, params, sources, member_meta = [], [], [], []
     for path in members:
         model_dir = find_model_dir(path)
         if read_ensemble_size(model_dir) != 1:
@@ -56,6 +62,8 @@ def combine_models(members: Sequence[str | os.PathLike], out: str | os.PathLike)
         configs.append(config)
         params.append(p)
         sources.append(str(path))
+        doc = json.loads((model_dir / CONFIG_FILE).read_text())
+        member_meta.append({"source": str(path), **doc.get("metadata", {})})
     first = configs[0].to_dict()
     for path, config in zip(sources[1:], configs[1:], strict=True):
         other = config.to_dict()
@@ -72,10 +80,6 @@ def combine_models(members: Sequence[str | os.PathLike], out: str | os.PathLike)
             for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params[0]), strict=True)
         ):
             raise CombineError(f"{path}: parameters do not have the layout of {sources[0]}")
-    member_meta = []
-    for path in sources:
-        doc = json.loads((find_model_dir(path) / "config.json").read_text())
-        member_meta.append({"source": path, **doc.get("metadata", {})})
     return save_model(
         out,
         configs[0],

@@ -275,9 +275,10 @@ def cmd_md(args: argparse.Namespace) -> int:
         rc = _cli(cli)
         if rc != 0 or not args.stop_when_broken:
             return rc
-        broken = first_broken_frame(read_frames(out, 0.0))
+        frames = read_frames(out, 0.0)
+        broken = first_broken_frame(frames)
         if broken is not None:
-            t_break = read_frames(out, 0.0)[broken].info["time_fs"] / 1000
+            t_break = frames[broken].info["time_fs"] / 1000
             print(f"{out.name}: water broken at {t_break:g} ps; stopped (--stop-when-broken)")
             return 0
         if target_ps >= args.ps:

@@ -30,6 +30,16 @@ def _water_box(n_side: int = 3, spacing: float = 3.1, step: int = 0) -> ase.Atom
     return atoms
 
 
+def _tiny_water_config():
+    """A small H/O model config (r_max 3 Å, one layer, S 8, C 2) for the tests here."""
+    from allegro_jax.config import AllegroConfig
+
+    return AllegroConfig(
+        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
+        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
+    )  # fmt: skip
+
+
 def _recording_calculator():
     """``(seen, calc)``: an ASE calculator of zero energy that keeps every positions array it
     is asked about in ``seen``."""
@@ -163,14 +173,10 @@ def test_diffusion_blocks_cut_at_the_first_broken_frame(run, tmp_path, monkeypat
 def test_barrier_adds_the_o_h_bump_to_a_trained_model_and_only_there(run, tmp_path, monkeypatch):
     import jax
 
-    from allegro_jax.config import AllegroConfig
     from allegro_jax.io.model import load_model, save_model
     from allegro_jax.nn.model import make_model
 
-    config = AllegroConfig(
-        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
-        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
-    )  # fmt: skip
+    config = _tiny_water_config()
     params = make_model(config)[0](jax.random.PRNGKey(0))
     save_model(tmp_path / "m" / "model", config, params)
     monkeypatch.setattr(run, "RUNS", tmp_path)
@@ -423,15 +429,11 @@ def test_analyse_lists_every_run_with_its_stability_keys(run, tmp_path, monkeypa
 def test_committee_spread_on_a_runs_frames(run, tmp_path, monkeypatch):
     import jax
 
-    from allegro_jax.config import AllegroConfig
     from allegro_jax.io.model import save_model
     from allegro_jax.nn.ensemble import stack_members
     from allegro_jax.nn.model import make_model
 
-    config = AllegroConfig(
-        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
-        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
-    )  # fmt: skip
+    config = _tiny_water_config()
     init = make_model(config)[0]
     members = [init(jax.random.PRNGKey(k)) for k in range(3)]
     save_model(tmp_path / "ens" / "model", config, stack_members(members), ensemble_size=3)
@@ -450,15 +452,11 @@ def test_committee_spread_on_a_runs_frames(run, tmp_path, monkeypatch):
 def test_publish_copies_a_run_or_an_ensemble_to_models_and_md_finds_it(run, tmp_path, monkeypatch):
     import jax
 
-    from allegro_jax.config import AllegroConfig
     from allegro_jax.io.model import read_ensemble_size, save_model
     from allegro_jax.nn.ensemble import stack_members
     from allegro_jax.nn.model import make_model
 
-    config = AllegroConfig(
-        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
-        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
-    )  # fmt: skip
+    config = _tiny_water_config()
     init = make_model(config)[0]
     runs, here = tmp_path / "runs", tmp_path / "here"
     save_model(runs / "seed0" / "model", config, init(jax.random.PRNGKey(0)))
@@ -567,14 +565,10 @@ def test_broken_episodes_tell_a_transient_excursion_from_a_lasting_defect():
 def test_stretch_record_keeps_the_models_probed_before(run, tmp_path, monkeypatch, shared_data):
     import jax
 
-    from allegro_jax.config import AllegroConfig
     from allegro_jax.io.model import save_model
     from allegro_jax.nn.model import make_model
 
-    config = AllegroConfig(
-        type_names=("H", "O"), r_max=3.0, l_max=1, num_layers=1, num_scalar_features=8,
-        num_tensor_features=2, avg_num_neighbors=4.0, per_type_energy_scales=0.1,
-    )  # fmt: skip
+    config = _tiny_water_config()
     save_model(
         tmp_path / "runs" / "m" / "model", config, make_model(config)[0](jax.random.PRNGKey(0))
     )
