@@ -2,7 +2,8 @@
 
 The names a user needs, in one place:
 
-* model: :class:`AllegroConfig`, :func:`make_model` (``(init_fn, apply_fn)``);
+* model: :class:`AllegroConfig`, :func:`make_model` (``(init_fn, apply_fn)``),
+  :func:`plan_atom_chunks` (large systems a block of atoms at a time);
 * structures and graphs: :class:`Structure`, :class:`AtomicGraph`, :func:`build_graph`;
 * training: :class:`TrainConfig`, :func:`load_config`, :func:`train_and_evaluate`;
 * trained models: :func:`load_model`, :func:`save_model`, :class:`AllegroCalculator`
@@ -24,7 +25,7 @@ from ._version import __version__ as __version__
 from .config import AllegroConfig
 from .data.graph import AtomicGraph, Structure
 from .data.padding import build_graph
-from .nn.model import make_model
+from .nn.model import AtomChunks, make_model, plan_atom_chunks
 
 _LAZY = {
     "AllegroCalculator": "allegro_jax.md.ase_calculator",
@@ -42,6 +43,7 @@ _LAZY = {
 __all__ = [
     "AllegroCalculator",
     "AllegroConfig",
+    "AtomChunks",
     "AtomicGraph",
     "Structure",
     "TrainConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "make_neighbor_fn",
     "make_simulation",
     "make_system",
+    "plan_atom_chunks",
     "save_model",
     "train_and_evaluate",
 ]

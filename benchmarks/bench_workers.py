@@ -284,17 +284,21 @@ def worker_aot(job: dict) -> dict:
 
 
 def ours_side(params_path: str, g_np, stress: bool) -> dict:
-    """allegro-jax energy+forces(+virial), jitted and compiled ahead for this graph."""
+    """allegro-jax energy+forces(+virial), jitted and compiled ahead for this graph; large
+    graphs block-wise, by the rule the ASE calculator, LAMMPS and model files use
+    (``ChunkPlanner``: more than 8192 edges)."""
     import jax
 
     from allegro_jax import make_model
+    from allegro_jax.nn.model import ChunkPlanner
 
     with open(params_path, "rb") as f:
         cfg, params = pickle.load(f)
     _, apply_fn = make_model(cfg)
     params = jax.device_put(params)
     g = jax.device_put(g_np)
-    fn = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=stress))
+    chunks = ChunkPlanner()(g_np)
+    fn = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=stress, chunks=chunks))
     t0 = time.perf_counter()
     compiled = fn.lower(params, g).compile()
     compile_s = time.perf_counter() - t0

@@ -28,7 +28,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import AtomicGraph, Structure
 from allegro_jax.data.padding import build_graph
 from allegro_jax.nn.ensemble import ensemble_size_of, make_ensemble_apply_fn
-from allegro_jax.nn.model import make_model
+from allegro_jax.nn.model import ChunkPlanner, make_model
 
 FORMAT = 1
 CONFIG_FILE = "config.json"
@@ -151,17 +151,19 @@ def load_model(
                 f"{model_dir / PARAMS_FILE} does not hold {n_members} stacked ensemble members"
             )
         apply_fn = make_ensemble_apply_fn(apply_fn)
-    apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
+    apply = jax.jit(apply_fn, static_argnames=("forces", "stress", "chunks"))
     np_dtype = config.dtype
+    planner = ChunkPlanner()  # large graphs a block of atoms at a time
 
     def energy_forces_fn(x: Any, stress: bool = False) -> Any:
         if isinstance(x, AtomicGraph):
-            return apply(params, x, forces=True, stress=stress)
+            return apply(params, x, forces=True, stress=stress, chunks=planner(x))
         single = not isinstance(x, Sequence)
         items = [x] if single else list(x)
         structures = [s if isinstance(s, Structure) else Structure.from_ase(s) for s in items]
         graph = build_graph(structures, config.type_names, config.r_max, dtype=np_dtype)
-        out = jax.tree.map(np.asarray, apply(params, graph, forces=True, stress=stress))
+        out = apply(params, graph, forces=True, stress=stress, chunks=planner(graph))
+        out = jax.tree.map(np.asarray, out)
         results, start = [], 0
         for g, s in enumerate(structures):
             r = {

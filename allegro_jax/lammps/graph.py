@@ -237,6 +237,8 @@ def build_local_graph(
     new_index = np.full(n_cand, -1, dtype=np.int64)
     new_index[order] = np.arange(order.shape[0])
     i, j = new_index[i], new_index[j]
+    by_centre = np.argsort(i, kind="stable")  # sorted by centre: block-wise evaluation
+    i, j, shift = i[by_centre], j[by_centre], shift[by_centre]
 
     counts = LocalGraphCounts(
         n_owned=nlocal,

@@ -48,7 +48,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import AtomicGraph
 from allegro_jax.data.padding import Budget
 from allegro_jax.io.model import load_model, read_model_config
-from allegro_jax.nn.model import make_model
+from allegro_jax.nn.model import ChunkPlanner, make_model
 
 from ._loader import INSTALL_HINT, import_mpi
 from .graph import LocalGraphCounts, build_local_graph
@@ -82,9 +82,14 @@ class Potential:
         """From a config and parameters (``make_model``'s ``apply_fn``, jitted)."""
         _check_dtype(config, source)
         _, apply_fn = make_model(config)
-        apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
+        apply = jax.jit(apply_fn, static_argnames=("forces", "stress", "chunks"))
         params = jax.tree.map(jax.numpy.asarray, params)
-        return cls(config, lambda g: apply(params, g, forces=True, stress=True), source)
+        planner = ChunkPlanner()  # a large rank's graph a block of atoms at a time
+        return cls(
+            config,
+            lambda g: apply(params, g, forces=True, stress=True, chunks=planner(g)),
+            source,
+        )
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Potential:

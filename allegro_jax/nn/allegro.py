@@ -117,12 +117,23 @@ class AllegroCurrent(nn.Module):
         edge_neighbor: jax.Array,  # [n_edges]
         edge_mask: jax.Array,  # [n_edges]
         node_mask: jax.Array,  # [n_nodes]
-    ) -> jax.Array:  # [n_nodes] per-atom energies, geometry dtype
+        num_centers: int | None = None,
+    ) -> jax.Array:  # [n_nodes] (or [num_centers]) per-atom energies, geometry dtype
+        """Per-atom energies; with ``num_centers``, only of the first ``num_centers`` nodes.
+
+        ``num_centers`` (static) says that every edge's centre is among the first
+        ``num_centers`` nodes, the rest being only neighbours (their species is all that is
+        read): the per-node sums then run over those nodes alone. Allegro is strictly local
+        (an atom's energy depends only on its own edges), which lets
+        :func:`allegro_jax.nn.model.make_model` evaluate a large system a block of atoms at
+        a time.
+        """
         cfg = self.config
         dt = model_dtype(cfg)
         specs = allegro_tp_specs(cfg.l_max, cfg.parity, cfg.num_layers)
         gdt = edge_vectors.dtype
-        n_nodes = species.shape[0]
+        n_nodes = species.shape[0] if num_centers is None else num_centers
+        center_species = species[:n_nodes]
         S, C = cfg.num_scalar_features, cfg.num_tensor_features
         n_sh = cfg.l_max + 1
         sh_ir = sh_irreps(cfg.l_max)
@@ -180,7 +191,7 @@ class AllegroCurrent(nn.Module):
         )
         latents = [x0]
         norm = 1.0 / np.sqrt(np.asarray(cfg.avg_num_neighbors_per_type()))
-        node_norm = per_type_constant(norm, species, dt)[:, None, None]  # [n_nodes, 1, 1]
+        node_norm = per_type_constant(norm, center_species, dt)[:, None, None]  # [n_nodes, 1, 1]
         lat_hidden = (cfg.allegro_mlp_hidden_layers_width,) * cfg.allegro_mlp_hidden_layers_depth
         for layer, spec in enumerate(specs):
             env_edges = weighted_channels_dc(sh, per_irrep(env_w), sh_ir)  # [n_edges, D, C]
@@ -209,8 +220,8 @@ class AllegroCurrent(nn.Module):
         e_edge = jnp.where(edge_mask, e_edge, 0.0)
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes)
         e_atom = e_atom * node_norm[:, 0, 0] / np.sqrt(2.0)
-        e_atom = scale_shift(cfg, self, e_atom.astype(gdt), species)
+        e_atom = scale_shift(cfg, self, e_atom.astype(gdt), center_species)
         e_atom = e_atom + pair_atomic_energies(
-            cfg, r, species, edge_center, edge_neighbor, edge_mask
+            cfg, r, species, edge_center, edge_neighbor, edge_mask, num_segments=n_nodes
         )
-        return jnp.where(node_mask, e_atom, 0.0)
+        return jnp.where(node_mask[:n_nodes], e_atom, 0.0)

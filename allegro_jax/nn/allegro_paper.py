@@ -106,11 +106,22 @@ class AllegroPaper(nn.Module):
     config: AllegroConfig
 
     @nn.compact
-    def __call__(self, edge_vectors, species, edge_center, edge_neighbor, edge_mask, node_mask):
+    def __call__(
+        self,
+        edge_vectors,
+        species,
+        edge_center,
+        edge_neighbor,
+        edge_mask,
+        node_mask,
+        num_centers: int | None = None,
+    ):
+        """Per-atom energies; ``num_centers`` as in :class:`allegro.AllegroCurrent`."""
         cfg = self.config
         dt = model_dtype(cfg)
         gdt = edge_vectors.dtype
-        n_nodes = species.shape[0]
+        n_nodes = species.shape[0] if num_centers is None else num_centers
+        center_species = species[:n_nodes]
         C = cfg.num_tensor_features
         n_sh = cfg.l_max + 1
         sh_ir = sh_irreps(cfg.l_max)
@@ -144,7 +155,7 @@ class AllegroPaper(nn.Module):
         coef_cum = jnp.cumsum(coef)
 
         norm = 1.0 / np.sqrt(np.asarray(cfg.avg_num_neighbors_per_type()))
-        node_norm = per_type_constant(norm, species, dt)  # [n_nodes]
+        node_norm = per_type_constant(norm, center_species, dt)  # [n_nodes]
         features = None
         scalars = None
         for layer in range(cfg.num_layers + 1):
@@ -186,11 +197,11 @@ class AllegroPaper(nn.Module):
         )(latents)[:, 0]
         e_edge = jnp.where(edge_mask, e_edge, 0.0)
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes) * node_norm
-        e_atom = scale_shift(cfg, self, e_atom.astype(gdt), species)
+        e_atom = scale_shift(cfg, self, e_atom.astype(gdt), center_species)
         e_atom = e_atom + pair_atomic_energies(
-            cfg, r, species, edge_center, edge_neighbor, edge_mask
+            cfg, r, species, edge_center, edge_neighbor, edge_mask, num_segments=n_nodes
         )
-        return jnp.where(node_mask, e_atom, 0.0)
+        return jnp.where(node_mask[:n_nodes], e_atom, 0.0)
 
     def _mix(self, outs, spec: TPSpec, C: int, dt, layer: int) -> jax.Array:
         """Per output irrep, mix (channel, path) -> channel; returns ``[n_edges, D_out, C]``."""

@@ -58,18 +58,26 @@ def force_std(forces: Array) -> Array:
 
 
 def make_ensemble_apply_fn(apply_fn: Callable) -> Callable:
-    """``ensemble_apply(stacked_params, graph, *, forces=True, stress=False) -> dict``.
+    """``ensemble_apply(stacked_params, graph, *, forces=True, stress=False, chunks=None)``.
 
     The member outputs of ``apply_fn`` averaged over the member axis (``energy``,
     ``atomic_energies``, ``forces``, ``virial``, ``stress``), plus ``energy_std``
     ``[n_graphs]``, ``forces_std`` ``[n_nodes]`` (σ_i, zero on padding),
-    ``member_energy`` ``[K, n_graphs]`` and ``member_forces`` ``[K, n_nodes, 3]``. Pure;
-    wrap it in ``jax.jit`` with ``static_argnames=("forces", "stress")``.
+    ``member_energy`` ``[K, n_graphs]`` and ``member_forces`` ``[K, n_nodes, 3]``; with
+    ``chunks`` (block-wise evaluation, see :func:`allegro_jax.nn.model.make_model`) also
+    ``chunk_overflow``. Pure; wrap it in ``jax.jit`` with
+    ``static_argnames=("forces", "stress", "chunks")``.
     """
 
-    def ensemble_apply(params: Params, graph: Any, *, forces: bool = True, stress: bool = False):
-        preds = jax.vmap(lambda p: apply_fn(p, graph, forces=forces, stress=stress))(params)
+    def ensemble_apply(
+        params: Params, graph: Any, *, forces: bool = True, stress: bool = False, chunks=None
+    ):
+        kw = {} if chunks is None else {"chunks": chunks}
+        preds = jax.vmap(lambda p: apply_fn(p, graph, forces=forces, stress=stress, **kw))(params)
+        overflow = preds.pop("chunk_overflow", None)
         out = {k: jnp.mean(v, axis=0) for k, v in preds.items()}
+        if overflow is not None:
+            out["chunk_overflow"] = jnp.any(overflow)
         out["energy_std"] = jnp.std(preds["energy"], axis=0)
         out["member_energy"] = preds["energy"]
         if forces:

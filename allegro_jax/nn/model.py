@@ -8,6 +8,14 @@ edge vectors (equivalently to positions and cell): ``virial = -∂E/∂ε``,
 ``stress = (1/V) ∂E/∂ε`` (nequip/ASE sign convention). A graph with no volume (a
 molecule) gets a zero stress rather than nequip's NaN, so that outputs stay finite under
 ``jax_debug_nans``; its virial is still defined.
+
+Large systems: ``apply_fn(..., chunks=plan_atom_chunks(graph))`` evaluates the model a
+block of atoms at a time (:class:`AtomChunks`). Allegro is strictly local: an atom's energy
+depends only on the edges centred on it, so each block's energies and their gradients with
+respect to its edge vectors are computed in one pass whose intermediates stay in the CPU's
+cache (and whose memory does not grow with the system), and only the edge gradients are
+gathered into forces and stress. The results equal the whole-graph ones (each edge's
+arithmetic is the same; sums over a centre's edges run in the same order).
 """
 
 from __future__ import annotations
@@ -88,16 +96,123 @@ def dummy_graph(config: AllegroConfig, dtype=np.float32) -> AtomicGraph:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class AtomChunks:
+    """Static layout for evaluating a graph a block of atoms at a time.
+
+    Attributes:
+        atoms: atoms per block (the graph's nodes are cut into consecutive blocks).
+        edges: edge capacity of a block; a block whose atoms have more edges does not fit
+            (``apply_fn`` then returns NaN and ``chunk_overflow`` True: plan again).
+    """
+
+    atoms: int
+    edges: int
+
+    def __post_init__(self) -> None:
+        if self.atoms < 1 or self.edges < 1:
+            raise ValueError(f"AtomChunks needs atoms >= 1 and edges >= 1, got {self}")
+
+
+def _sorted_edge_centers(graph: AtomicGraph) -> tuple[np.ndarray, np.ndarray]:
+    center = np.asarray(graph.edge_center)
+    mask = np.asarray(graph.edge_mask)
+    real = center[mask]
+    if real.size and np.any(np.diff(real) < 0):
+        raise ValueError(
+            "block-wise evaluation needs the edges sorted by centre atom (as build_graph "
+            "makes them); this graph's are not"
+        )
+    return center, mask
+
+
+def block_edge_counts(graph: AtomicGraph, atoms: int) -> np.ndarray:
+    """Real edges of each block of ``atoms`` consecutive atoms (host-side)."""
+    center, mask = _sorted_edge_centers(graph)
+    n_chunks = -(-int(np.asarray(graph.species).shape[0]) // atoms)
+    keys = np.where(mask, center, n_chunks * atoms)  # padding edges after every block
+    return np.diff(np.searchsorted(keys, np.arange(n_chunks + 1) * atoms))
+
+
+def plan_atom_chunks(
+    graph: AtomicGraph, target_edges: int = 2048, slack: float = 1.0, multiple: int = 64
+) -> AtomChunks:
+    """An :class:`AtomChunks` layout for ``graph`` (host-side, from its concrete arrays).
+
+    Blocks hold about ``target_edges`` edges (enough to keep the matrix products
+    efficient, few enough that a block's intermediates stay in cache: 2048 was fastest on
+    a 2-core AMD EPYC, ``benchmarks/NOTES.md``); the capacity is the fullest block's edge
+    count times ``slack`` (room for neighbour counts to change, e.g. during molecular
+    dynamics), rounded up to a multiple of ``multiple``.
+
+    Raises:
+        ValueError: if the graph's real edges are not sorted by centre (graphs from
+            :func:`allegro_jax.data.padding.build_graph` are).
+    """
+    center, mask = _sorted_edge_centers(graph)
+    n_nodes = int(np.asarray(graph.species).shape[0])
+    n_real_nodes = max(int(np.sum(np.asarray(graph.node_mask))), 1)
+    per_atom = max(int(np.sum(mask)) / n_real_nodes, 1.0)
+    atoms = int(min(max(target_edges // per_atom, 1), n_nodes))
+    fullest = int(np.max(block_edge_counts(graph, atoms)))
+    edges = max(multiple, -(-int(np.ceil(fullest * slack)) // multiple) * multiple)
+    return AtomChunks(atoms=atoms, edges=min(edges, max(center.shape[0], 1)))
+
+
+def default_block_edges() -> int:
+    """Edges per block for the default backend: 2048 on a CPU (the fastest of 1024–4096 on
+    Si 8000, ``benchmarks/NOTES.md``); 262,144 on an accelerator, where one block should
+    fill the device and blocks serve only to bound memory (not measured on a GPU yet)."""
+    return 2048 if jax.default_backend() == "cpu" else 1 << 18
+
+
+class ChunkPlanner:
+    """Block layouts for a stream of graphs (host-side): what callers evaluating structure
+    after structure (ASE, LAMMPS, model files) pass as ``apply_fn(..., chunks=...)``.
+
+    Graphs with at most ``4 target_edges`` real edges (``"auto"``:
+    :func:`default_block_edges`), or whose edges are not sorted by centre, get ``None``
+    (the whole graph at once). Larger ones get a layout of blocks of
+    about ``target_edges`` edges with ``slack`` spare capacity, kept while later graphs fit
+    it (capacity only grows), so that a run does not recompile for every step.
+    """
+
+    def __init__(self, target_edges: int | None | str = "auto", slack: float = 1.05) -> None:
+        self.target_edges = default_block_edges() if target_edges == "auto" else target_edges
+        self.slack = slack
+        self.chunks: AtomChunks | None = None
+
+    def __call__(self, graph: AtomicGraph) -> AtomChunks | None:
+        if self.target_edges is None:
+            return None
+        if int(np.sum(np.asarray(graph.edge_mask))) <= 4 * self.target_edges:
+            return None
+        old = self.chunks
+        try:
+            if old is not None and max(block_edge_counts(graph, old.atoms)) <= old.edges:
+                return old
+            new = plan_atom_chunks(graph, self.target_edges, slack=self.slack)
+        except ValueError:  # edges not sorted by centre: the whole graph
+            return None
+        if old is not None:
+            new = AtomChunks(new.atoms, max(new.edges, old.edges))
+        self.chunks = new
+        return new
+
+
 def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
     """Return ``(init_fn, apply_fn)`` for an Allegro model.
 
     ``init_fn(key, graph=None) -> params``.
 
-    ``apply_fn(params, graph, *, forces=True, stress=False) -> dict`` with ``energy``
-    ``[n_graphs]``, ``atomic_energies`` ``[n_nodes]`` and, as requested, ``forces``
-    ``[n_nodes, 3]``, ``virial`` and ``stress`` ``[n_graphs, 3, 3]``. Padding entries are 0
-    (zero stress for graphs without volume). Pure: wrap it in ``jax.jit`` (with
-    ``static_argnames=("forces", "stress")``).
+    ``apply_fn(params, graph, *, forces=True, stress=False, chunks=None) -> dict`` with
+    ``energy`` ``[n_graphs]``, ``atomic_energies`` ``[n_nodes]`` and, as requested,
+    ``forces`` ``[n_nodes, 3]``, ``virial`` and ``stress`` ``[n_graphs, 3, 3]``. Padding
+    entries are 0 (zero stress for graphs without volume). With ``chunks`` (an
+    :class:`AtomChunks`, from :func:`plan_atom_chunks`) the model runs a block of atoms at a
+    time and the dict also holds ``chunk_overflow`` (a block had more edges than
+    ``chunks.edges``, or the edges were not sorted by centre: every output is then NaN).
+    Pure: wrap it in ``jax.jit`` (with ``static_argnames=("forces", "stress", "chunks")``).
     """
     module = build_module(config)
 
@@ -127,10 +242,84 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
         e_graph = jnp.where(graph.graph_mask, e_graph, 0.0)
         return e_graph, e_atom
 
+    def chunked_atom_energies(params, graph, vec, chunks, with_grad):
+        """Per-atom energies block by block and, with ``with_grad``, ``dE/dvec``."""
+        A, E = chunks.atoms, chunks.edges
+        graph = jax.tree.map(jnp.asarray, graph)  # host arrays cannot take traced indices
+        n_nodes = graph.species.shape[0]
+        n_chunks = -(-n_nodes // A)
+        pad = n_chunks * A - n_nodes
+        species = jnp.concatenate([graph.species, jnp.zeros(pad, graph.species.dtype)])
+        node_mask = jnp.concatenate([graph.node_mask, jnp.zeros(pad, bool)])
+        keys = jnp.where(graph.edge_mask, graph.edge_center, n_chunks * A)  # padding: last
+        bounds = jnp.searchsorted(keys, jnp.arange(n_chunks + 1) * A).astype(jnp.int32)
+        fits = jnp.all(bounds[1:] - bounds[:-1] <= E) & jnp.all(keys[1:] >= keys[:-1])
+        local_neighbor = A + jnp.arange(E, dtype=graph.edge_center.dtype)
+
+        def block(c):
+            idx = bounds[c] + jnp.arange(E, dtype=jnp.int32)
+            valid = idx < bounds[c + 1]
+            idx = jnp.where(valid, idx, 0)
+            center = jnp.where(valid, graph.edge_center[idx] - c * A, 0)
+            sp = jnp.concatenate(
+                [
+                    jax.lax.dynamic_slice(species, (c * A,), (A,)),
+                    graph.species[graph.edge_neighbor[idx]],
+                ]
+            )
+            nm = jnp.concatenate(
+                [jax.lax.dynamic_slice(node_mask, (c * A,), (A,)), jnp.zeros(E, bool)]
+            )
+            emask = valid & graph.edge_mask[idx]
+
+            def energy(v):
+                e = module.apply(
+                    {"params": params}, v, sp, center, local_neighbor, emask, nm, num_centers=A
+                )
+                return jnp.sum(e), e
+
+            if not with_grad:
+                return energy(vec[idx])[1], jnp.zeros((E, 3), vec.dtype), idx
+            (_, e), g = jax.value_and_grad(energy, has_aux=True)(vec[idx])
+            return e, jnp.where(emask[:, None], g, 0.0), idx
+
+        e, g, idx = jax.lax.map(block, jnp.arange(n_chunks))
+        e_atom = e.reshape(-1)[:n_nodes]
+        grad = jnp.zeros_like(vec).at[idx.reshape(-1)].add(g.reshape(-1, 3)) if with_grad else None
+        return e_atom, grad, fits
+
+    def apply_chunked(params, graph, forces, stress, chunks):
+        pos = graph.positions
+        strain = jnp.zeros((graph.n_graphs, 3, 3), pos.dtype)
+        vec, vjp = jax.vjp(lambda p, s: edge_vectors(graph, p, s if stress else None), pos, strain)
+        e_atom, grad, fits = chunked_atom_energies(params, graph, vec, chunks, forces or stress)
+        e_graph = jax.ops.segment_sum(e_atom, graph.node_graph, num_segments=graph.n_graphs)
+        e_graph = jnp.where(graph.graph_mask, e_graph, 0.0)
+        out = {"energy": e_graph, "atomic_energies": e_atom}
+        if forces or stress:
+            d_pos, d_strain = vjp(grad)
+            if forces:
+                out["forces"] = jnp.where(graph.node_mask[:, None], -d_pos, 0.0)
+            if stress:
+                volume = jnp.abs(jnp.linalg.det(graph.cell.astype(pos.dtype)))[:, None, None]
+                has_v = volume > 0
+                out["virial"] = -d_strain
+                out["stress"] = jnp.where(has_v, d_strain / jnp.where(has_v, volume, 1.0), 0.0)
+        out = {k: jnp.where(fits, v, jnp.nan) for k, v in out.items()}
+        out["chunk_overflow"] = ~fits
+        return out
+
     def apply_fn(
-        params: Params, graph: AtomicGraph, *, forces: bool = True, stress: bool = False
+        params: Params,
+        graph: AtomicGraph,
+        *,
+        forces: bool = True,
+        stress: bool = False,
+        chunks: AtomChunks | None = None,
     ) -> dict[str, jax.Array]:
         pos = graph.positions
+        if chunks is not None:
+            return apply_chunked(params, graph, forces, stress, chunks)
         if not forces and not stress:
             e_graph, e_atom = energies(params, graph, pos, None)
             return {"energy": e_graph, "atomic_energies": e_atom}

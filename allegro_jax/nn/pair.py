@@ -45,12 +45,14 @@ def pair_atomic_energies(
     edge_center: jax.Array,
     edge_neighbor: jax.Array,
     edge_mask: jax.Array,
+    num_segments: int | None = None,
 ) -> jax.Array | float:
     """Per-atom energies ``[n_nodes]`` of ``cfg.pair_potential`` (0.0 when there is none).
 
     ``r`` are the edge lengths with padding edges already moved beyond the cutoff
     (``allegro.masked_edges``). Edges are directed (each pair appears as i→j and j→i); each
-    direction gives half of ``V(r)`` to its centre atom.
+    direction gives half of ``V(r)`` to its centre atom. ``num_segments``: the number of
+    nodes summed into (default: all of ``species``).
     """
     if not cfg.pair_potential:
         return 0.0
@@ -61,4 +63,5 @@ def pair_atomic_energies(
         match = ((ti == a) & (tj == b)) | ((ti == b) & (tj == a))
         e_edge = e_edge + jnp.where(match, _term_energy(term, r, cfg.polynomial_cutoff_p), 0.0)
     e_edge = jnp.where(edge_mask, 0.5 * e_edge, 0.0)
-    return jax.ops.segment_sum(e_edge, edge_center, num_segments=species.shape[0])
+    n = species.shape[0] if num_segments is None else num_segments
+    return jax.ops.segment_sum(e_edge, edge_center, num_segments=n)
