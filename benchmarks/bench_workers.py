@@ -286,7 +286,7 @@ def worker_aot(job: dict) -> dict:
 def ours_side(params_path: str, g_np, stress: bool) -> dict:
     """allegro-jax energy+forces(+virial), jitted and compiled ahead for this graph; large
     graphs block-wise, by the rule the ASE calculator, LAMMPS and model files use
-    (``ChunkPlanner``: more than 8192 edges)."""
+    (``ChunkPlanner``: more than 16,384 edges on a CPU)."""
     import jax
 
     from allegro_jax import make_model

@@ -12,7 +12,7 @@ two), so structures of similar size reuse one compiled function. The budget only
 once a structure needs a larger bucket, smaller ones are padded to it as well, so an MD
 run or an optimisation compiles at most a handful of times (``n_compilations``).
 
-Large systems (more than ``4 chunk_edges`` edges) are evaluated a block of atoms at a time
+Large systems (more than ``8 chunk_edges`` edges) are evaluated a block of atoms at a time
 (:func:`allegro_jax.nn.model.plan_atom_chunks`, blocks of about ``chunk_edges`` edges,
 2048 on a CPU): the same numbers, faster on a CPU and in memory that does not grow with
 the system. The block layout is kept while the structure's blocks fit it (5 % spare edge
@@ -58,7 +58,7 @@ class AllegroCalculator(Calculator):
         ensemble_size: K > 1: ``params`` are K stacked members (an ensemble model, as
             ``from_model_dir`` reads it): the results are the members' mean, plus
             ``energy_std`` (eV) and the per-atom ``forces_std`` (eV/Å) in ``results``.
-        chunk_edges: structures with more than ``4 chunk_edges`` edges run block-wise, in
+        chunk_edges: structures with more than ``8 chunk_edges`` edges run block-wise, in
             blocks of about ``chunk_edges`` edges (``"auto"``: 2048 on a CPU,
             :func:`allegro_jax.nn.model.default_block_edges`); ``None``: always the whole
             graph.

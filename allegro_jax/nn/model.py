@@ -170,7 +170,7 @@ class ChunkPlanner:
     """Block layouts for a stream of graphs (host-side): what callers evaluating structure
     after structure (ASE, LAMMPS, model files) pass as ``apply_fn(..., chunks=...)``.
 
-    Graphs with at most ``4 target_edges`` real edges (``"auto"``:
+    Graphs with at most ``8 target_edges`` real edges (``"auto"``:
     :func:`default_block_edges`), or whose edges are not sorted by centre, get ``None``
     (the whole graph at once). Larger ones get a layout of blocks of
     about ``target_edges`` edges with ``slack`` spare capacity, kept while later graphs fit
@@ -185,7 +185,7 @@ class ChunkPlanner:
     def __call__(self, graph: AtomicGraph) -> AtomChunks | None:
         if self.target_edges is None:
             return None
-        if int(np.sum(np.asarray(graph.edge_mask))) <= 4 * self.target_edges:
+        if int(np.sum(np.asarray(graph.edge_mask))) <= 8 * self.target_edges:
             return None
         old = self.chunks
         try:

@@ -153,7 +153,7 @@ def test_calculator_switches_to_blocks_for_large_structures():
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))
     atoms.rattle(0.05, seed=1)
     whole = AllegroCalculator(cfg, params, chunk_edges=None)
-    blocks = AllegroCalculator(cfg, params, chunk_edges=32)  # 64 atoms, 4 neighbours each
+    blocks = AllegroCalculator(cfg, params, chunk_edges=16)  # 64 atoms, 4 neighbours each
     ref = whole.get_forces(atoms), whole.get_stress(atoms), whole.get_potential_energy(atoms)
     got = blocks.get_forces(atoms), blocks.get_stress(atoms), blocks.get_potential_energy(atoms)
     assert whole.chunks is None and blocks.chunks is not None
