@@ -6,12 +6,15 @@ training step. Run by ``benchmarks/gpu/run.sh``; writes one JSON file.
 
 Model: the trained Si potential of ``benchmarks/models/si_lmax1`` (the headline
 architecture of ``benchmarks/run.py``: l_max 1, 2 layers, S 64, C 32, r_max 5 Å). Systems:
-diamond Si supercells of ``8 n³`` atoms, rattled; MD is NVE at 300 K, 1 fs (the lattice
-is near a minimum of the trained model, so it neither heats up nor rebuilds the neighbour
-list every step). Each ladder goes up until the next size does not fit in device memory
-(XLA's memory analysis of the compiled program against the device's limit, or an
-out-of-memory error), or its predicted time would overrun the stage's share of
-``--budget-s``. Every stage catches its own errors, so a failure leaves the others' numbers.
+diamond Si supercells of ``8 n³`` atoms, rattled; energy+forces by the library's rule
+(``ChunkPlanner``: block-wise above 8 blocks' worth of edges, 262,144 per block on a GPU,
+so the largest sizes need far less memory; each row records its ``chunks``); MD is NVE
+at 300 K, 1 fs (the lattice is near a minimum of the trained model, so it neither heats up
+nor rebuilds the neighbour list every step). Each ladder goes up until the next size does
+not fit in device memory (XLA's memory analysis of the compiled program against the
+device's limit, or an out-of-memory error), or its predicted time would overrun the
+stage's share of ``--budget-s``. Every stage catches its own errors, so a failure leaves
+the others' numbers.
 """
 
 from __future__ import annotations
@@ -100,9 +103,10 @@ def energy_forces_ladder(cfg, params, ladder, dtype, stage_s, limit_gib) -> list
 
     from allegro_jax import Structure, make_model
     from allegro_jax.data.padding import build_graph
+    from allegro_jax.nn.model import ChunkPlanner
 
     _, apply_fn = make_model(cfg)
-    fn = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=False))
+    planner = ChunkPlanner()  # the library's rule: block-wise above 8 blocks of edges
     params = jax.device_put(params)
     rows: list[dict] = []
     t_stage = time.perf_counter()
@@ -120,6 +124,9 @@ def energy_forces_ladder(cfg, params, ladder, dtype, stage_s, limit_gib) -> list
             row["edges"] = int(np.sum(g_np.edge_mask))
             row["graph_build_s"] = time.perf_counter() - t_row
             g = jax.device_put(g_np)
+            chunks = planner(g_np)
+            row["chunks"] = None if chunks is None else [chunks.atoms, chunks.edges]
+            fn = jax.jit(lambda p, g, c=chunks: apply_fn(p, g, forces=True, chunks=c))
             t0 = time.perf_counter()
             compiled = fn.lower(params, g).compile()
             row["compile_s"] = time.perf_counter() - t0
