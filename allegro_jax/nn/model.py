@@ -242,6 +242,18 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
         e_graph = jnp.where(graph.graph_mask, e_graph, 0.0)
         return e_graph, e_atom
 
+    def outputs(graph, e_graph, e_atom, d_pos=None, d_strain=None):
+        """The output dict from the energies and, as requested, ``dE/dr`` and ``dE/dε``."""
+        out = {"energy": e_graph, "atomic_energies": e_atom}
+        if d_pos is not None:
+            out["forces"] = jnp.where(graph.node_mask[:, None], -d_pos, 0.0)
+        if d_strain is not None:  # dE/dε, [n_graphs, 3, 3]
+            volume = jnp.abs(jnp.linalg.det(graph.cell.astype(d_strain.dtype)))[:, None, None]
+            has_v = volume > 0
+            out["virial"] = -d_strain
+            out["stress"] = jnp.where(has_v, d_strain / jnp.where(has_v, volume, 1.0), 0.0)
+        return out
+
     def chunked_atom_energies(params, graph, vec, chunks, with_grad):
         """Per-atom energies block by block and, with ``with_grad``, ``dE/dvec``."""
         A, E = chunks.atoms, chunks.edges
@@ -295,16 +307,10 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
         e_atom, grad, fits = chunked_atom_energies(params, graph, vec, chunks, forces or stress)
         e_graph = jax.ops.segment_sum(e_atom, graph.node_graph, num_segments=graph.n_graphs)
         e_graph = jnp.where(graph.graph_mask, e_graph, 0.0)
-        out = {"energy": e_graph, "atomic_energies": e_atom}
-        if forces or stress:
-            d_pos, d_strain = vjp(grad)
-            if forces:
-                out["forces"] = jnp.where(graph.node_mask[:, None], -d_pos, 0.0)
-            if stress:
-                volume = jnp.abs(jnp.linalg.det(graph.cell.astype(pos.dtype)))[:, None, None]
-                has_v = volume > 0
-                out["virial"] = -d_strain
-                out["stress"] = jnp.where(has_v, d_strain / jnp.where(has_v, volume, 1.0), 0.0)
+        d_pos, d_strain = vjp(grad) if forces or stress else (None, None)
+        out = outputs(
+            graph, e_graph, e_atom, d_pos if forces else None, d_strain if stress else None
+        )
         out = {k: jnp.where(fits, v, jnp.nan) for k, v in out.items()}
         out["chunk_overflow"] = ~fits
         return out
@@ -333,16 +339,9 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
         (_, (e_graph, e_atom)), grads = jax.value_and_grad(total, argnums=argnums, has_aux=True)(
             pos, strain
         )
-        out = {"energy": e_graph, "atomic_energies": e_atom}
-        if forces:
-            out["forces"] = jnp.where(graph.node_mask[:, None], -grads[0], 0.0)
-        if stress:
-            de = grads[1]  # dE/dε, [n_graphs, 3, 3]
-            volume = jnp.abs(jnp.linalg.det(graph.cell.astype(pos.dtype)))[:, None, None]
-            has_v = volume > 0
-            out["virial"] = -de
-            out["stress"] = jnp.where(has_v, de / jnp.where(has_v, volume, 1.0), 0.0)
-        return out
+        return outputs(
+            graph, e_graph, e_atom, grads[0] if forces else None, grads[1] if stress else None
+        )
 
     return init_fn, apply_fn
 
