@@ -13,7 +13,8 @@ it (``configs/mlearn.yaml``); call it again to go on. If the run directory is go
 ``models/<El>`` holds a published model, training starts from its weights.
 ``evaluate`` scores the best model on ``<El>_test.extxyz`` and records it in
 ``results.json``; it refuses a second evaluation of the same model (``--again`` to
-override, e.g. after more training). ``publish`` copies the best model (float32 EMA
+override, e.g. after more training); an earlier model's row is kept in the new row's
+``previous_evaluations``. ``publish`` copies the best model (float32 EMA
 weights, config with statistics), ``metrics.csv`` and ``summary.json`` into
 ``models/<El>``, a directory ``allegro-jax evaluate --model`` and ``load_model`` accept.
 ``table`` regenerates the README's test table from ``results.json`` and its validation
@@ -158,6 +159,9 @@ def evaluate(args: argparse.Namespace) -> None:
             "commit": git_commit(REPO),
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+        if previous:  # an earlier model's test numbers stay on record
+            earlier = previous.pop("previous_evaluations", [])
+            row["previous_evaluations"] = [*earlier, previous]
         results["elements"][el] = row
         save_results(results)
         print(f"[{el}] test: {json.dumps({k: row[k] for k in list(row)[:3]})}", flush=True)

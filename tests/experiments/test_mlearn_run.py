@@ -85,3 +85,35 @@ def test_the_table_names_every_training_stage_and_evaluate_needs_a_published_mod
     args = argparse.Namespace(elements=["Si"], data_dir=str(tmp_path), again=False)
     with pytest.raises(SystemExit, match="no published model; run `publish Si` first"):
         mlearn.evaluate(args)
+
+
+def test_evaluating_a_new_model_keeps_the_earlier_test_numbers(tmp_path, monkeypatch):
+    import allegro_jax.train.evaluate as evaluate_module
+
+    models = tmp_path / "models"
+    (models / "Si").mkdir(parents=True)
+    monkeypatch.setattr(mlearn, "MODELS", models)
+    monkeypatch.setattr(mlearn, "RESULTS", tmp_path / "results.json")
+    maes = iter([81.0, 75.0])
+    monkeypatch.setattr(
+        evaluate_module,
+        "evaluate_model",
+        lambda *a, **k: {
+            "energy_per_atom_mae_mev": 3.0,
+            "force_mae_mev_per_a": next(maes),
+            "force_rmse_mev_per_a": 100.0,
+            "n_structures": 25,
+        },
+    )
+    args = argparse.Namespace(elements=["Si"], data_dir=str(tmp_path), again=False)
+    for epoch in (13, 100):
+        config = {"metadata": {"epoch": epoch, "step": 10 * epoch}}
+        (models / "Si" / "config.json").write_text(json.dumps(config))
+        mlearn.evaluate(args)
+        mlearn.evaluate(args)  # the same model again: refused, the row unchanged
+    row = json.loads((tmp_path / "results.json").read_text())["elements"]["Si"]
+    assert row["force_mae_ev_per_a"] == 0.075
+    assert row["model_id"]["epoch"] == 100
+    (earlier,) = row["previous_evaluations"]
+    assert earlier["force_mae_ev_per_a"] == 0.081 and earlier["model_id"]["epoch"] == 13
+    assert "previous_evaluations" not in earlier
