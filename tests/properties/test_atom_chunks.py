@@ -52,6 +52,13 @@ def batch(dtype=np.float64) -> tuple[list[Structure], object]:
     return structures, g
 
 
+def current_model(seed: int = 0):
+    """``(apply_fn, params, graph)``: the float64 current-generation model and the batch."""
+    init_fn, apply_fn = make_model(config("current"))
+    _, g = batch()
+    return apply_fn, init_fn(jax.random.PRNGKey(seed), g), g
+
+
 def assert_same(whole: dict, blocks: dict, rtol=1e-12, atol=1e-12) -> None:
     assert not bool(blocks["chunk_overflow"])
     for key, value in whole.items():
@@ -84,10 +91,7 @@ def test_blocks_equal_whole_graph(generation, dtype):
 
 
 def test_forces_are_minus_gradient_of_blocked_energy():
-    cfg = config("current")
-    init_fn, apply_fn = make_model(cfg)
-    _, g = batch()
-    params = init_fn(jax.random.PRNGKey(1), g)
+    apply_fn, params, g = current_model(seed=1)
     plan = plan_atom_chunks(g, target_edges=50)
 
     def total(pos):
@@ -99,10 +103,7 @@ def test_forces_are_minus_gradient_of_blocked_energy():
 
 
 def test_layout_that_does_not_fit_gives_nan_and_a_flag():
-    cfg = config("current")
-    init_fn, apply_fn = make_model(cfg)
-    _, g = batch()
-    params = init_fn(jax.random.PRNGKey(0), g)
+    apply_fn, params, g = current_model()
     plan = plan_atom_chunks(g, target_edges=60)
     small = AtomChunks(plan.atoms, max(block_edge_counts(g, plan.atoms)) - 1)
     out = apply_fn(params, g, stress=True, chunks=small)
@@ -112,7 +113,7 @@ def test_layout_that_does_not_fit_gives_nan_and_a_flag():
 
 
 def test_unsorted_edges_are_refused():
-    _, g = batch()
+    apply_fn, params, g = current_model()
     perm = np.random.default_rng(0).permutation(g.edge_center.shape[0])
     shuffled = g._replace(
         edge_center=np.asarray(g.edge_center)[perm],
@@ -125,8 +126,6 @@ def test_unsorted_edges_are_refused():
     with pytest.raises(ValueError, match="atoms >= 1"):
         AtomChunks(0, 10)
     # under jit the same disorder is caught by the flag
-    init_fn, apply_fn = make_model(config("current"))
-    params = init_fn(jax.random.PRNGKey(0), g)
     out = apply_fn(params, shuffled, chunks=plan_atom_chunks(g, target_edges=60))
     assert bool(out["chunk_overflow"])
 
