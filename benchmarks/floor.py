@@ -17,7 +17,7 @@ run faster does not move it. Workloads:
   calculator takes for large structures) and, as ``..._whole_graph``, the whole graph at
   once (the path before 2026-12-06).
 
-Each runs in its own block of rounds after all three are compiled (interleaving them made
+Each runs in its own block of rounds after all of them are compiled (interleaving them made
 the small step 2x slower: the large one evicts its caches). For each: median and minimum
 ms, the ratio of the median to the floor, the compiled program's own XLA GFLOP (custom
 calls excluded), the XLA GFLOP of the tensor products that run as CPU kernels (counted by
