@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import sys
@@ -125,10 +126,15 @@ def evaluate(args: argparse.Namespace) -> None:
             raise SystemExit(f"[{el}] {model}: no published model; run `publish {el}` first")
         meta = json.loads((model / "config.json").read_text()).get("metadata", {})
         previous = results["elements"].get(el)
+        params = model / "params.msgpack"
         key = {
             "model": str(model.relative_to(REPO) if model.is_relative_to(REPO) else model),
             "epoch": meta.get("epoch"),
             "step": meta.get("step"),
+            # the weights themselves: a later stage can end at the same epoch and step
+            "params_sha256": (
+                hashlib.sha256(params.read_bytes()).hexdigest()[:16] if params.exists() else None
+            ),
         }
         if previous and previous.get("model_id") == key and not args.again:
             print(f"[{el}] this model was evaluated on the test file already", flush=True)

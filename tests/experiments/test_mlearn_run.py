@@ -106,14 +106,16 @@ def test_evaluating_a_new_model_keeps_the_earlier_test_numbers(tmp_path, monkeyp
         },
     )
     args = argparse.Namespace(elements=["Si"], data_dir=str(tmp_path), again=False)
-    for epoch in (13, 100):
-        config = {"metadata": {"epoch": epoch, "step": 10 * epoch}}
+    # a later stage may end at the same epoch and step: the weights tell the models apart
+    for weights in (b"stage 2", b"stage 3"):
+        config = {"metadata": {"epoch": 100, "step": 3500}}
         (models / "Si" / "config.json").write_text(json.dumps(config))
+        (models / "Si" / "params.msgpack").write_bytes(weights)
         mlearn.evaluate(args)
         mlearn.evaluate(args)  # the same model again: refused, the row unchanged
     row = json.loads((tmp_path / "results.json").read_text())["elements"]["Si"]
     assert row["force_mae_ev_per_a"] == 0.075
-    assert row["model_id"]["epoch"] == 100
     (earlier,) = row["previous_evaluations"]
-    assert earlier["force_mae_ev_per_a"] == 0.081 and earlier["model_id"]["epoch"] == 13
+    assert earlier["force_mae_ev_per_a"] == 0.081
+    assert earlier["model_id"]["params_sha256"] != row["model_id"]["params_sha256"]
     assert "previous_evaluations" not in earlier
