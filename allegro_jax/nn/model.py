@@ -279,9 +279,7 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
                     graph.species[graph.edge_neighbor[idx]],
                 ]
             )
-            nm = jnp.concatenate(
-                [jax.lax.dynamic_slice(node_mask, (c * A,), (A,)), jnp.zeros(E, bool)]
-            )
+            nm = jax.lax.dynamic_slice(node_mask, (c * A,), (A,))  # only centres are read
             emask = valid & graph.edge_mask[idx]
 
             def energy(v):
@@ -291,7 +289,7 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
                 return jnp.sum(e), e
 
             if not with_grad:
-                return energy(vec[idx])[1], jnp.zeros((E, 3), vec.dtype), idx
+                return energy(vec[idx])[1], None, idx
             (_, e), g = jax.value_and_grad(energy, has_aux=True)(vec[idx])
             return e, jnp.where(emask[:, None], g, 0.0), idx
 
