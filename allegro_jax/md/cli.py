@@ -625,6 +625,7 @@ def _md(args: argparse.Namespace) -> int:
                 logs_per_chunk=args.logs_per_chunk,
                 system=system,
                 force_std_fn=force_std_fn,
+                chunk_edges=args.chunk_edges,
             )
         except ValueError as err:  # e.g. a box too small for the cutoff
             raise MDError(f"--structure {args.structure}: {err}") from None
@@ -658,6 +659,13 @@ def _md(args: argparse.Namespace) -> int:
                 else:
                     state = state_from_arrays(state, arrays)
             e_start = float(energy_fn(state))
+        if say is not None and state.chunks is not None:
+            print(
+                f"md: the model runs {state.chunks.atoms} atoms at a time (blocks of up to "
+                f"{state.chunks.edges} neighbour pairs; --chunk-edges none: the whole list)",
+                file=say,
+                flush=True,
+            )
         reference_epot = saved_meta.get("reference_potential_energy", e_start)
         settings["reference_potential_energy"] = reference_epot
 
@@ -801,10 +809,26 @@ def _md(args: argparse.Namespace) -> int:
             code=3,
         )
     msg = f"md: {done} steps ({rate:.2f} steps/s), now at step {int(state.step)}"
+    if state.n_replans:
+        msg += f"; block layout enlarged {state.n_replans} time(s), now {state.chunks.edges} pairs"
     if stopped:
         msg += f"; stopped after --max-wall-time {args.max_wall_time} s, continue with --restart"
     print(msg, flush=True)
     return 0
+
+
+def _chunk_edges(text: str) -> int | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'none' or a positive integer, got {text!r}"
+        )
+    return value
 
 
 def add_md_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -859,6 +883,15 @@ def add_md_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     )
     p.add_argument("--tau-p", type=float, default=None, help="NPT barostat time, fs (1000 dt)")
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å")
+    p.add_argument(
+        "--chunk-edges",
+        type=_chunk_edges,
+        default="auto",
+        help="evaluate the model a block of atoms at a time, about this many neighbour-list "
+        "pairs per block: faster for large systems on a CPU, same forces to float rounding "
+        "('auto' (default): 2048 on a CPU, for lists of more than 8 blocks' worth; 'none': "
+        "the whole list at once)",
+    )
     p.add_argument(
         "--log-every",
         type=int,

@@ -137,4 +137,5 @@ def make_ensemble_system(
     system = make_system(config, member(params, 0), species, **system_kwargs)
     energy_fn = make_ensemble_energy_fn(config, params, system.displacement_fn, species=species)
     std_fn = make_force_std_fn(config, params, system.displacement_fn, species=species)
-    return dataclasses.replace(system, energy_fn=energy_fn), std_fn
+    # (the member's block-wise energy would drive the dynamics with one member: none)
+    return dataclasses.replace(system, energy_fn=energy_fn, blockwise_energy_fn=None), std_fn

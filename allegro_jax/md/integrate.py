@@ -51,13 +51,17 @@ from flax import struct
 from jax_md import partition, quantity, simulate, space
 
 from ..config import AllegroConfig
+from ..nn.model import AtomChunks
 from . import units
 from .jax_md import (
     box_from_cell,
     check_box,
+    grown_blocks,
     make_energy_fn,
     make_neighbor_fn,
     make_stress_fn,
+    neighbor_block_edges_needed,
+    plan_neighbor_blocks,
     volume,
     with_hashable_metadata,
 )
@@ -79,6 +83,9 @@ class MDState:
         reference_box: box at the last build (``[3, 3]``, identity for free space).
         step: number of steps done.
         n_reallocations: neighbour-list reallocations after an overflow (host-side count).
+        chunks: the block layout the energy is evaluated with (``None``: the whole
+            neighbour list at once), see :func:`make_simulation`'s ``chunk_edges``.
+        n_replans: block layouts made again after a neighbour list outgrew one (host-side).
     """
 
     sim: Any
@@ -87,6 +94,8 @@ class MDState:
     reference_box: Array
     step: Array
     n_reallocations: int = struct.field(pytree_node=False, default=0)
+    chunks: AtomChunks | None = struct.field(pytree_node=False, default=None)
+    n_replans: int = struct.field(pytree_node=False, default=0)
 
 
 @struct.dataclass
@@ -146,6 +155,10 @@ class MDSystem:
         masses: ``[n_atoms]`` amu.
         real_coordinates: periodic positions are Cartesian (NPT) rather than fractional;
             the neighbour list then still works on fractional positions (converted).
+        blockwise_energy_fn: ``chunks -> energy_fn`` evaluating a block of atoms at a time
+            (:func:`allegro_jax.md.jax_md.make_energy_fn`), or ``None`` (only the whole
+            list: e.g. an ensemble's system). It must compute the same energy as
+            ``energy_fn``: a system with another ``energy_fn`` sets it to ``None``.
     """
 
     energy_fn: Callable[..., Array]
@@ -156,6 +169,7 @@ class MDSystem:
     rotation: np.ndarray
     masses: np.ndarray
     real_coordinates: bool = False
+    blockwise_energy_fn: Callable[[AtomChunks], Callable[..., Array]] | None = None
 
 
 def default_masses(config: AllegroConfig, species: np.ndarray) -> np.ndarray:
@@ -226,6 +240,10 @@ def make_system(
             config, frac_displacement_fn, box, skin=skin, capacity_multiplier=capacity_multiplier
         )
     energy_fn = make_energy_fn(config, params, displacement_fn, species=species)
+
+    def blockwise_energy_fn(chunks: AtomChunks) -> Callable[..., Array]:
+        return make_energy_fn(config, params, displacement_fn, species=species, chunks=chunks)
+
     return MDSystem(
         energy_fn,
         displacement_fn,
@@ -235,6 +253,7 @@ def make_system(
         rotation,
         masses,
         real_coordinates=bool(real_coordinates and cell is not None),
+        blockwise_energy_fn=blockwise_energy_fn,
     )
 
 
@@ -345,6 +364,7 @@ def make_simulation(
     log_pressure: bool = True,
     system: MDSystem | None = None,
     force_std_fn: Callable[..., Array] | None = None,
+    chunk_edges: int | str | None = "auto",
 ) -> Simulation:
     """Build an MD simulation of one system.
 
@@ -374,6 +394,14 @@ def make_simulation(
             ``(R, neighbor, **box_kwargs) -> [n_atoms]`` (from
             :func:`allegro_jax.md.ensemble.make_ensemble_system`, which also gives the
             ``system`` driven by the ensemble mean): logged as ``force_std_max``/``_mean``.
+        chunk_edges: evaluate the energy a block of atoms at a time, blocks of about this
+            many neighbour-list pairs (``"auto"``: 2048 on a CPU, for lists of more than
+            8 blocks' worth; ``None``: always the whole list; systems without
+            ``blockwise_energy_fn``, such as ensembles, always use the whole list). Same
+            forces to float rounding, faster for large systems on a CPU
+            (``benchmarks/NOTES.md``). The layout is planned from the first neighbour list
+            with 10 % spare capacity; a chunk whose lists outgrow it is discarded and run
+            again with a larger layout, as for a neighbour-list overflow.
 
     Returns:
         ``Simulation(init_fn, apply_fn)``, see the module docstring.
@@ -400,7 +428,7 @@ def make_simulation(
     if ensemble == "npt_nose_hoover" and not sys_.real_coordinates:
         raise ValueError("NPT needs an MDSystem built with real_coordinates=True")
     real = sys_.real_coordinates
-    energy_fn, shift_fn, neighbor_fn = sys_.energy_fn, sys_.shift_fn, sys_.neighbor_fn
+    shift_fn, neighbor_fn = sys_.shift_fn, sys_.neighbor_fn
     displacement_fn = sys_.displacement_fn
     periodic = sys_.box is not None
     npt = ensemble == "npt_nose_hoover"
@@ -411,26 +439,7 @@ def make_simulation(
     tau_t = units.fs_to_internal(tau_t_fs) if tau_t_fs else 100 * dt
     tau_p = units.fs_to_internal(tau_p_fs) if tau_p_fs else 1000 * dt
     cutoff = config.r_max + skin
-    stress_fn = make_stress_fn(energy_fn, forward_box=periodic)
-
-    if ensemble == "nve":
-        sim_init, sim_apply = simulate.nve(energy_fn, shift_fn, dt)
-    elif ensemble == "nvt_langevin":
-        sim_init, sim_apply = simulate.nvt_langevin(
-            energy_fn, shift_fn, dt, kT, gamma=friction_per_fs * units.TIME_UNIT_FS
-        )
-    elif ensemble == "nvt_nose_hoover":
-        sim_init, sim_apply = simulate.nvt_nose_hoover(energy_fn, shift_fn, dt, kT, tau=tau_t)
-    else:
-        sim_init, sim_apply = simulate.npt_nose_hoover(
-            energy_fn,
-            shift_fn,
-            dt,
-            p_target,
-            kT,
-            barostat_kwargs={"tau": tau_p},
-            thermostat_kwargs={"tau": tau_t},
-        )
+    blockwise = sys_.blockwise_energy_fn if chunk_edges is not None else None
 
     def current_box(sim: Any, fallback: Array) -> Array:
         return simulate.npt_box(sim) if npt else fallback
@@ -447,6 +456,149 @@ def make_simulation(
         return neighbor_fn.allocate(
             nbr_position(position, box), extra_capacity=extra_capacity, **box_kwargs(box)
         )
+
+    def rebuild_needed(sim: Any, prev_position: Array, state: MDState) -> Array:
+        box = current_box(sim, state.reference_box)
+        kw = box_kwargs(box)
+        disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kw))
+        m = jnp.max(jnp.linalg.norm(disp(sim.position, state.reference_position), axis=-1))
+        d = jnp.max(jnp.linalg.norm(disp(sim.position, prev_position), axis=-1))
+        strain = 0.0
+        if npt:
+            a = box @ jnp.linalg.inv(state.reference_box) - jnp.eye(3, dtype=box.dtype)
+            strain = jnp.sqrt(jnp.sum(a**2)) * cutoff
+        return 2.0 * (m + 2.0 * d) + strain >= skin
+
+    def plan(nbr: partition.NeighborList) -> AtomChunks | None:
+        if blockwise is None:
+            return None
+        return plan_neighbor_blocks(nbr, n_atoms, chunk_edges, slack=1.1)
+
+    built: dict[AtomChunks | None, tuple[Callable, Callable]] = {}
+
+    def build(chunks: AtomChunks | None) -> tuple[Callable, Callable]:
+        """``(sim_init, chunk_fn)`` of the integrator driven by the energy with ``chunks``."""
+        if chunks in built:
+            return built[chunks]
+        energy_fn = sys_.energy_fn if chunks is None else blockwise(chunks)
+        stress_fn = make_stress_fn(energy_fn, forward_box=periodic)
+        if ensemble == "nve":
+            sim_init, sim_apply = simulate.nve(energy_fn, shift_fn, dt)
+        elif ensemble == "nvt_langevin":
+            sim_init, sim_apply = simulate.nvt_langevin(
+                energy_fn, shift_fn, dt, kT, gamma=friction_per_fs * units.TIME_UNIT_FS
+            )
+        elif ensemble == "nvt_nose_hoover":
+            sim_init, sim_apply = simulate.nvt_nose_hoover(energy_fn, shift_fn, dt, kT, tau=tau_t)
+        else:
+            sim_init, sim_apply = simulate.npt_nose_hoover(
+                energy_fn,
+                shift_fn,
+                dt,
+                p_target,
+                kT,
+                barostat_kwargs={"tau": tau_p},
+                thermostat_kwargs={"tau": tau_t},
+            )
+
+        def needed(nbr: partition.NeighborList) -> Array:
+            if chunks is None:
+                return jnp.zeros((), jnp.int32)
+            return neighbor_block_edges_needed(nbr, n_atoms, chunks).astype(jnp.int32)
+
+        def one_step(state: MDState) -> tuple[MDState, Array]:
+            sim = sim_apply(state.sim, neighbor=state.neighbor)
+            box = current_box(sim, state.reference_box)
+            need = rebuild_needed(sim, state.sim.position, state)
+
+            def rebuild(_: None) -> tuple[partition.NeighborList, Array, Array]:
+                nbr = state.neighbor.update(nbr_position(sim.position, box), **box_kwargs(box))
+                return nbr, sim.position, box
+
+            def keep(_: None) -> tuple[partition.NeighborList, Array, Array]:
+                return state.neighbor, state.reference_position, state.reference_box
+
+            nbr, ref_pos, ref_box = jax.lax.cond(need, rebuild, keep, None)
+            new = state.replace(
+                sim=sim,
+                neighbor=nbr,
+                reference_position=ref_pos,
+                reference_box=ref_box,
+                step=state.step + 1,
+            )
+            return new, need
+
+        def thermo(state: MDState, n_rebuilds: Array) -> Thermo:
+            sim, nbr = state.sim, state.neighbor
+            box = current_box(sim, state.reference_box)
+            kw = box_kwargs(box)
+            e_pot = energy_fn(sim.position, nbr, **kw)
+            ke = quantity.kinetic_energy(momentum=sim.momentum, mass=sim.mass)
+            temp = 2.0 * ke / (3 * n_atoms * units.KB_EV_PER_K)
+            if ensemble == "nvt_nose_hoover":
+                conserved = simulate.nvt_nose_hoover_invariant(energy_fn, sim, kT, neighbor=nbr)
+            elif npt:
+                conserved = simulate.npt_nose_hoover_invariant(
+                    energy_fn, sim, p_target, kT, neighbor=nbr
+                )
+            elif ensemble == "nve":
+                conserved = e_pot + ke
+            else:
+                conserved = jnp.full_like(e_pot, jnp.nan)
+            if periodic and (log_pressure or npt):
+                sigma = stress_fn(sim.position, nbr, box)
+                vol = volume(box)
+                p = (2.0 * ke / (3.0 * vol) - jnp.trace(sigma) / 3.0) * units.BAR_PER_EV_PER_A3
+            else:
+                vol = volume(box) if periodic else jnp.full_like(e_pot, jnp.nan)
+                p = jnp.full_like(e_pot, jnp.nan)
+            if force_std_fn is not None:
+                sigma_i = force_std_fn(sim.position, nbr, **kw)
+                std_max, std_mean = jnp.max(sigma_i), jnp.mean(sigma_i)
+            else:
+                std_max = std_mean = jnp.full_like(e_pot, jnp.nan)
+            return Thermo(
+                step=state.step,
+                time_fs=state.step * timestep_fs,
+                temperature_K=temp,
+                potential_energy=e_pot,
+                kinetic_energy=ke,
+                total_energy=e_pot + ke,
+                conserved=conserved,
+                pressure_bar=p,
+                volume=vol,
+                n_rebuilds=n_rebuilds,
+                force_std_max=std_max,
+                force_std_mean=std_mean,
+            )
+
+        # `need`: the largest block capacity the chunk's neighbour lists needed, up to the
+        # first list `chunks` does not fit (the energies are NaN from there on, so later
+        # lists are meaningless)
+        def track(need: Array, nbr: partition.NeighborList) -> Array:
+            fitted = need <= (chunks.edges if chunks is not None else 0)
+            return jnp.where(fitted, jnp.maximum(need, needed(nbr)), need)
+
+        def log_block(carry: tuple[MDState, Array], _: None):
+            def body(_: int, carry: tuple[MDState, Array, Array]):
+                st, count, need = carry
+                st, rebuilt = one_step(st)
+                return st, count + rebuilt.astype(jnp.int32), track(need, st.neighbor)
+
+            state, need = carry
+            state, count, need = jax.lax.fori_loop(
+                0, log_every, body, (state, jnp.zeros((), jnp.int32), need)
+            )
+            return (state, need), thermo(state, count)
+
+        def chunk(state: MDState, n_logs: int) -> tuple[MDState, Thermo, Array]:
+            (state, need), log = jax.lax.scan(
+                log_block, (state, needed(state.neighbor)), None, length=n_logs
+            )
+            return state, log, need
+
+        built[chunks] = (sim_init, jax.jit(chunk, static_argnums=1))
+        return built[chunks]
 
     def init_fn(key: Array, positions: np.ndarray, velocities: np.ndarray | None = None) -> MDState:
         """Initial state from Cartesian positions (Å) and optional velocities (Å/fs)."""
@@ -468,107 +620,17 @@ def make_simulation(
             v = np.asarray(velocities) @ sys_.rotation * units.TIME_UNIT_FS  # Å/t₀
             momenta = jnp.asarray(v * sys_.masses[:, None], dtype=dtype)
         nbr = allocate(R, box)
+        if bool(nbr.did_buffer_overflow):
+            raise RuntimeError("neighbour list overflowed at allocation")
+        chunks = plan(nbr)
+        sim_init, _ = build(chunks)
         if npt:
             sim = sim_init(key, R, box, mass=mass, momenta=momenta, neighbor=nbr)
         elif ensemble == "nve":
             sim = sim_init(key, R, kT, mass=mass, momenta=momenta, neighbor=nbr)
         else:
             sim = sim_init(key, R, mass=mass, momenta=momenta, neighbor=nbr)
-        if bool(nbr.did_buffer_overflow):
-            raise RuntimeError("neighbour list overflowed at allocation")
-        return MDState(sim, nbr, R, box, jnp.zeros((), jnp.int32))
-
-    def rebuild_needed(sim: Any, prev_position: Array, state: MDState) -> Array:
-        box = current_box(sim, state.reference_box)
-        kw = box_kwargs(box)
-        disp = jax.vmap(lambda a, b: displacement_fn(a, b, **kw))
-        m = jnp.max(jnp.linalg.norm(disp(sim.position, state.reference_position), axis=-1))
-        d = jnp.max(jnp.linalg.norm(disp(sim.position, prev_position), axis=-1))
-        strain = 0.0
-        if npt:
-            a = box @ jnp.linalg.inv(state.reference_box) - jnp.eye(3, dtype=box.dtype)
-            strain = jnp.sqrt(jnp.sum(a**2)) * cutoff
-        return 2.0 * (m + 2.0 * d) + strain >= skin
-
-    def one_step(state: MDState) -> tuple[MDState, Array]:
-        sim = sim_apply(state.sim, neighbor=state.neighbor)
-        box = current_box(sim, state.reference_box)
-        need = rebuild_needed(sim, state.sim.position, state)
-
-        def rebuild(_: None) -> tuple[partition.NeighborList, Array, Array]:
-            nbr = state.neighbor.update(nbr_position(sim.position, box), **box_kwargs(box))
-            return nbr, sim.position, box
-
-        def keep(_: None) -> tuple[partition.NeighborList, Array, Array]:
-            return state.neighbor, state.reference_position, state.reference_box
-
-        nbr, ref_pos, ref_box = jax.lax.cond(need, rebuild, keep, None)
-        new = state.replace(
-            sim=sim,
-            neighbor=nbr,
-            reference_position=ref_pos,
-            reference_box=ref_box,
-            step=state.step + 1,
-        )
-        return new, need
-
-    def thermo(state: MDState, n_rebuilds: Array) -> Thermo:
-        sim, nbr = state.sim, state.neighbor
-        box = current_box(sim, state.reference_box)
-        kw = box_kwargs(box)
-        e_pot = energy_fn(sim.position, nbr, **kw)
-        ke = quantity.kinetic_energy(momentum=sim.momentum, mass=sim.mass)
-        temp = 2.0 * ke / (3 * n_atoms * units.KB_EV_PER_K)
-        if ensemble == "nvt_nose_hoover":
-            conserved = simulate.nvt_nose_hoover_invariant(energy_fn, sim, kT, neighbor=nbr)
-        elif npt:
-            conserved = simulate.npt_nose_hoover_invariant(
-                energy_fn, sim, p_target, kT, neighbor=nbr
-            )
-        elif ensemble == "nve":
-            conserved = e_pot + ke
-        else:
-            conserved = jnp.full_like(e_pot, jnp.nan)
-        if periodic and (log_pressure or npt):
-            sigma = stress_fn(sim.position, nbr, box)
-            vol = volume(box)
-            p = (2.0 * ke / (3.0 * vol) - jnp.trace(sigma) / 3.0) * units.BAR_PER_EV_PER_A3
-        else:
-            vol = volume(box) if periodic else jnp.full_like(e_pot, jnp.nan)
-            p = jnp.full_like(e_pot, jnp.nan)
-        if force_std_fn is not None:
-            sigma_i = force_std_fn(sim.position, nbr, **kw)
-            std_max, std_mean = jnp.max(sigma_i), jnp.mean(sigma_i)
-        else:
-            std_max = std_mean = jnp.full_like(e_pot, jnp.nan)
-        return Thermo(
-            step=state.step,
-            time_fs=state.step * timestep_fs,
-            temperature_K=temp,
-            potential_energy=e_pot,
-            kinetic_energy=ke,
-            total_energy=e_pot + ke,
-            conserved=conserved,
-            pressure_bar=p,
-            volume=vol,
-            n_rebuilds=n_rebuilds,
-            force_std_max=std_max,
-            force_std_mean=std_mean,
-        )
-
-    def log_block(state: MDState, _: None) -> tuple[MDState, Thermo]:
-        def body(_: int, carry: tuple[MDState, Array]) -> tuple[MDState, Array]:
-            st, count = carry
-            st, need = one_step(st)
-            return st, count + need.astype(jnp.int32)
-
-        state, count = jax.lax.fori_loop(0, log_every, body, (state, jnp.zeros((), jnp.int32)))
-        return state, thermo(state, count)
-
-    def chunk(state: MDState, n_logs: int) -> tuple[MDState, Thermo]:
-        return jax.lax.scan(log_block, state, None, length=n_logs)
-
-    chunk_fn = jax.jit(chunk, static_argnums=1)
+        return MDState(sim, nbr, R, box, jnp.zeros((), jnp.int32), chunks=chunks)
 
     def reallocated(start: MDState, failed: MDState) -> MDState:
         box0 = current_box(start.sim, start.reference_box)
@@ -596,20 +658,36 @@ def make_simulation(
         while remaining:
             n_logs = min(logs_per_chunk, remaining)
             start = state
-            for attempt in range(max_retries + 1):
-                new_state, log = chunk_fn(state, n_logs)
+            reallocations = replans = 0
+            while True:
+                new_state, log, need = build(start.chunks)[1](start, n_logs)
+                # a block layout outgrown: the energies went NaN from that list on (and the
+                # neighbour list may have overflowed because of it), so replan first
+                if start.chunks is not None and int(need) > start.chunks.edges:
+                    if int(need) > start.neighbor.idx.shape[-1] or replans == max_retries:
+                        raise RuntimeError(
+                            f"no block layout fits the neighbour list at step "
+                            f"{int(start.step)} (needs {int(need)} edges per block)"
+                        )
+                    replans += 1
+                    start = start.replace(
+                        chunks=grown_blocks(start.chunks, int(need), slack=1.1),
+                        n_replans=start.n_replans + 1,
+                    )
+                    continue
                 # (jax-md 0.2.29 sets MALFORMED_BOX for VALID boxes; our boxes are upper
                 # triangular by construction and NPT scales them isotropically)
-                if not bool(
+                if bool(
                     new_state.neighbor.did_buffer_overflow or new_state.neighbor.cell_size_too_small
                 ):
-                    break
-                if attempt == max_retries:
-                    raise RuntimeError(
-                        f"neighbour list still overflows after {max_retries} reallocations"
-                    )
-                start = reallocated(start, new_state)
-                state = start
+                    if reallocations == max_retries:
+                        raise RuntimeError(
+                            f"neighbour list still overflows after {max_retries} reallocations"
+                        )
+                    reallocations += 1
+                    start = reallocated(start, new_state)
+                    continue
+                break
             state = new_state
             if npt:
                 try:

@@ -46,7 +46,14 @@ import numpy as np
 from jax_md import partition
 
 from ..config import AllegroConfig
-from ..nn.model import build_module
+from ..nn.model import (
+    AtomChunks,
+    block_edges_needed,
+    blockwise_atomic_energies,
+    build_module,
+    default_block_edges,
+    plan_blocks,
+)
 
 Array = jax.Array
 Params = Any
@@ -127,6 +134,31 @@ def _pairs(neighbor: Any, n_atoms: int) -> tuple[Array, Array]:
     return idx[1], idx[0]  # jax-md Sparse: idx = (receivers, senders)
 
 
+def _edge_fn(config: AllegroConfig, displacement_fn: Callable[..., Array], n_atoms: int):
+    """``edges(R, neighbor, kwargs) -> (vec, i, j, mask, present)``: the model's edge
+    vectors ``r_ij = R_j - R_i`` (masked ones set to ``r_max``), centres ``i``, neighbours
+    ``j``, the model's edge mask (in use and within ``r_max``) and the slots in use."""
+    r_max = config.r_max
+    dtype = config.dtype
+
+    def edges(R: Array, neighbor: Any, kwargs: dict[str, Any]):
+        R = jnp.asarray(R)
+        if R.shape[0] != n_atoms:
+            raise ValueError(f"R has {R.shape[0]} atoms, species has {n_atoms}")
+        senders, receivers = _pairs(neighbor, n_atoms)  # [n_edges] each
+        valid = (senders < n_atoms) & (receivers < n_atoms)
+        i = jnp.where(valid, senders, 0)
+        j = jnp.where(valid, receivers, 0)
+        disp = functools.partial(displacement_fn, **kwargs)
+        vec = jax.vmap(disp)(R[j], R[i])  # [n_edges, 3], r_ij = R_j - R_i
+        mask = valid & (jnp.sum(vec**2, axis=-1) < r_max**2) & (i != j)
+        # periodic self-images (i == j) cannot appear under the minimum-image convention
+        vec = jnp.where(mask[:, None], vec, jnp.full_like(vec, r_max)).astype(dtype)
+        return vec, i, j, mask, valid
+
+    return edges
+
+
 def make_atomic_energy_fn(
     config: AllegroConfig,
     params: Params,
@@ -152,23 +184,11 @@ def make_atomic_energy_fn(
     params = jax.tree.map(jnp.asarray, params)  # (loaded checkpoints may hold numpy arrays)
     species = jnp.asarray(species, dtype=jnp.int32)  # [n_atoms]
     n_atoms = int(species.shape[0])
-    r_max = config.r_max
-    dtype = config.dtype
     node_mask = jnp.ones(n_atoms, dtype=bool)
+    edges = _edge_fn(config, displacement_fn, n_atoms)
 
     def atomic_energy_fn(R: Array, neighbor: Any, **kwargs: Any) -> Array:
-        R = jnp.asarray(R)
-        if R.shape[0] != n_atoms:
-            raise ValueError(f"R has {R.shape[0]} atoms, species has {n_atoms}")
-        senders, receivers = _pairs(neighbor, n_atoms)  # [n_edges] each
-        valid = (senders < n_atoms) & (receivers < n_atoms)
-        i = jnp.where(valid, senders, 0)
-        j = jnp.where(valid, receivers, 0)
-        disp = functools.partial(displacement_fn, **kwargs)
-        vec = jax.vmap(disp)(R[j], R[i])  # [n_edges, 3], r_ij = R_j - R_i
-        mask = valid & (jnp.sum(vec**2, axis=-1) < r_max**2) & (i != j)
-        # periodic self-images (i == j) cannot appear under the minimum-image convention
-        vec = jnp.where(mask[:, None], vec, jnp.full_like(vec, r_max)).astype(dtype)
+        vec, i, j, mask, _ = edges(R, neighbor, kwargs)
         return module.apply({"params": params}, vec, species, i, j, mask, node_mask)
 
     return atomic_energy_fn
@@ -180,12 +200,20 @@ def make_energy_fn(
     displacement_fn: Callable[..., Array],
     *,
     species: Array | np.ndarray,
+    chunks: AtomChunks | None = None,
 ) -> EnergyFn:
     """Total energy in eV: ``energy_fn(R, neighbor, **kwargs) -> E``.
 
     Usable with ``space.free``, ``space.periodic`` and ``space.periodic_general``
     (fractional or real coordinates; pass ``box=`` as jax-md does when the box changes) and
     with every jax-md simulator. See :func:`make_atomic_energy_fn` for the arguments.
+
+    With ``chunks`` (from :func:`plan_neighbor_blocks`) the model runs a block of atoms at
+    a time, each block's energy and its gradient in one pass (faster for large systems on a
+    CPU, and memory bounded by a block: ``benchmarks/NOTES.md``); reverse-mode derivatives
+    (forces, stress, ``∂E/∂box``) go through the edge vectors as usual, but not into
+    ``params`` and not in forward mode (``jax.jvp``). A neighbour list the layout does not
+    fit (:func:`neighbor_block_edges_needed`) gives NaN: plan again.
 
     Example::
 
@@ -196,6 +224,8 @@ def make_energy_fn(
         E = energy_fn(R, nbrs)
         F = -jax.grad(energy_fn)(R, nbrs)
     """
+    if chunks is not None:
+        return _blockwise_energy_fn(config, params, displacement_fn, species, chunks)
     atomic = make_atomic_energy_fn(config, params, displacement_fn, species=species)
 
     def energy_fn(R: Array, neighbor: Any = None, **kwargs: Any) -> Array:
@@ -204,6 +234,94 @@ def make_energy_fn(
         return jnp.sum(atomic(R, neighbor, **kwargs))
 
     return energy_fn
+
+
+def _blockwise_energy_fn(
+    config: AllegroConfig,
+    params: Params,
+    displacement_fn: Callable[..., Array],
+    species: Array | np.ndarray,
+    chunks: AtomChunks,
+) -> EnergyFn:
+    module = build_module(config)
+    params = jax.tree.map(jnp.asarray, params)
+    species = jnp.asarray(species, dtype=jnp.int32)
+    n_atoms = int(species.shape[0])
+    node_mask = jnp.ones(n_atoms, dtype=bool)
+    edges = _edge_fn(config, displacement_fn, n_atoms)
+
+    def blocks(vec, i, j, mask, present, with_grad):
+        e, g, fits = blockwise_atomic_energies(
+            module, params, vec, species, i, j, mask, node_mask, chunks, with_grad, present
+        )
+        return jnp.where(fits, jnp.sum(e), jnp.nan), g, fits
+
+    # the energy of the edge vectors; its VJP is the blocks' own gradient, computed in the
+    # same pass as the energy (the other arguments are indices and masks)
+    @jax.custom_vjp
+    def total(vec, i, j, mask, present):
+        return blocks(vec, i, j, mask, present, False)[0]
+
+    def total_fwd(vec, i, j, mask, present):
+        e, g, fits = blocks(vec, i, j, mask, present, True)
+        return e, jnp.where(fits, g, jnp.nan)
+
+    def total_bwd(g, ct):
+        return (ct * g, None, None, None, None)
+
+    total.defvjp(total_fwd, total_bwd)
+
+    def energy_fn(R: Array, neighbor: Any = None, **kwargs: Any) -> Array:
+        if neighbor is None:
+            raise TypeError("energy_fn needs a neighbour list: energy_fn(R, neighbor, ...)")
+        return total(*edges(R, neighbor, kwargs))
+
+    return energy_fn
+
+
+def _centres(neighbor: Any, n_atoms: int, xp: Any = jnp) -> tuple[Any, Any]:
+    """``(centre of each slot, slot in use)`` of a jax-md neighbour list."""
+    senders, receivers = _pairs(neighbor, n_atoms)
+    if xp is np:
+        senders, receivers = np.asarray(senders), np.asarray(receivers)
+    present = (senders < n_atoms) & (receivers < n_atoms)
+    return xp.where(present, senders, 0), present
+
+
+def neighbor_block_edges_needed(neighbor: Any, n_atoms: int, chunks: AtomChunks) -> Array:
+    """The block capacity a jax-md neighbour list needs with ``chunks``' block size
+    (traceable): ``chunks`` fits it when this is at most ``chunks.edges``
+    (:func:`allegro_jax.nn.model.block_edges_needed`)."""
+    center, present = _centres(neighbor, n_atoms)
+    return block_edges_needed(center, present, n_atoms, chunks)
+
+
+def plan_neighbor_blocks(
+    neighbor: Any, n_atoms: int, target_edges: int | str = "auto", slack: float = 1.1
+) -> AtomChunks | None:
+    """A block layout (host-side) for the energy function of :func:`make_energy_fn`.
+
+    ``None`` (the whole list at once) when the list holds at most ``8 target_edges`` pairs
+    (``"auto"``: :func:`allegro_jax.nn.model.default_block_edges`, 2048 on a CPU) or is
+    not sorted by centre. Blocks hold about ``target_edges`` neighbour-list slots in use
+    (pairs in the skin included: the model masks them, but they keep their place), with
+    ``slack`` spare capacity for the counts to change as atoms move.
+    """
+    if target_edges == "auto":
+        target_edges = default_block_edges()
+    center, present = _centres(neighbor, n_atoms, np)
+    if int(np.sum(present)) <= 8 * target_edges:
+        return None
+    try:
+        return plan_blocks(center, present, n_atoms, n_atoms, target_edges, slack)
+    except ValueError:  # not sorted by centre
+        return None
+
+
+def grown_blocks(chunks: AtomChunks, needed: int, slack: float = 1.1) -> AtomChunks:
+    """``chunks`` with room for ``needed`` edges per block (and ``slack`` more)."""
+    edges = max(64, -(-int(np.ceil(needed * slack)) // 64) * 64)
+    return AtomChunks(chunks.atoms, max(edges, chunks.edges))
 
 
 def make_neighbor_fn(

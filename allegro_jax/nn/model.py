@@ -117,21 +117,62 @@ class AtomChunks:
 def _sorted_edge_centers(graph: AtomicGraph) -> tuple[np.ndarray, np.ndarray]:
     center = np.asarray(graph.edge_center)
     mask = np.asarray(graph.edge_mask)
-    real = center[mask]
+    _check_sorted(center, mask)
+    return center, mask
+
+
+def _check_sorted(center: np.ndarray, present: np.ndarray) -> None:
+    real = center[present]
     if real.size and np.any(np.diff(real) < 0):
         raise ValueError(
             "block-wise evaluation needs the edges sorted by centre atom (as build_graph "
-            "makes them); this graph's are not"
+            "and jax-md's Sparse neighbour lists make them); these are not"
         )
-    return center, mask
+
+
+def edges_per_block(
+    center: np.ndarray, present: np.ndarray, n_nodes: int, atoms: int
+) -> np.ndarray:
+    """Edge slots in use (``present``) of each block of ``atoms`` consecutive atoms, from
+    the edges' centres (host-side).
+
+    Raises:
+        ValueError: the slots in use are not sorted by centre.
+    """
+    center, present = np.asarray(center), np.asarray(present, dtype=bool)
+    _check_sorted(center, present)
+    n_chunks = -(-n_nodes // atoms)
+    keys = np.where(present, center, n_chunks * atoms)  # absent edges after every block
+    return np.diff(np.searchsorted(keys, np.arange(n_chunks + 1) * atoms))
 
 
 def block_edge_counts(graph: AtomicGraph, atoms: int) -> np.ndarray:
     """Real edges of each block of ``atoms`` consecutive atoms (host-side)."""
     center, mask = _sorted_edge_centers(graph)
-    n_chunks = -(-int(np.asarray(graph.species).shape[0]) // atoms)
-    keys = np.where(mask, center, n_chunks * atoms)  # padding edges after every block
-    return np.diff(np.searchsorted(keys, np.arange(n_chunks + 1) * atoms))
+    return edges_per_block(center, mask, int(np.asarray(graph.species).shape[0]), atoms)
+
+
+def plan_blocks(
+    center: np.ndarray,
+    present: np.ndarray,
+    n_nodes: int,
+    n_real_nodes: int | None = None,
+    target_edges: int = 2048,
+    slack: float = 1.0,
+    multiple: int = 64,
+) -> AtomChunks:
+    """:func:`plan_atom_chunks` from an edge list's centres (host-side): ``center``
+    ``[n_edges]`` with ``present`` ``[n_edges]`` marking the edge slots in use (their
+    centres sorted), ``n_nodes`` atoms of which ``n_real_nodes`` are real."""
+    center = np.asarray(center)
+    present = np.asarray(present, dtype=bool)
+    _check_sorted(center, present)
+    n_real_nodes = max(n_nodes if n_real_nodes is None else n_real_nodes, 1)
+    per_atom = max(int(np.sum(present)) / n_real_nodes, 1.0)
+    atoms = int(min(max(target_edges // per_atom, 1), n_nodes))
+    fullest = int(np.max(edges_per_block(center, present, n_nodes, atoms)))
+    edges = max(multiple, -(-int(np.ceil(fullest * slack)) // multiple) * multiple)
+    return AtomChunks(atoms=atoms, edges=min(edges, max(center.shape[0], 1)))
 
 
 def plan_atom_chunks(
@@ -149,14 +190,102 @@ def plan_atom_chunks(
         ValueError: if the graph's real edges are not sorted by centre (graphs from
             :func:`allegro_jax.data.padding.build_graph` are).
     """
-    center, mask = _sorted_edge_centers(graph)
-    n_nodes = int(np.asarray(graph.species).shape[0])
-    n_real_nodes = max(int(np.sum(np.asarray(graph.node_mask))), 1)
-    per_atom = max(int(np.sum(mask)) / n_real_nodes, 1.0)
-    atoms = int(min(max(target_edges // per_atom, 1), n_nodes))
-    fullest = int(np.max(block_edge_counts(graph, atoms)))
-    edges = max(multiple, -(-int(np.ceil(fullest * slack)) // multiple) * multiple)
-    return AtomChunks(atoms=atoms, edges=min(edges, max(center.shape[0], 1)))
+    return plan_blocks(
+        np.asarray(graph.edge_center),
+        np.asarray(graph.edge_mask),
+        int(np.asarray(graph.species).shape[0]),
+        int(np.sum(np.asarray(graph.node_mask))),
+        target_edges,
+        slack,
+        multiple,
+    )
+
+
+def _block_bounds(
+    edge_center: jax.Array, present: jax.Array, n_nodes: int, chunks: AtomChunks
+) -> tuple[jax.Array, jax.Array]:
+    """Each block's first edge (``[n_blocks + 1]``) and whether the layout fits."""
+    n_chunks = -(-n_nodes // chunks.atoms)
+    keys = jnp.where(present, edge_center, n_chunks * chunks.atoms)  # slots not in use: last
+    bounds = jnp.searchsorted(keys, jnp.arange(n_chunks + 1) * chunks.atoms).astype(jnp.int32)
+    fits = jnp.all(bounds[1:] - bounds[:-1] <= chunks.edges) & jnp.all(keys[1:] >= keys[:-1])
+    return bounds, fits
+
+
+def block_edges_needed(
+    edge_center: jax.Array, present: jax.Array, n_nodes: int, chunks: AtomChunks
+) -> jax.Array:
+    """The edge capacity an edge list needs with ``chunks``' block size (traceable): its
+    fullest block's count of slots in use (``present``), or ``n_edges + 1`` if those are
+    not sorted by centre (no capacity fits). ``chunks`` fits when this is at most
+    ``chunks.edges``."""
+    bounds, _ = _block_bounds(edge_center, present, n_nodes, chunks)
+    keys = jnp.where(present, edge_center, n_nodes + chunks.atoms)
+    fullest = jnp.max(bounds[1:] - bounds[:-1])
+    return jnp.where(jnp.all(keys[1:] >= keys[:-1]), fullest, edge_center.shape[0] + 1)
+
+
+def blockwise_atomic_energies(
+    module: Any,
+    params: Params,
+    vec: jax.Array,
+    species: jax.Array,
+    edge_center: jax.Array,
+    edge_neighbor: jax.Array,
+    edge_mask: jax.Array,
+    node_mask: jax.Array,
+    chunks: AtomChunks,
+    with_grad: bool,
+    edge_present: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """Per-atom energies a block of atoms at a time and, with ``with_grad``, the gradient
+    of their sum with respect to the edge vectors ``vec`` (one pass per block).
+
+    ``edge_present`` marks the edge slots in use (default ``edge_mask``): their centres
+    must be sorted; slots in use but masked out of the model (``edge_mask`` False, e.g.
+    a neighbour list's pairs beyond ``r_max``) keep their place in their centre's block.
+
+    Returns:
+        ``(e_atom [n_nodes], dE/dvec [n_edges, 3] or None, fits)``; ``fits`` is False when
+        a block has more edges than ``chunks.edges`` or the edges are not sorted (the
+        results are then meaningless: callers turn them into NaN).
+    """
+    A, E = chunks.atoms, chunks.edges
+    present = edge_mask if edge_present is None else edge_present
+    n_nodes = species.shape[0]
+    n_chunks = -(-n_nodes // A)
+    pad = n_chunks * A - n_nodes
+    species_p = jnp.concatenate([species, jnp.zeros(pad, species.dtype)])
+    node_mask_p = jnp.concatenate([node_mask, jnp.zeros(pad, bool)])
+    bounds, fits = _block_bounds(edge_center, present, n_nodes, chunks)
+    local_neighbor = A + jnp.arange(E, dtype=edge_center.dtype)
+
+    def block(c):
+        idx = bounds[c] + jnp.arange(E, dtype=jnp.int32)
+        valid = idx < bounds[c + 1]
+        idx = jnp.where(valid, idx, 0)
+        center = jnp.where(valid, edge_center[idx] - c * A, 0)
+        sp = jnp.concatenate(
+            [jax.lax.dynamic_slice(species_p, (c * A,), (A,)), species[edge_neighbor[idx]]]
+        )
+        nm = jax.lax.dynamic_slice(node_mask_p, (c * A,), (A,))  # only centres are read
+        emask = valid & edge_mask[idx]
+
+        def energy(v):
+            e = module.apply(
+                {"params": params}, v, sp, center, local_neighbor, emask, nm, num_centers=A
+            )
+            return jnp.sum(e), e
+
+        if not with_grad:
+            return energy(vec[idx])[1], None, idx
+        (_, e), g = jax.value_and_grad(energy, has_aux=True)(vec[idx])
+        return e, jnp.where(emask[:, None], g, 0.0), idx
+
+    e, g, idx = jax.lax.map(block, jnp.arange(n_chunks))
+    e_atom = e.reshape(-1)[:n_nodes]
+    grad = jnp.zeros_like(vec).at[idx.reshape(-1)].add(g.reshape(-1, 3)) if with_grad else None
+    return e_atom, grad, fits
 
 
 def default_block_edges() -> int:
@@ -256,47 +385,19 @@ def make_model(config: AllegroConfig) -> tuple[Callable, Callable]:
 
     def chunked_atom_energies(params, graph, vec, chunks, with_grad):
         """Per-atom energies block by block and, with ``with_grad``, ``dE/dvec``."""
-        A, E = chunks.atoms, chunks.edges
         graph = jax.tree.map(jnp.asarray, graph)  # host arrays cannot take traced indices
-        n_nodes = graph.species.shape[0]
-        n_chunks = -(-n_nodes // A)
-        pad = n_chunks * A - n_nodes
-        species = jnp.concatenate([graph.species, jnp.zeros(pad, graph.species.dtype)])
-        node_mask = jnp.concatenate([graph.node_mask, jnp.zeros(pad, bool)])
-        keys = jnp.where(graph.edge_mask, graph.edge_center, n_chunks * A)  # padding: last
-        bounds = jnp.searchsorted(keys, jnp.arange(n_chunks + 1) * A).astype(jnp.int32)
-        fits = jnp.all(bounds[1:] - bounds[:-1] <= E) & jnp.all(keys[1:] >= keys[:-1])
-        local_neighbor = A + jnp.arange(E, dtype=graph.edge_center.dtype)
-
-        def block(c):
-            idx = bounds[c] + jnp.arange(E, dtype=jnp.int32)
-            valid = idx < bounds[c + 1]
-            idx = jnp.where(valid, idx, 0)
-            center = jnp.where(valid, graph.edge_center[idx] - c * A, 0)
-            sp = jnp.concatenate(
-                [
-                    jax.lax.dynamic_slice(species, (c * A,), (A,)),
-                    graph.species[graph.edge_neighbor[idx]],
-                ]
-            )
-            nm = jax.lax.dynamic_slice(node_mask, (c * A,), (A,))  # only centres are read
-            emask = valid & graph.edge_mask[idx]
-
-            def energy(v):
-                e = module.apply(
-                    {"params": params}, v, sp, center, local_neighbor, emask, nm, num_centers=A
-                )
-                return jnp.sum(e), e
-
-            if not with_grad:
-                return energy(vec[idx])[1], None, idx
-            (_, e), g = jax.value_and_grad(energy, has_aux=True)(vec[idx])
-            return e, jnp.where(emask[:, None], g, 0.0), idx
-
-        e, g, idx = jax.lax.map(block, jnp.arange(n_chunks))
-        e_atom = e.reshape(-1)[:n_nodes]
-        grad = jnp.zeros_like(vec).at[idx.reshape(-1)].add(g.reshape(-1, 3)) if with_grad else None
-        return e_atom, grad, fits
+        return blockwise_atomic_energies(
+            module,
+            params,
+            vec,
+            graph.species,
+            graph.edge_center,
+            graph.edge_neighbor,
+            graph.edge_mask,
+            graph.node_mask,
+            chunks,
+            with_grad,
+        )
 
     def apply_chunked(params, graph, forces, stress, chunks):
         pos = graph.positions
