@@ -770,6 +770,9 @@ def md_benchmark(
         "atom_steps_per_s": len(atoms) * done / dt,
         "ns_per_day": done / dt * timestep_fs * 86400 * 1e-6,
         "first_chunk_s": first,
+        "block_layout": None
+        if state.chunks is None
+        else {"atoms": state.chunks.atoms, "edges": state.chunks.edges},
         "rebuilds_per_100_steps": 100.0 * rebuilds / done,
         "max_temperature_K": float(np.max(temps)),
         "final_temperature_K": float(temps[-1]),

@@ -620,10 +620,12 @@ def interference_line(systems: dict) -> str:
 def md_line(md: dict) -> str:
     if "error" in md:
         return f"MD: failed: `{md['error'][:300]}`"
+    lay = md.get("block_layout")
+    layout = "" if not lay else f"; blocks of {lay['atoms']} atoms, up to {lay['edges']} pairs"
     return (
         f"MD, {md['system']} diamond at {md['initial_temperature_K']:.0f} K, NVE "
         f"{md['timestep_fs']} fs, jax-md, {md['model']}: **{md['steps_per_s']:.2f} steps/s** "
-        f"({md['ms_per_step']:.1f} ms/step over {md['steps']} steps), "
+        f"({md['ms_per_step']:.1f} ms/step over {md['steps']} steps{layout}), "
         f"{md['rebuilds_per_100_steps']:.1f} neighbour-list rebuilds per 100 steps, max "
         f"temperature {md['max_temperature_K']:.0f} K (load {fmt_load(md)}); ours only: the "
         "reference has no jax-md integration."
