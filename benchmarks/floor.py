@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--tag", default="floor", help="results/<tag>.json (and FLOOR.md if 'floor')")
     args = ap.parse_args()
 
+    from allegro_jax._malloc import malloc_tuning  # (importing allegro_jax applies them)
     from allegro_jax.nn import cpu_kernel
 
     data_dir = Path(args.data_dir)
@@ -223,6 +224,7 @@ def main() -> None:
             "jaxlib": jaxlib.__version__,
         },
         "cpu_kernel": cpu_kernel.enabled(),
+        "malloc_tuning": malloc_tuning(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "floor": {"gflop": FLOOR_GFLOP, "peak_gflops": PEAK_GFLOPS},
@@ -248,7 +250,8 @@ def markdown(rep: dict) -> str:
         f"- date: {rep['date']}; command: `{rep['command']}`",
         f"- hardware: {rep['hardware']}; load average before/after: "
         f"{rep['load_average_before']} / {rep['load_average_after']}",
-        f"- versions: {rep['versions']}; CPU tensor-product kernels: {rep['cpu_kernel']}",
+        f"- versions: {rep['versions']}; CPU tensor-product kernels: {rep['cpu_kernel']}; "
+        f"malloc settings (`allegro_jax._malloc`): {rep.get('malloc_tuning', 'none')}",
         "- floor = fixed GFLOP of the work (2026-11-28 formulation) / 190 GFLOP/s; ms = median "
         "of the timed rounds; own GFLOP = XLA's count of today's program (custom calls "
         "excluded) + kernel TP = XLA's count of the tensor products that run as kernels; the "

@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from allegro_jax._malloc import malloc_tuning
 from benchmarks.bench_workers import load_si_model, si_atoms
 from experiments.runinfo import cpu_model
 
@@ -150,6 +151,7 @@ def main() -> None:
         ),
         "hardware": f"{cpu_model()}, {os.cpu_count()} cores",
         "versions": {k: version(k) for k in ("jax", "jaxlib", "jax-md")},
+        "malloc_tuning": malloc_tuning(),
         "what": "NVE, diamond Si at 300 K, benchmarks/models/si_lmax1 (float32), 1 fs, skin "
         "0.5 A; chunks of steps alternating A B A B in one process, median ms per step",
         "rows": rows,
