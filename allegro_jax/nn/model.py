@@ -204,12 +204,12 @@ def plan_atom_chunks(
 def _block_bounds(
     edge_center: jax.Array, present: jax.Array, n_nodes: int, chunks: AtomChunks
 ) -> tuple[jax.Array, jax.Array]:
-    """Each block's first edge (``[n_blocks + 1]``) and whether the layout fits."""
+    """Each block's first edge (``[n_blocks + 1]``) and whether the slots in use are sorted
+    by centre."""
     n_chunks = -(-n_nodes // chunks.atoms)
     keys = jnp.where(present, edge_center, n_chunks * chunks.atoms)  # slots not in use: last
     bounds = jnp.searchsorted(keys, jnp.arange(n_chunks + 1) * chunks.atoms).astype(jnp.int32)
-    fits = jnp.all(bounds[1:] - bounds[:-1] <= chunks.edges) & jnp.all(keys[1:] >= keys[:-1])
-    return bounds, fits
+    return bounds, jnp.all(keys[1:] >= keys[:-1])
 
 
 def block_edges_needed(
@@ -219,10 +219,9 @@ def block_edges_needed(
     fullest block's count of slots in use (``present``), or ``n_edges + 1`` if those are
     not sorted by centre (no capacity fits). ``chunks`` fits when this is at most
     ``chunks.edges``."""
-    bounds, _ = _block_bounds(edge_center, present, n_nodes, chunks)
-    keys = jnp.where(present, edge_center, n_nodes + chunks.atoms)
+    bounds, is_sorted = _block_bounds(edge_center, present, n_nodes, chunks)
     fullest = jnp.max(bounds[1:] - bounds[:-1])
-    return jnp.where(jnp.all(keys[1:] >= keys[:-1]), fullest, edge_center.shape[0] + 1)
+    return jnp.where(is_sorted, fullest, edge_center.shape[0] + 1)
 
 
 def blockwise_atomic_energies(
@@ -257,7 +256,8 @@ def blockwise_atomic_energies(
     pad = n_chunks * A - n_nodes
     species_p = jnp.concatenate([species, jnp.zeros(pad, species.dtype)])
     node_mask_p = jnp.concatenate([node_mask, jnp.zeros(pad, bool)])
-    bounds, fits = _block_bounds(edge_center, present, n_nodes, chunks)
+    bounds, is_sorted = _block_bounds(edge_center, present, n_nodes, chunks)
+    fits = is_sorted & jnp.all(bounds[1:] - bounds[:-1] <= E)
     local_neighbor = A + jnp.arange(E, dtype=edge_center.dtype)
 
     def block(c):
