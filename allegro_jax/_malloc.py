@@ -55,14 +55,17 @@ def tune_malloc() -> bool:
     mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1  # -1: never
-    if ok:
+    _state["applied"] = ok
+    _state["reason"] = "applied" if ok else "mallopt refused"
+    if ok and "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:  # (the user's choice wins)
         # executions on the calling thread (the main arena: per-thread arenas fall back to
         # mmap for blocks larger than their 64 MiB heaps whatever M_MMAP_MAX says)
         import jax
 
-        jax.config.update("jax_cpu_enable_async_dispatch", False)
-    _state["applied"] = ok
-    _state["reason"] = "applied" if ok else "mallopt refused"
+        try:
+            jax.config.update("jax_cpu_enable_async_dispatch", False)
+        except (AttributeError, KeyError, ValueError):  # a JAX without the option
+            _state["reason"] = "applied (malloc only: this JAX has no CPU async dispatch)"
     return ok
 
 
