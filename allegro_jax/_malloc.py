@@ -23,6 +23,8 @@ import ctypes.util
 import os
 import sys
 
+import jax  # (importing JAX does not start its backend)
+
 # glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -60,8 +62,6 @@ def tune_malloc() -> bool:
     if ok and "JAX_CPU_ENABLE_ASYNC_DISPATCH" not in os.environ:  # (the user's choice wins)
         # executions on the calling thread (the main arena: per-thread arenas fall back to
         # mmap for blocks larger than their 64 MiB heaps whatever M_MMAP_MAX says)
-        import jax
-
         try:
             jax.config.update("jax_cpu_enable_async_dispatch", False)
         except (AttributeError, KeyError, ValueError):  # a JAX without the option

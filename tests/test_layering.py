@@ -30,7 +30,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "allegro_jax"
 #: Subpackages (or top-level modules) by layer, lowest first. A module may import its own
 #: subpackage and any lower layer; peers in one layer do not import each other.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"_version", "units", "config", "compiling", "sharding"}),
+    frozenset({"_version", "_malloc", "units", "config", "compiling", "sharding"}),
     frozenset({"data"}),
     frozenset({"nn"}),
     frozenset({"io"}),
