@@ -19,18 +19,28 @@ import json, resource
 import allegro_jax
 import jax, jax.numpy as jnp
 x = jnp.ones((4096, 4096), jnp.float32) / 4096
-f = jax.jit(lambda a: jnp.sum(jnp.tanh(a @ a) @ a))  # a 64 MiB temporary
-for _ in range(2):
+
+def g(a):  # one 64 MiB temporary, allocated by the thread that runs the program
+    b = jax.lax.optimization_barrier(jnp.tanh(a))
+    return jnp.sum(b * b[::-1])
+
+f = jax.jit(g)
+f(x).block_until_ready()
+faults = []
+for _ in range(11):
+    m0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
-m0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    f(x).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - m0) / 4
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - m0)
 pages = f.lower(x).compile().memory_analysis().temp_size_in_bytes / 4096
 print(json.dumps({"tuning": allegro_jax._malloc.malloc_tuning(), "faults": faults,
                   "pages": pages,
                   "async": bool(jax.config.values["jax_cpu_enable_async_dispatch"])}))
 """
+
+# Not a 4096x4096 matrix product: Eigen packs such operands into a 64 MiB buffer on one
+# of XLA's pool threads, and glibc serves a request that large from a thread's own arena
+# with mmap whatever mallopt says (those arenas' heaps are at most 64 MiB), so such a
+# probe faults on about half its calls with the settings on (benchmarks/NOTES.md, 9).
 
 
 def _probe(**env: str) -> dict:
@@ -54,8 +64,9 @@ def test_temporaries_are_reused_between_calls():
     assert tuned["tuning"] == "applied" and not tuned["async"]
     assert plain["tuning"] == "ALLEGRO_JAX_TUNE_MALLOC=0" and plain["async"]
     # without the settings every call faults its temporary in afresh
-    assert plain["faults"] >= 0.9 * plain["pages"]
-    assert tuned["faults"] <= 0.5 * tuned["pages"]
+    assert min(plain["faults"]) >= 0.9 * plain["pages"]
+    # with them most calls fault nothing (the first ones may, while the heap grows)
+    assert sorted(tuned["faults"])[len(tuned["faults"]) // 2] <= 0.1 * tuned["pages"]
 
 
 def test_the_users_own_malloc_settings_win():
