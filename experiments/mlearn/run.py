@@ -68,6 +68,7 @@ def make_config(
     minutes: float,
     init_model: Path | None,
     cosine_epochs: int | None = None,
+    energy_weight: float | None = None,
 ):
     from allegro_jax.train.config import load_config
     from experiments.runinfo import cosine_overrides
@@ -80,9 +81,12 @@ def make_config(
     overrides |= cosine_overrides(cosine_epochs)
     if init_model is not None:
         overrides["initial_model"] = str(init_model)
+    coeffs = dict(yaml.safe_load(CONFIG.read_text())["loss_coeffs"])
     if element in NO_STRESS:  # no stress labels in the files: train on energy and forces
-        coeffs = yaml.safe_load(CONFIG.read_text())["loss_coeffs"]
-        overrides["loss_coeffs"] = {k: v for k, v in coeffs.items() if k != "stress"}
+        coeffs.pop("stress")
+    if energy_weight is not None:  # a study on the validation cells (README, "Loss weights")
+        coeffs["total_energy"] = energy_weight
+    overrides["loss_coeffs"] = coeffs
     return load_config(CONFIG, overrides)
 
 
@@ -98,7 +102,9 @@ def train(args: argparse.Namespace) -> None:
         published = MODELS / el
         fresh = not (workdir / "checkpoints").exists()
         init = published if fresh and (published / "config.json").exists() else None
-        config = make_config(el, Path(args.data_dir), args.minutes, init, args.cosine_epochs)
+        config = make_config(
+            el, Path(args.data_dir), args.minutes, init, args.cosine_epochs, args.energy_weight
+        )
         note = f" (starting from the published {published})" if init else ""
         print(f"[{el}] training in {workdir} for at most {args.minutes} min{note}", flush=True)
         train_and_evaluate(config, workdir)
@@ -265,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mlearn"))
     p.add_argument("--minutes", type=float, default=60.0, help="wall clock per element and call")
     add_cosine_epochs_option(p, "published")
+    p.add_argument(
+        "--energy-weight",
+        type=float,
+        default=None,
+        help="loss weight of the per-atom energy (configs/mlearn.yaml: 100; forces 1); give "
+        "the same value again when resuming",
+    )
     p.add_argument("--again", action="store_true", help="evaluate a model evaluated before")
     args = p.parse_args(argv)
     if args.elements == ["all"]:
