@@ -5,15 +5,19 @@ training step on a periodic batch: 619 MiB for mlearn Cu, batch 5 of 108-atom ce
 glibc serves such blocks with ``mmap`` (or from per-thread arenas that do), and returns
 them to the kernel when freed, so every call touches every page anew: 158,000 page faults
 per mlearn Cu training step, about a third of its time on a 2-core CPU
-(``benchmarks/NOTES.md``, section 9). With one arena, no ``mmap`` and no trimming, freed
-blocks stay in the heap and the next call reuses them (0 faults).
+(``benchmarks/NOTES.md``, section 9). With no ``mmap`` and no trimming, and executions on
+the calling thread (the main arena), freed blocks stay in the heap and the next call reuses
+them (0 faults). A block of 64 MiB or more requested on another thread still comes from
+``mmap`` (a thread's own arena grows in heaps of at most 64 MiB): call compiled models
+with inputs already on the device (:func:`ready_on_device`), so that they run on the
+calling thread.
 
 The settings only take effect for threads that have not allocated yet, i.e. before JAX's
 CPU backend starts (its thread pools): ``import allegro_jax`` applies them (once, on Linux
 with glibc), unless the environment sets ``ALLEGRO_JAX_TUNE_MALLOC=0`` or already holds
 one of glibc's own ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_MAX_`` variables (the user's
 choice wins). Cost: memory freed by the process stays with it (its resident size stays at
-its peak) instead of going back to the system; one arena for all threads.
+its peak) instead of going back to the system.
 """
 
 from __future__ import annotations
@@ -67,6 +71,20 @@ def tune_malloc() -> bool:
         except (AttributeError, KeyError, ValueError):  # a JAX without the option
             _state["reason"] = "applied (malloc only: this JAX has no CPU async dispatch)"
     return ok
+
+
+def ready_on_device(tree):
+    """``tree`` on the default device, its transfer finished (arrays already there pass
+    through unchanged).
+
+    Call a compiled model with these, not with host (numpy) arrays: with host inputs JAX
+    transfers them asynchronously and XLA:CPU runs the program on the pool thread that
+    finishes the transfer, not on the calling thread; that thread's arena serves
+    temporaries above 64 MiB with ``mmap`` whatever :func:`tune_malloc` set, so every call
+    faults them in afresh (Si 8000 energy and forces, 1.47 GiB: 377,000 faults and 900 ms
+    per call, against 0 and 580 ms; ``benchmarks/NOTES.md`` section 10).
+    """
+    return jax.block_until_ready(jax.device_put(tree))
 
 
 def malloc_tuning() -> str:

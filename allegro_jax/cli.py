@@ -22,6 +22,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    from ._malloc import ready_on_device
     from .compiling import compiling
     from .config import AllegroConfig
     from .data.graph import Structure
@@ -49,6 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
     graph = build_graph([struct], cfg.type_names, cfg.r_max, dtype=np_dtype)
+    graph = ready_on_device(graph)  # run on this thread (allegro_jax._malloc)
     init_fn, apply_fn = make_model(cfg)
     apply = jax.jit(apply_fn, static_argnames=("forces", "stress"))
     with compiling(f"the model for {struct.n_atoms} atoms (the first call; later calls reuse it)"):

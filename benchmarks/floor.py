@@ -125,9 +125,14 @@ def si_workload(n_rep: int = 10, blocks: bool = True):
 
 def compile_both(build):
     """The compiled program of ``build()`` and the XLA GFLOP of its kernel tensor products."""
+    from allegro_jax._malloc import ready_on_device
     from allegro_jax.nn import cpu_kernel
 
     fn, args, n_edges = build()
+    # on the device before the calls: with host (numpy) inputs XLA:CPU runs the program on
+    # a pool thread, whose temporaries above 64 MiB are mmapped and faulted in at every call
+    # (the whole-graph Si row: 1070 ms before 2026-12-06, session 3; NOTES.md section 10)
+    args = ready_on_device(args)
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t0

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from allegro_jax._malloc import ready_on_device
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import AtomicGraph, Structure
 from allegro_jax.data.padding import build_graph
@@ -153,16 +154,19 @@ def load_model(
         apply_fn = make_ensemble_apply_fn(apply_fn)
     apply = jax.jit(apply_fn, static_argnames=("forces", "stress", "chunks"))
     np_dtype = config.dtype
-    planner = ChunkPlanner()  # large graphs a block of atoms at a time
+    planner = ChunkPlanner(config=config)  # large graphs a block of atoms at a time
 
     def energy_forces_fn(x: Any, stress: bool = False) -> Any:
         if isinstance(x, AtomicGraph):
-            return apply(params, x, forces=True, stress=stress, chunks=planner(x))
+            chunks = planner(x)
+            return apply(params, ready_on_device(x), forces=True, stress=stress, chunks=chunks)
         single = not isinstance(x, Sequence)
         items = [x] if single else list(x)
         structures = [s if isinstance(s, Structure) else Structure.from_ase(s) for s in items]
         graph = build_graph(structures, config.type_names, config.r_max, dtype=np_dtype)
-        out = apply(params, graph, forces=True, stress=stress, chunks=planner(graph))
+        chunks = planner(graph)
+        graph = ready_on_device(graph)  # run on this thread (allegro_jax._malloc)
+        out = apply(params, graph, forces=True, stress=stress, chunks=chunks)
         out = jax.tree.map(np.asarray, out)
         results, start = [], 0
         for g, s in enumerate(structures):

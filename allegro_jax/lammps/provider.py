@@ -44,6 +44,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from allegro_jax._malloc import ready_on_device
 from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import AtomicGraph
 from allegro_jax.data.padding import Budget
@@ -84,12 +85,14 @@ class Potential:
         _, apply_fn = make_model(config)
         apply = jax.jit(apply_fn, static_argnames=("forces", "stress", "chunks"))
         params = jax.tree.map(jax.numpy.asarray, params)
-        planner = ChunkPlanner()  # a large rank's graph a block of atoms at a time
-        return cls(
-            config,
-            lambda g: apply(params, g, forces=True, stress=True, chunks=planner(g)),
-            source,
-        )
+        planner = ChunkPlanner(config=config)  # a large rank's graph in blocks of atoms
+
+        def evaluate(g: AtomicGraph) -> dict:
+            chunks = planner(g)
+            g = ready_on_device(g)  # run on this thread (allegro_jax._malloc)
+            return apply(params, g, forces=True, stress=True, chunks=chunks)
+
+        return cls(config, evaluate, source)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Potential:

@@ -12,10 +12,12 @@ two), so structures of similar size reuse one compiled function. The budget only
 once a structure needs a larger bucket, smaller ones are padded to it as well, so an MD
 run or an optimisation compiles at most a handful of times (``n_compilations``).
 
-Large systems (more than ``8 chunk_edges`` edges) are evaluated a block of atoms at a time
+Large systems are evaluated a block of atoms at a time
 (:func:`allegro_jax.nn.model.plan_atom_chunks`, blocks of about ``chunk_edges`` edges,
-2048 on a CPU): the same numbers, faster on a CPU and in memory that does not grow with
-the system. The block layout is kept while the structure's blocks fit it (5 % spare edge
+2048 on a CPU): the same numbers, in memory that does not grow with the system. By default
+that starts, on a CPU, where the whole graph's temporaries would pass 2 GiB
+(:func:`allegro_jax.nn.model.whole_graph_bytes`; below it the whole graph is as fast or
+faster). The block layout is kept while the structure's blocks fit it (5 % spare edge
 capacity), so MD does not recompile for it either.
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .._malloc import ready_on_device
 from ..config import AllegroConfig
 from ..data.graph import Structure
 from ..data.padding import (
@@ -58,10 +61,11 @@ class AllegroCalculator(Calculator):
         ensemble_size: K > 1: ``params`` are K stacked members (an ensemble model, as
             ``from_model_dir`` reads it): the results are the members' mean, plus
             ``energy_std`` (eV) and the per-atom ``forces_std`` (eV/Å) in ``results``.
-        chunk_edges: structures with more than ``8 chunk_edges`` edges run block-wise, in
-            blocks of about ``chunk_edges`` edges (``"auto"``: 2048 on a CPU,
-            :func:`allegro_jax.nn.model.default_block_edges`); ``None``: always the whole
-            graph.
+        chunk_edges: ``"auto"``: block-wise, in blocks of 2048 edges on a CPU
+            (:func:`allegro_jax.nn.model.default_block_edges`), once the whole graph's
+            temporaries would pass 2 GiB (on an accelerator: above 8 blocks' worth of
+            edges); an int: structures with more than ``8 chunk_edges`` edges run in
+            blocks of about ``chunk_edges`` edges; ``None``: always the whole graph.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
     """
 
@@ -99,7 +103,7 @@ class AllegroCalculator(Calculator):
             apply_fn = make_ensemble_apply_fn(apply_fn)
         self._apply = jax.jit(apply_fn, static_argnames=("forces", "stress", "chunks"))
         self._budget: Budget | None = None
-        self._planner = ChunkPlanner(chunk_edges)
+        self._planner = ChunkPlanner(chunk_edges, config=config)
 
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike, **kwargs: Any) -> AllegroCalculator:
@@ -163,6 +167,7 @@ class AllegroCalculator(Calculator):
         graph, n = self._graph(atoms)
         periodic = bool(all(atoms.pbc))
         chunks = self._planner(graph)
+        graph = ready_on_device(graph)  # run on this thread (allegro_jax._malloc)
         out = self._apply(self.params, graph, forces=True, stress=periodic, chunks=chunks)
         out = jax.tree.map(np.asarray, out)
         if out.get("chunk_overflow", False):  # the host check above makes this unreachable

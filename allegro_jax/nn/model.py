@@ -295,26 +295,70 @@ def default_block_edges() -> int:
     return 2048 if jax.default_backend() == "cpu" else 1 << 18
 
 
+def default_whole_graph_bytes() -> int | None:
+    """How large the whole graph's temporaries may grow before :class:`ChunkPlanner` (with
+    a config) goes block-wise: 2 GiB on a CPU, where the whole graph is as fast as blocks
+    or faster up to about that size (Si 4096 at l_max 2 with 2.4 GiB: 1.47 s whole, 1.8-2.1
+    s in blocks; Si 17576 at l_max 1 with 3.3 GiB: 2.01 s whole, 1.85 s in blocks;
+    ``benchmarks/NOTES.md`` section 10); None (the edge-count rule) on an accelerator."""
+    return 2 << 30 if jax.default_backend() == "cpu" else None
+
+
+def whole_graph_bytes(config: AllegroConfig, n_edges: int) -> float:
+    """A rough estimate of XLA:CPU's temporaries for energy and forces of ``n_edges`` edges
+    at once: ``(15 S + 6 C (l_max + 1)^2) * max(layers, 2) / 2`` values per edge (S, C:
+    scalar and tensor features), within 0.8-1.6x of the compiled programs' own
+    ``memory_analysis`` for l_max 1-3, 1-3 layers, S 32-256, C 16-64."""
+    d = (config.l_max + 1) ** 2
+    per_edge = (15 * config.num_scalar_features + 6 * config.num_tensor_features * d) * (
+        max(config.num_layers, 2) / 2
+    )
+    return float(n_edges) * per_edge * np.dtype(config.dtype).itemsize
+
+
 class ChunkPlanner:
     """Block layouts for a stream of graphs (host-side): what callers evaluating structure
     after structure (ASE, LAMMPS, model files) pass as ``apply_fn(..., chunks=...)``.
 
-    Graphs with at most ``8 target_edges`` real edges (``"auto"``:
-    :func:`default_block_edges`), or whose edges are not sorted by centre, get ``None``
-    (the whole graph at once). Larger ones get a layout of blocks of
-    about ``target_edges`` edges with ``slack`` spare capacity, kept while later graphs fit
-    it (capacity only grows), so that a run does not recompile for every step.
+    The whole graph at once (``None``) when it has at most ``8 target_edges`` real edges,
+    or, given the model's ``config`` and the default ``target_edges``, while
+    :func:`whole_graph_bytes` stays within ``max_whole_bytes`` (``"auto"``:
+    :func:`default_whole_graph_bytes`, 2 GiB on a CPU), or when its edges are not sorted
+    by centre. Larger ones get a layout of blocks of about ``target_edges`` edges
+    (``"auto"``: :func:`default_block_edges`) with ``slack`` spare capacity, kept while
+    later graphs fit it (capacity only grows), so that a run does not recompile for every
+    step.
     """
 
-    def __init__(self, target_edges: int | None | str = "auto", slack: float = 1.05) -> None:
-        self.target_edges = default_block_edges() if target_edges == "auto" else target_edges
+    def __init__(
+        self,
+        target_edges: int | None | str = "auto",
+        slack: float = 1.05,
+        config: AllegroConfig | None = None,
+        max_whole_bytes: int | None | str = "auto",
+    ) -> None:
+        auto = target_edges == "auto"
+        self.target_edges = default_block_edges() if auto else target_edges
         self.slack = slack
+        if max_whole_bytes == "auto":
+            max_whole_bytes = default_whole_graph_bytes() if auto else None
+        self.config = config
+        self.max_whole_bytes = max_whole_bytes if config is not None else None
         self.chunks: AtomChunks | None = None
 
-    def __call__(self, graph: AtomicGraph) -> AtomChunks | None:
+    def whole(self, graph: AtomicGraph) -> bool:
+        """Whether ``graph`` is evaluated at once (before the sorted-by-centre check)."""
         if self.target_edges is None:
-            return None
+            return True
         if int(np.sum(np.asarray(graph.edge_mask))) <= 8 * self.target_edges:
+            return True
+        if self.max_whole_bytes is None:
+            return False
+        n_edges = int(np.asarray(graph.edge_mask).shape[0])
+        return whole_graph_bytes(self.config, n_edges) <= self.max_whole_bytes
+
+    def __call__(self, graph: AtomicGraph) -> AtomChunks | None:
+        if self.whole(graph):
             return None
         old = self.chunks
         try:

@@ -194,3 +194,53 @@ def test_planner_keeps_one_layout_while_graphs_fit():
         edge_center=np.asarray(g.edge_center)[perm], edge_mask=np.asarray(g.edge_mask)[perm]
     )
     assert ChunkPlanner(target_edges=64)(unsorted) is None  # falls back to the whole graph
+
+
+def test_default_planner_keeps_the_whole_graph_while_its_memory_is_small():
+    """With the model's config and the default block size, a graph of more than 8 blocks'
+    worth of edges stays whole until :func:`whole_graph_bytes` passes ``max_whole_bytes``;
+    an explicit block size keeps the edge-count rule."""
+    from ase.build import bulk
+
+    from allegro_jax.nn.model import default_block_edges, whole_graph_bytes
+
+    cfg = config("current")
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((6, 6, 6))  # 1728 atoms
+    g = build_graph([Structure.from_ase(atoms)], ("Si",), 4.0, dtype=np.float64)
+    n_edges = int(np.sum(g.edge_mask))
+    assert n_edges > 8 * default_block_edges()  # blocks by the edge-count rule alone
+    need = whole_graph_bytes(cfg, g.edge_mask.shape[0])
+    assert ChunkPlanner()(g) is not None  # without a config: the edge-count rule
+    assert ChunkPlanner(config=cfg)(g) is None  # ~1e8 bytes: within the 2 GiB default
+    assert ChunkPlanner(config=cfg, max_whole_bytes=int(need) + 1)(g) is None
+    assert ChunkPlanner(config=cfg, max_whole_bytes=int(need) - 1)(g) is not None
+    assert ChunkPlanner(64, config=cfg)(g) is not None  # an explicit size: its own rule
+
+
+@pytest.mark.parametrize("l_max, layers, scalars, tensors", [(1, 2, 64, 32), (2, 3, 32, 16)])
+def test_whole_graph_memory_estimate_is_within_its_stated_range(l_max, layers, scalars, tensors):
+    """The estimate the planner uses against the compiled program's own temporaries."""
+    from allegro_jax.nn.model import whole_graph_bytes
+
+    cfg = AllegroConfig(
+        type_names=("H", "C", "O", "Si"),
+        r_max=4.0,
+        l_max=l_max,
+        num_layers=layers,
+        num_scalar_features=scalars,
+        num_tensor_features=tensors,
+        avg_num_neighbors=20.0,
+        model_dtype="float64",
+    )
+    from ase.build import bulk
+
+    init_fn, apply_fn = make_model(cfg)
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((3, 3, 3))
+    atoms.rattle(0.05, seed=1)
+    g = build_graph([Structure.from_ase(atoms)], cfg.type_names, cfg.r_max, dtype=np.float64)
+    params = init_fn(jax.random.PRNGKey(0))
+    compiled = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=True)).lower(params, g)
+    temp = compiled.compile().memory_analysis().temp_size_in_bytes
+    ratio = temp / whole_graph_bytes(cfg, g.edge_mask.shape[0])
+    print(f"temporaries / estimate = {ratio:.2f}")
+    assert 0.6 <= ratio <= 1.8, ratio
