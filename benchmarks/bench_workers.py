@@ -509,12 +509,15 @@ def interleave(calls: dict, job: dict) -> dict:
     n_rounds = int(job["budget_s"] / max(round_s, 1e-6))
     n_rounds = max(job["min_rounds"], min(job["max_rounds"], n_rounds))
     times: dict = {n: [] for n in names}
+    faults: dict = {n: [] for n in names}  # minor page faults per call (this process)
     for r in range(n_rounds):
         k = r % len(names)
         for n in names[k:] + names[:k]:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             calls[n]()
             times[n].append(time.perf_counter() - t0)
+            faults[n].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     out = {}
     for n in names:
         ts = np.asarray(times[n])
@@ -523,6 +526,8 @@ def interleave(calls: dict, job: dict) -> dict:
             "ms_min": 1e3 * float(np.min(ts)),
             "ms_all": [round(1e3 * t, 3) for t in ts],
             "solo_ms": 1e3 * float(np.median(solo[n])),
+            "page_faults_median": float(np.median(faults[n])),
+            "page_faults_all": faults[n],
         }
     return {"rounds": n_rounds, "sides": out}
 
