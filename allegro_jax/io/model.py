@@ -154,7 +154,8 @@ def load_model(
         apply_fn = make_ensemble_apply_fn(apply_fn)
     apply = jax.jit(apply_fn, static_argnames=("forces", "stress", "chunks"))
     np_dtype = config.dtype
-    planner = ChunkPlanner(config=config)  # large graphs a block of atoms at a time
+    # large graphs a block of atoms at a time
+    planner = ChunkPlanner(config=config, members=n_members)
 
     def energy_forces_fn(x: Any, stress: bool = False) -> Any:
         if isinstance(x, AtomicGraph):

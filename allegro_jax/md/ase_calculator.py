@@ -103,7 +103,7 @@ class AllegroCalculator(Calculator):
             apply_fn = make_ensemble_apply_fn(apply_fn)
         self._apply = jax.jit(apply_fn, static_argnames=("forces", "stress", "chunks"))
         self._budget: Budget | None = None
-        self._planner = ChunkPlanner(chunk_edges, config=config)
+        self._planner = ChunkPlanner(chunk_edges, config=config, members=self.ensemble_size)
 
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike, **kwargs: Any) -> AllegroCalculator:

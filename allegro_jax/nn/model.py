@@ -323,7 +323,8 @@ class ChunkPlanner:
     The whole graph at once (``None``) when it has at most ``8 target_edges`` real edges,
     or, given the model's ``config`` and the default ``target_edges``, while
     :func:`whole_graph_bytes` stays within ``max_whole_bytes`` (``"auto"``:
-    :func:`default_whole_graph_bytes`, 2 GiB on a CPU), or when its edges are not sorted
+    :func:`default_whole_graph_bytes`, 2 GiB on a CPU; an ensemble of ``members`` models
+    evaluated together needs that many times the memory), or when its edges are not sorted
     by centre. Larger ones get a layout of blocks of about ``target_edges`` edges
     (``"auto"``: :func:`default_block_edges`) with ``slack`` spare capacity, kept while
     later graphs fit it (capacity only grows), so that a run does not recompile for every
@@ -336,6 +337,7 @@ class ChunkPlanner:
         slack: float = 1.05,
         config: AllegroConfig | None = None,
         max_whole_bytes: int | None | str = "auto",
+        members: int = 1,
     ) -> None:
         auto = target_edges == "auto"
         self.target_edges = default_block_edges() if auto else target_edges
@@ -343,6 +345,7 @@ class ChunkPlanner:
         if max_whole_bytes == "auto":
             max_whole_bytes = default_whole_graph_bytes() if auto else None
         self.config = config
+        self.members = members
         self.max_whole_bytes = max_whole_bytes if config is not None else None
         self.chunks: AtomChunks | None = None
 
@@ -355,7 +358,7 @@ class ChunkPlanner:
         if self.max_whole_bytes is None:
             return False
         n_edges = int(np.asarray(graph.edge_mask).shape[0])
-        return whole_graph_bytes(self.config, n_edges) <= self.max_whole_bytes
+        return self.members * whole_graph_bytes(self.config, n_edges) <= self.max_whole_bytes
 
     def __call__(self, graph: AtomicGraph) -> AtomChunks | None:
         if self.whole(graph):

@@ -214,6 +214,8 @@ def test_default_planner_keeps_the_whole_graph_while_its_memory_is_small():
     assert ChunkPlanner(config=cfg)(g) is None  # ~1e8 bytes: within the 2 GiB default
     assert ChunkPlanner(config=cfg, max_whole_bytes=int(need) + 1)(g) is None
     assert ChunkPlanner(config=cfg, max_whole_bytes=int(need) - 1)(g) is not None
+    # an ensemble of two evaluated together needs twice the memory
+    assert ChunkPlanner(config=cfg, max_whole_bytes=int(need) + 1, members=2)(g) is not None
     assert ChunkPlanner(64, config=cfg)(g) is not None  # an explicit size: its own rule
 
 
