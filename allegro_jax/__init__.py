@@ -23,6 +23,7 @@ large training batches; ``allegro_jax._malloc``; ``ALLEGRO_JAX_TUNE_MALLOC=0`` t
 
 from __future__ import annotations
 
+from ._malloc import ready_on_device as ready_on_device
 from ._malloc import tune_malloc as _tune_malloc
 
 _tune_malloc()  # before anything can start JAX's thread pools
@@ -65,6 +66,7 @@ __all__ = [
     "make_simulation",
     "make_system",
     "plan_atom_chunks",
+    "ready_on_device",
     "save_model",
     "train_and_evaluate",
 ]
