@@ -22,7 +22,7 @@ import jax, jax.numpy as jnp
 host = np.full((1024, 1024), 1 / 1024, np.float32)  # a 4 MiB numpy input
 x = jnp.asarray(host)
 
-def g(a):  # one 64 MiB temporary, allocated by the thread that runs the program
+def g(a):  # 128 MiB of temporaries, allocated by the thread that runs the program
     b = jax.lax.optimization_barrier(jnp.tanh(jnp.concatenate([a * k for k in range(16)])))
     return jnp.sum(b * b[::-1])
 
