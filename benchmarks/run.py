@@ -17,12 +17,11 @@ reference model is built with a fixed seed; ours is its ``from_nequip`` import, 
 compute the same function (energies compared in the run). The reference AOT artefact
 (``nequip-compile``'s ``ase`` target) is compiled with one thread and timed at 1 and at 2
 torch threads; its best is used. The training step (aspirin batch 5, energy + force loss)
-is interleaved in pairs, ours with
-each reference side in turn (the reference's torch.compile step takes ~6 s per call, against
-~0.1 s eager, and slowed the call after it in a common rotation). ``OMP_WAIT_POLICY=PASSIVE``
-everywhere; every row records the load average at its start and end and each side's
-back-to-back median (``solo_ms``), so that torch and XLA slowing each other down would
-show.
+is interleaved in pairs, ours with each reference side in turn (the reference's
+torch.compile step takes ~6 s per call, against ~0.1 s eager, and slowed the call after it
+in a common rotation). ``OMP_WAIT_POLICY=PASSIVE`` everywhere; every row records the load
+average at its start and end and each side's back-to-back median (``solo_ms``), so that
+torch and XLA slowing each other down would show.
 
 Writes ``benchmarks/results/<tag>.json`` (merged into an existing file: keys this script
 does not write, e.g. ``floor_ratio`` from ``benchmarks/floor.py``, are kept),

@@ -344,21 +344,20 @@ class ChunkPlanner:
         self.slack = slack
         if max_whole_bytes == "auto":
             max_whole_bytes = default_whole_graph_bytes() if auto else None
-        self.config = config
-        self.members = members
-        self.max_whole_bytes = max_whole_bytes if config is not None else None
+        # the most (padded) edges evaluated at once by the memory rule; 0: no memory rule
+        self.whole_edges_max = 0.0
+        if config is not None and max_whole_bytes is not None:
+            self.whole_edges_max = max_whole_bytes / (members * whole_graph_bytes(config, 1))
         self.chunks: AtomChunks | None = None
 
     def whole(self, graph: AtomicGraph) -> bool:
         """Whether ``graph`` is evaluated at once (before the sorted-by-centre check)."""
         if self.target_edges is None:
             return True
-        if int(np.sum(np.asarray(graph.edge_mask))) <= 8 * self.target_edges:
+        edge_mask = np.asarray(graph.edge_mask)
+        if int(np.sum(edge_mask)) <= 8 * self.target_edges:
             return True
-        if self.max_whole_bytes is None:
-            return False
-        n_edges = int(np.asarray(graph.edge_mask).shape[0])
-        return self.members * whole_graph_bytes(self.config, n_edges) <= self.max_whole_bytes
+        return edge_mask.shape[0] <= self.whole_edges_max
 
     def __call__(self, graph: AtomicGraph) -> AtomChunks | None:
         if self.whole(graph):
