@@ -69,6 +69,7 @@ def make_config(
     init_model: Path | None,
     cosine_epochs: int | None = None,
     energy_weight: float | None = None,
+    settings: dict[str, Any] | None = None,
 ):
     from allegro_jax.train.config import load_config
     from experiments.runinfo import cosine_overrides
@@ -87,10 +88,24 @@ def make_config(
     if energy_weight is not None:  # a study on the validation cells (README, "Loss weights")
         coeffs["total_energy"] = energy_weight
     overrides["loss_coeffs"] = coeffs
+    overrides |= settings or {}  # a study on the validation cells (README, "Capacity")
     return load_config(CONFIG, overrides)
 
 
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``["r_max=6", "num_layers=3"]`` -> ``{"r_max": 6.0, "num_layers": 3}`` (values read
+    as YAML); the keys are checked by the config loader."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set r_max=6.0")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def train(args: argparse.Namespace) -> None:
+    from allegro_jax.train.config import ConfigError
     from allegro_jax.train.loop import train_and_evaluate
 
     for el in args.elements:
@@ -101,10 +116,20 @@ def train(args: argparse.Namespace) -> None:
             continue
         published = MODELS / el
         fresh = not (workdir / "checkpoints").exists()
-        init = published if fresh and (published / "config.json").exists() else None
-        config = make_config(
-            el, Path(args.data_dir), args.minutes, init, args.cosine_epochs, args.energy_weight
-        )
+        start_published = fresh and not args.from_scratch and (published / "config.json").exists()
+        init = published if start_published else None
+        try:
+            config = make_config(
+                el,
+                Path(args.data_dir),
+                args.minutes,
+                init,
+                args.cosine_epochs,
+                args.energy_weight,
+                parse_settings(args.set),
+            )
+        except ConfigError as err:  # e.g. a misspelt --set key
+            raise SystemExit(f"[{el}] {err}") from None
         note = f" (starting from the published {published})" if init else ""
         print(f"[{el}] training in {workdir} for at most {args.minutes} min{note}", flush=True)
         train_and_evaluate(config, workdir)
@@ -277,6 +302,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="loss weight of the per-atom energy (configs/mlearn.yaml: 100; forces 1); give "
         "the same value again when resuming",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of configs/mlearn.yaml (repeatable; e.g. --set r_max=6.0); give "
+        "the same settings again when resuming",
+    )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="a new run starts from random weights, not from the published model (needed when "
+        "--set changes the model's shape)",
     )
     p.add_argument("--again", action="store_true", help="evaluate a model evaluated before")
     args = p.parse_args(argv)

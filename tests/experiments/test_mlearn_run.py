@@ -28,6 +28,37 @@ def test_cosine_fine_tune_config(tmp_path):
     assert tuned.test_dataset_file_name is None  # the test file waits for `evaluate`
 
 
+def test_study_settings_override_the_config_and_bad_ones_are_refused(tmp_path, monkeypatch):
+    settings = mlearn.parse_settings(["r_max=6.0", "num_layers=3", "model_dtype=float64"])
+    assert settings == {"r_max": 6.0, "num_layers": 3, "model_dtype": "float64"}
+    cfg = mlearn.make_config("Mo", tmp_path, 30.0, None, settings=settings)
+    model = cfg.model
+    assert (model["r_max"], model["num_layers"], model["model_dtype"]) == (6.0, 3, "float64")
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        mlearn.parse_settings(["r_max"])
+    # a misspelt key: one line naming it, no traceback, no training started
+    started = []
+    monkeypatch.setattr("allegro_jax.train.loop.train_and_evaluate", lambda *a: started.append(a))
+    with pytest.raises(SystemExit, match="r_maxx"):
+        mlearn.main(["train", "Mo", "--set", "r_maxx=6", "--runs-dir", str(tmp_path)])
+    assert not started
+
+
+def test_from_scratch_does_not_start_from_the_published_model(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    (models / "Mo").mkdir(parents=True)
+    (models / "Mo" / "config.json").write_text("{}")
+    monkeypatch.setattr(mlearn, "MODELS", models)
+    seen = []
+    monkeypatch.setattr(
+        "allegro_jax.train.loop.train_and_evaluate", lambda cfg, wd: seen.append(cfg.initial_model)
+    )
+    runs = ["--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path)]
+    mlearn.main(["train", "Mo", *runs])
+    mlearn.main(["train", "Mo", "--from-scratch", "--set", "r_max=6.0", *runs])
+    assert seen == [str(models / "Mo"), None]
+
+
 def _fake_run(workdir: Path, summary: dict) -> None:
     (workdir / "model").mkdir(parents=True)
     (workdir / "model" / "config.json").write_text(json.dumps({"model": {}, "metadata": {}}))
