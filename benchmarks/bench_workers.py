@@ -291,6 +291,7 @@ def ours_side(params_path: str, g_np, stress: bool) -> dict:
 
     from allegro_jax import make_model
     from allegro_jax.nn.model import ChunkPlanner
+    from allegro_jax.nn.xla_options import compiler_options
 
     with open(params_path, "rb") as f:
         cfg, params = pickle.load(f)
@@ -298,7 +299,10 @@ def ours_side(params_path: str, g_np, stress: bool) -> dict:
     params = jax.device_put(params)
     g = jax.device_put(g_np)
     chunks = ChunkPlanner(config=cfg)(g_np)
-    fn = jax.jit(lambda p, g: apply_fn(p, g, forces=True, stress=stress, chunks=chunks))
+    fn = jax.jit(
+        lambda p, g: apply_fn(p, g, forces=True, stress=stress, chunks=chunks),
+        compiler_options=compiler_options(),  # what the ASE calculator and load_model use
+    )
     t0 = time.perf_counter()
     compiled = fn.lower(params, g).compile()
     compile_s = time.perf_counter() - t0

@@ -98,6 +98,7 @@ def si_workload(n_rep: int = 10, blocks: bool = True):
 
     from allegro_jax import AllegroConfig, Structure, make_model, plan_atom_chunks
     from allegro_jax.data.padding import build_graph
+    from allegro_jax.nn.xla_options import compiler_options
 
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((n_rep,) * 3)
     atoms.rattle(0.05, seed=0)
@@ -119,7 +120,7 @@ def si_workload(n_rep: int = 10, blocks: bool = True):
     graph = build_graph([structure], cfg.type_names, cfg.r_max)
     init_fn, apply_fn = make_model(cfg)
     chunks = plan_atom_chunks(graph) if blocks else None
-    fn = jax.jit(lambda p, g: apply_fn(p, g, chunks=chunks))
+    fn = jax.jit(lambda p, g: apply_fn(p, g, chunks=chunks), compiler_options=compiler_options())
     return fn, (init_fn(jax.random.PRNGKey(0)), graph), int(np.sum(graph.edge_mask))
 
 

@@ -486,6 +486,7 @@ def _md(args: argparse.Namespace) -> int:
     from ..compiling import compiling
     from ..io.model import load_model, read_ensemble_size
     from ..io.runlock import RunLockedError, run_lock
+    from ..nn.xla_options import compiler_options
     from . import units
     from .integrate import (
         make_simulation,
@@ -635,7 +636,8 @@ def _md(args: argparse.Namespace) -> int:
             return {"box": simulate.npt_box(state.sim)} if npt else {}
 
         energy_fn = jax.jit(
-            lambda state: system.energy_fn(state.sim.position, state.neighbor, **box_kwargs(state))
+            lambda state: system.energy_fn(state.sim.position, state.neighbor, **box_kwargs(state)),
+            compiler_options=compiler_options(),
         )
         limits = _thresholds(args, config.r_max, periodic)
         symbols = atoms.get_chemical_symbols()

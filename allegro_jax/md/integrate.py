@@ -52,6 +52,7 @@ from jax_md import partition, quantity, simulate, space
 
 from ..config import AllegroConfig
 from ..nn.model import AtomChunks
+from ..nn.xla_options import compiler_options
 from . import units
 from .jax_md import (
     box_from_cell,
@@ -597,7 +598,10 @@ def make_simulation(
             )
             return state, log, need
 
-        built[chunks] = (sim_init, jax.jit(chunk, static_argnums=1))
+        built[chunks] = (
+            sim_init,
+            jax.jit(chunk, static_argnums=1, compiler_options=compiler_options()),
+        )
         return built[chunks]
 
     def init_fn(key: Array, positions: np.ndarray, velocities: np.ndarray | None = None) -> MDState:

@@ -42,6 +42,7 @@ from allegro_jax.config import AllegroConfig
 from allegro_jax.data.graph import Structure
 from allegro_jax.md import units
 from allegro_jax.md.integrate import default_masses
+from allegro_jax.nn.xla_options import compiler_options
 from allegro_jax.sharding import AXIS, mesh_size, replicate
 
 from .spatial import (
@@ -164,7 +165,7 @@ def make_sharded_nve(
         m_end = jnp.sqrt(jnp.max(jnp.sum((x - ref) ** 2, -1)))
         return (x, p, f, e), (valid, e_pot, ke), (m_end, d_max)
 
-    chunk_fn = jax.jit(chunk)
+    chunk_fn = jax.jit(chunk, compiler_options=compiler_options())
 
     def init_fn(structure: Structure, velocities: np.ndarray | None = None) -> ShardedMDState:
         """Initial state from a structure and optional velocities in Å/fs."""

@@ -10,6 +10,7 @@ per-atom force standard deviation ``σ_i`` against the per-atom error of the mea
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from allegro_jax.nn.ensemble import force_std
+from allegro_jax.nn.xla_options import compiler_options
 from allegro_jax.train.data import SplitData, prefetch
 from allegro_jax.train.loss import Batch, ErrorSums, error_sums
 
@@ -85,10 +87,14 @@ def make_ensemble_train_step(train_step: Callable, strategy: str = "auto") -> Ca
     """
     if strategy == "auto":
         strategy = "map" if jax.default_backend() == "cpu" else "vmap"
+    options = compiler_options()
     if strategy == "vmap":
-        return jax.jit(jax.vmap(train_step, in_axes=(0, None)))
+        return jax.jit(jax.vmap(train_step, in_axes=(0, None)), compiler_options=options)
     if strategy == "map":
-        return jax.jit(lambda states, batch: jax.lax.map(lambda s: train_step(s, batch), states))
+        return jax.jit(
+            lambda states, batch: jax.lax.map(lambda s: train_step(s, batch), states),
+            compiler_options=options,
+        )
     raise ValueError(f"strategy must be 'auto', 'vmap' or 'map', got {strategy!r}")
 
 
@@ -97,7 +103,7 @@ def make_ensemble_eval_step(
 ) -> Callable[[Any, Batch], tuple[ErrorSums, ErrorSums, UncertaintySums]]:
     """Build the jitted ``ensemble_eval_step(stacked_params, batch)`` (module docstring)."""
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options())
     def ensemble_eval_step(params: Any, batch: Batch):
         preds = jax.vmap(lambda p: apply_fn(p, batch.graph, forces=forces, stress=stress))(params)
         member_sums = jax.vmap(lambda pr: error_sums(pr, batch))(preds)

@@ -20,6 +20,7 @@ from allegro_jax.data.datasets import DataKeyError, describe_frame_keys, read_da
 from allegro_jax.data.validate import frame_context, types_from_numbers
 from allegro_jax.io.model import load_model, read_ensemble_size
 from allegro_jax.nn.model import make_model
+from allegro_jax.nn.xla_options import compiler_options
 from allegro_jax.train.data import SplitData, prefetch
 from allegro_jax.train.ensemble import (
     evaluate_ensemble_split,
@@ -118,7 +119,12 @@ def evaluate_model(
     coeffs = {"total_energy": 1.0, "forces": 1.0}
     extra: dict[str, Any] = {}
     if n_members == 1:
-        eval_step = make_eval_step(apply_fn, forces=split.has_forces, stress=split.has_stress)
+        eval_step = make_eval_step(
+            apply_fn,
+            forces=split.has_forces,
+            stress=split.has_stress,
+            compiler_options=compiler_options(),
+        )
         eval_step = watch_compiles(eval_step, what, quiet=quiet)
         metrics = summarize(evaluate_split(eval_step, params, split), coeffs)
     else:

@@ -54,6 +54,7 @@ from allegro_jax.io.model import save_model
 from allegro_jax.io.runlock import RunLock
 from allegro_jax.nn.ensemble import member, stack_members
 from allegro_jax.nn.model import make_model
+from allegro_jax.nn.xla_options import compiler_options
 from allegro_jax.train.checkpoint import CheckpointStore
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.data import SplitData, epoch_permutation, prefetch
@@ -338,12 +339,20 @@ def setup_run(config: TrainConfig, workdir: Path, t_start: float) -> Run:
         ema_decay=config.ema_decay,
         ema_use_num_updates=config.ema_use_num_updates,
         stress=use_stress,
+        # XLA options (a CPU: no YNNPACK fusions, benchmarks/NOTES.md 11) on the outermost
+        # program only: the ensemble's wraps this step
+        compiler_options=compiler_options() if n_members == 1 else None,
     )
     if n_members > 1:  # one program: the step vmapped over the members, the batch shared
         train_step = make_ensemble_train_step(train_step, config.ensemble_strategy)
         eval_step = make_ensemble_eval_step(apply_fn, forces=val.has_forces, stress=val.has_stress)
     else:
-        eval_step = make_eval_step(apply_fn, forces=val.has_forces, stress=val.has_stress)
+        eval_step = make_eval_step(
+            apply_fn,
+            forces=val.has_forces,
+            stress=val.has_stress,
+            compiler_options=compiler_options(),
+        )
     if config.data_parallel:  # each batch split over the devices, parameters replicated
         train, val, train_step, eval_step, state = setup_data_parallel(
             config, apply_fn, tx, train, val, state, stress=use_stress

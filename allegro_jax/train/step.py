@@ -24,6 +24,7 @@ def make_train_step(
     ema_use_num_updates: bool = True,
     stress: bool = False,
     grad_fn: Callable | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Build the jitted ``train_step(state, batch) -> (state, metrics)``.
 
@@ -44,6 +45,10 @@ def make_train_step(
         grad_fn: ``(params, batch) -> ((loss, sums), grads)`` replacing the single-device
             loss and gradient (the data-parallel one of
             :mod:`allegro_jax.train.data_parallel`).
+        compiler_options: XLA options of the jitted step
+            (:func:`allegro_jax.nn.xla_options.compiler_options`); a step with options
+            cannot be called inside another ``jax.jit`` (an ensemble's, for example), so
+            the default is none.
 
     Returns:
         The jitted step; ``metrics`` has ``loss``, ``grad_norm`` and ``lr``.
@@ -59,7 +64,6 @@ def make_train_step(
     if grad_fn is None:
         grad_fn = jax.value_and_grad(single_device_loss, has_aux=True)
 
-    @jax.jit
     def train_step(state: TrainState, batch: Batch):
         (loss, sums), grads = grad_fn(state.params, batch)
         opt_state = set_learning_rate(state.opt_state, state.plateau.lr)
@@ -89,17 +93,21 @@ def make_train_step(
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": state.plateau.lr}
         return new, metrics
 
-    return train_step
+    return jax.jit(train_step, compiler_options=compiler_options or None)
 
 
 def make_eval_step(
-    apply_fn: Callable, *, forces: bool = True, stress: bool = False
+    apply_fn: Callable,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> Callable[[Any, Batch], ErrorSums]:
-    """Build the jitted ``eval_step(params, batch) -> ErrorSums`` (energy, forces, stress)."""
+    """Build the jitted ``eval_step(params, batch) -> ErrorSums`` (energy, forces, stress),
+    compiled with ``compiler_options`` (as :func:`make_train_step`)."""
 
-    @jax.jit
     def eval_step(params: Any, batch: Batch) -> ErrorSums:
         pred = apply_fn(params, batch.graph, forces=forces, stress=stress)
         return error_sums(pred, batch)
 
-    return eval_step
+    return jax.jit(eval_step, compiler_options=compiler_options or None)
