@@ -591,6 +591,7 @@ def ours_train_side(job: dict) -> dict:
 
     from allegro_jax import make_model
     from allegro_jax.data.padding import budget_of, build_graph
+    from allegro_jax.nn.xla_options import compiler_options
     from allegro_jax.train.loss import Batch, make_labels
     from allegro_jax.train.optimizer import make_optimizer
     from allegro_jax.train.state import create_train_state
@@ -604,7 +605,12 @@ def ours_train_side(job: dict) -> dict:
     batch = jax.device_put(Batch(g, make_labels(structs, budget_of(g))))
     tx = make_optimizer(1e-3)
     state = create_train_state(jax.device_put(params), tx, 1e-3, jax.random.PRNGKey(1))
-    step = make_train_step(apply_fn, tx, {"total_energy": 1.0, "forces": 1.0})
+    step = make_train_step(
+        apply_fn,
+        tx,
+        {"total_energy": 1.0, "forces": 1.0},
+        compiler_options=compiler_options(),  # as `allegro-jax train`
+    )
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0

@@ -63,6 +63,7 @@ def xla_gflop(compiled) -> float:
 def train_step_workload(variant: str, data_dir: Path):
     """``(fn, args)`` of one rMD17 aspirin training step, batch 5."""
     from allegro_jax.nn.model import make_model
+    from allegro_jax.nn.xla_options import compiler_options
     from allegro_jax.train.config import load_config
     from allegro_jax.train.data import SplitData, epoch_permutation
     from allegro_jax.train.loop import complete_model_config, load_splits
@@ -88,7 +89,12 @@ def train_step_workload(variant: str, data_dir: Path):
     state = create_train_state(
         init_fn(jax.random.PRNGKey(0)), tx, config.learning_rate, jax.random.PRNGKey(1)
     )
-    step = make_train_step(apply_fn, tx, config.loss_coeffs)
+    step = make_train_step(
+        apply_fn,
+        tx,
+        config.loss_coeffs,
+        compiler_options=compiler_options(),  # as `allegro-jax train`
+    )
     batch = next(iter(train.batches(epoch_permutation(len(train), 0, 0))))
     return step, (state, batch), int(np.sum(batch.graph.edge_mask))
 
