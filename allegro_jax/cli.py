@@ -28,7 +28,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .data.graph import Structure
     from .data.padding import build_graph
     from .nn.model import make_model
-    from .nn.xla_options import compiler_options
+    from .nn.xla_options import jit_apply
 
     atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True).repeat(args.repeat)
     atoms.rattle(0.05, seed=args.seed)
@@ -53,9 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
     graph = build_graph([struct], cfg.type_names, cfg.r_max, dtype=np_dtype)
     graph = ready_on_device(graph)  # run on this thread (allegro_jax._malloc)
     init_fn, apply_fn = make_model(cfg)
-    apply = jax.jit(
-        apply_fn, static_argnames=("forces", "stress"), compiler_options=compiler_options()
-    )
+    apply = jit_apply(apply_fn)
     with compiling(f"the model for {struct.n_atoms} atoms (the first call; later calls reuse it)"):
         params = init_fn(jax.random.PRNGKey(args.seed))
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ from allegro_jax.data.graph import AtomicGraph, Structure
 from allegro_jax.data.padding import build_graph
 from allegro_jax.nn.ensemble import ensemble_size_of, make_ensemble_apply_fn
 from allegro_jax.nn.model import ChunkPlanner, make_model
-from allegro_jax.nn.xla_options import compiler_options
+from allegro_jax.nn.xla_options import jit_apply
 
 FORMAT = 1
 CONFIG_FILE = "config.json"
@@ -153,11 +153,7 @@ def load_model(
                 f"{model_dir / PARAMS_FILE} does not hold {n_members} stacked ensemble members"
             )
         apply_fn = make_ensemble_apply_fn(apply_fn)
-    apply = jax.jit(
-        apply_fn,
-        static_argnames=("forces", "stress", "chunks"),
-        compiler_options=compiler_options(),
-    )
+    apply = jit_apply(apply_fn)
     np_dtype = config.dtype
     # large graphs a block of atoms at a time
     planner = ChunkPlanner(config=config, members=n_members)

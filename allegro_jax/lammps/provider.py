@@ -50,7 +50,7 @@ from allegro_jax.data.graph import AtomicGraph
 from allegro_jax.data.padding import Budget
 from allegro_jax.io.model import load_model, read_model_config
 from allegro_jax.nn.model import ChunkPlanner, make_model
-from allegro_jax.nn.xla_options import compiler_options
+from allegro_jax.nn.xla_options import jit_apply
 
 from ._loader import INSTALL_HINT, import_mpi
 from .graph import LocalGraphCounts, build_local_graph
@@ -84,11 +84,7 @@ class Potential:
         """From a config and parameters (``make_model``'s ``apply_fn``, jitted)."""
         _check_dtype(config, source)
         _, apply_fn = make_model(config)
-        apply = jax.jit(
-            apply_fn,
-            static_argnames=("forces", "stress", "chunks"),
-            compiler_options=compiler_options(),
-        )
+        apply = jit_apply(apply_fn)
         params = jax.tree.map(jax.numpy.asarray, params)
         planner = ChunkPlanner(config=config)  # a large rank's graph in blocks of atoms
 

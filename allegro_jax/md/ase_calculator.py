@@ -45,7 +45,7 @@ from ..data.padding import (
 from ..io.model import load_model, read_ensemble_size
 from ..nn.ensemble import ensemble_size_of, make_ensemble_apply_fn
 from ..nn.model import AtomChunks, ChunkPlanner, make_model
-from ..nn.xla_options import compiler_options
+from ..nn.xla_options import jit_apply
 
 Params = Any
 
@@ -102,11 +102,7 @@ class AllegroCalculator(Calculator):
                 raise ValueError(f"params are not a stacked ensemble of {ensemble_size} members")
             self.ensemble_size = ensemble_size
             apply_fn = make_ensemble_apply_fn(apply_fn)
-        self._apply = jax.jit(
-            apply_fn,
-            static_argnames=("forces", "stress", "chunks"),
-            compiler_options=compiler_options(),
-        )
+        self._apply = jit_apply(apply_fn)
         self._budget: Budget | None = None
         self._planner = ChunkPlanner(chunk_edges, config=config, members=self.ensemble_size)
 

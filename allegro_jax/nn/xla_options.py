@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -45,3 +46,13 @@ def compiler_options(backend: str | None = None) -> dict[str, Any]:
     if backend != "cpu" or os.environ.get(ENV, "0") not in ("", "0"):
         return {}
     return {YNN_OPTION: ""} if _cpu_accepts(YNN_OPTION, "") else {}
+
+
+def jit_apply(apply_fn: Callable) -> Callable:
+    """``apply_fn`` (:func:`allegro_jax.nn.model.make_model`'s) jitted for top-level calls:
+    ``forces``, ``stress`` and ``chunks`` static, compiled with :func:`compiler_options`."""
+    return jax.jit(
+        apply_fn,
+        static_argnames=("forces", "stress", "chunks"),
+        compiler_options=compiler_options(),
+    )
