@@ -81,7 +81,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             import jax
 
             jax.config.update("jax_enable_x64", True)
-        metrics = evaluate_model(args.model, args.data, batch_size=args.batch_size)
+        metrics = evaluate_model(
+            args.model, args.data, batch_size=args.batch_size, group_by=args.group_by
+        )
     except (OSError, ValueError) as err:  # missing or bad files, bad data: no traceback
         print(f"error: {_one_paragraph(err)}", file=sys.stderr)
         return 2
@@ -89,9 +91,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else default
     out.write_text(json.dumps(metrics, indent=2))
     for key, value in metrics.items():
-        if key == "skipped":
+        if key in ("skipped", "groups"):
             continue
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    for value, group in metrics.get("groups", {}).items():
+        errors = ", ".join(
+            f"{k} {group[k]:.4f}"
+            for k in ("energy_per_atom_mae_mev", "force_mae_mev_per_a", "stress_mae_mev_per_a3")
+            if k in group
+        )
+        print(f"{args.group_by} {value}: {group['n_structures']} structures; {errors}")
     if metrics.get("skipped"):
         names = " and ".join(metrics["skipped"])
         print(f"not evaluated: {names} (no frame of {args.data} has them)")
@@ -135,5 +144,10 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--data", required=True, help="data file (rMD17 npz, extxyz, ...)")
     p.add_argument("--output", help="JSON file (default: <model>/eval_<data name>.json)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--group-by",
+        metavar="KEY",
+        help="also give the errors for each value of this per-frame key (e.g. config_type)",
+    )
     p.set_defaults(func=_evaluate)
     return p

@@ -46,6 +46,7 @@ def evaluate_model(
     batch_size: int = 16,
     read_fn: Callable[[Path], list] | None = None,
     quiet: bool = False,
+    group_by: str | None = None,
 ) -> dict[str, Any]:
     """Errors of a trained model on every structure of a data file.
 
@@ -57,6 +58,9 @@ def evaluate_model(
             no label is required of a frame (energies, forces and stress are scored where
             present).
         quiet: do not print the ``compiling…`` line and the compile time.
+        group_by: a per-frame ``info`` key (an extxyz comment key such as ``config_type``):
+            the errors are also given for each of its values, under ``groups`` (frames
+            without the key form the group ``"(none)"``).
 
     Returns:
         ``{"data", "n_structures", "frames_with_energy", "frames_with_forces",
@@ -71,11 +75,14 @@ def evaluate_model(
         over atoms of σ_i with the mean force's error ``‖F̄_i − F_i‖``
         (``force_std_error_correlation``), and each member's energy and force MAE
         (``member<k>_energy_mae_mev``, ``member<k>_force_mae_mev_per_a``).
+        With ``group_by``: ``group_by`` and ``groups`` = ``{value: {"n_structures",
+        "n_atoms", error keys}}`` in order of first appearance.
 
     Raises:
         FileNotFoundError: the model or the data file is missing.
         DataError: an unknown element (checked for every frame before anything compiles),
-            a file without any label, or other bad data (naming the file and frame).
+            a file without any label, ``group_by`` on no frame, or other bad data (naming
+            the file and frame).
     """
     data_path = Path(data_path)
     if not data_path.is_file():
@@ -105,6 +112,7 @@ def evaluate_model(
         raise DataKeyError(
             f"{data_path}: no frame has an energy, forces or stress to compare with{keys}"
         )
+    groups = _groups(structures, group_by, data_path) if group_by else {}
     periodic = any(np.any(s.pbc) for s in structures)
     skipped = [label for label, n in counts.items() if n == 0 and (label != "stress" or periodic)]
     dtype = config.dtype
@@ -126,7 +134,11 @@ def evaluate_model(
             compiler_options=compiler_options(),
         )
         eval_step = watch_compiles(eval_step, what, quiet=quiet)
-        metrics = summarize(evaluate_split(eval_step, params, split), coeffs)
+
+        def score(split: SplitData) -> dict[str, Any]:
+            return summarize(evaluate_split(eval_step, params, split), coeffs)
+
+        metrics = score(split)
     else:
         eval_step = make_ensemble_eval_step(
             apply_fn, forces=split.has_forces, stress=split.has_stress
@@ -134,6 +146,11 @@ def evaluate_model(
         eval_step = watch_compiles(eval_step, f"{what}, {n_members} members", quiet=quiet)
         member_sums, mean_sums, unc = evaluate_ensemble_split(eval_step, params, split)
         metrics = summarize(mean_sums, coeffs) | summarize_uncertainty(unc)
+
+        def score(split: SplitData) -> dict[str, Any]:
+            _, sums, group_unc = evaluate_ensemble_split(eval_step, params, split)
+            return summarize(sums, coeffs) | summarize_uncertainty(group_unc)
+
         extra["ensemble_size"] = n_members
         for k, sums in enumerate(member_sums):
             m = summarize(sums, coeffs)
@@ -141,6 +158,17 @@ def evaluate_model(
                 if key in m:
                     extra[f"member{k}_{key}"] = m[key]
     metrics.pop("loss")
+    if group_by:
+        by_value = {}
+        for value, members in groups.items():
+            part = SplitData(
+                members, config.type_names, config.r_max, batch_size, dtype, source=str(data_path)
+            )
+            scores = score(part)  # the same program: one compile per group's padding budget
+            scores.pop("loss")
+            n_atoms = sum(len(s.numbers) for s in members)
+            by_value[value] = {"n_structures": len(members), "n_atoms": n_atoms, **scores}
+        extra |= {"group_by": group_by, "groups": by_value}
     return {
         "data": str(data_path),
         "n_structures": len(split),
@@ -149,3 +177,20 @@ def evaluate_model(
         **metrics,
         **extra,
     }
+
+
+def _groups(structures: list, key: str, data_path: Path) -> dict[str, list]:
+    """The structures grouped by ``info[key]`` (as text), in order of first appearance."""
+    groups: dict[str, list] = {}
+    found = False
+    for s in structures:
+        info = s.info if isinstance(s.info, dict) else {}
+        found |= key in info
+        groups.setdefault(str(info[key]) if key in info else "(none)", []).append(s)
+    if not found:
+        keys = sorted({k for s in structures if isinstance(s.info, dict) for k in s.info})
+        raise DataKeyError(
+            f"{data_path}: no frame has the key {key!r} to group by (the frames' keys: "
+            f"{', '.join(keys) or 'none'})"
+        )
+    return groups

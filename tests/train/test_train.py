@@ -342,6 +342,52 @@ def test_evaluate_cli_and_load_model(reference_run, data_file, tmp_path):
     )
 
 
+def test_evaluate_groups_by_a_frame_key(reference_run, data_file, tmp_path, capsys):
+    """``--group-by config_type``: each group's errors are those of the group's frames
+    evaluated on their own; the counts add up; a key no frame has is a one-line error."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from allegro_jax.cli import main
+    from allegro_jax.data.datasets import read_dataset
+    from allegro_jax.train.evaluate import evaluate_model
+
+    frames = []
+    for i, s in enumerate(read_dataset(data_file)[:12]):
+        atoms = s.to_ase()
+        atoms.calc = SinglePointCalculator(atoms, energy=s.energy, forces=s.forces)
+        if i % 4:  # frames 0, 4, 8 have no config_type
+            atoms.info["config_type"] = "hot" if i % 2 else "cold"
+        frames.append(atoms)
+    whole = tmp_path / "typed.extxyz"
+    ase.io.write(whole, frames)
+    out = tmp_path / "groups.json"
+    args = ["evaluate", "--model", str(reference_run), "--data", str(whole), "--output", str(out)]
+    assert main([*args, "--group-by", "config_type"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    groups = metrics["groups"]
+    assert metrics["group_by"] == "config_type" and list(groups) == ["(none)", "hot", "cold"]
+    assert [g["n_structures"] for g in groups.values()] == [3, 6, 3]
+    assert "config_type hot: 6 structures" in printed
+    for name, idx in (("(none)", [0, 4, 8]), ("hot", [1, 3, 5, 7, 9, 11]), ("cold", [2, 6, 10])):
+        part = tmp_path / f"part_{idx[0]}.extxyz"
+        ase.io.write(part, [frames[i] for i in idx])
+        alone = evaluate_model(reference_run, part, quiet=True)
+        for key in ("energy_mae_mev", "energy_per_atom_rmse_mev", "force_mae_mev_per_a"):
+            np.testing.assert_allclose(groups[name][key], alone[key], rtol=1e-5)
+    # the groups' force errors, weighted by their atoms, give the whole file's
+    n_atoms = np.array([g["n_atoms"] for g in groups.values()])
+    f_mae = np.array([g["force_mae_mev_per_a"] for g in groups.values()])
+    np.testing.assert_allclose(
+        (n_atoms * f_mae).sum() / n_atoms.sum(), metrics["force_mae_mev_per_a"], rtol=1e-5
+    )
+    assert main([*args, "--group-by", "temperature"]) == 2
+    err = capsys.readouterr().err
+    assert "no frame has the key 'temperature' to group by" in err and "config_type" in err
+    assert "Traceback" not in err
+
+
 def test_save_load_model_round_trip(tmp_path):
     config = AllegroConfig(
         type_names=("H", "O"),
