@@ -170,7 +170,12 @@ def evaluate(args: argparse.Namespace) -> None:
         if previous and previous.get("model_id") == key and not args.again:
             print(f"[{el}] this model was evaluated on the test file already", flush=True)
             continue
-        test = evaluate_model(model, Path(args.data_dir) / f"{el}_test.extxyz", batch_size=8)
+        test_file = Path(args.data_dir) / f"{el}_test.extxyz"
+        # Si, Ge, Li, Mo label each cell's kind (AIMD-NVT, Elastic, Surface, Vacancy)
+        typed = test_file.is_file() and "config_type=" in test_file.read_text()
+        test = evaluate_model(
+            model, test_file, batch_size=8, group_by="config_type" if typed else None
+        )
         summary = model / "summary.json"
         summ = json.loads(summary.read_text()) if summary.exists() else {}
         row = {
@@ -184,6 +189,19 @@ def evaluate(args: argparse.Namespace) -> None:
             "energy_rmse_mev_per_atom": test.get("energy_per_atom_rmse_mev"),
             "force_rmse_ev_per_a": test["force_rmse_mev_per_a"] / 1e3,
             "n_test": test["n_structures"],
+            "by_config_type": {
+                kind: {
+                    "n_test": g["n_structures"],
+                    "energy_mae_mev_per_atom": g.get("energy_per_atom_mae_mev"),
+                    "force_mae_ev_per_a": g["force_mae_mev_per_a"] / 1e3,
+                    "stress_mae_gpa": (
+                        g["stress_mae_mev_per_a3"] * MEV_PER_A3_TO_GPA
+                        if "stress_mae_mev_per_a3" in g
+                        else None
+                    ),
+                }
+                for kind, g in test.get("groups", {}).items()
+            },
             "epochs": summ.get("epochs"),
             "steps": summ.get("steps"),
             "stop_reason": summ.get("stop_reason"),

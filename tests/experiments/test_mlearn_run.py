@@ -126,16 +126,21 @@ def test_evaluating_a_new_model_keeps_the_earlier_test_numbers(tmp_path, monkeyp
     monkeypatch.setattr(mlearn, "MODELS", models)
     monkeypatch.setattr(mlearn, "RESULTS", tmp_path / "results.json")
     maes = iter([81.0, 75.0])
-    monkeypatch.setattr(
-        evaluate_module,
-        "evaluate_model",
-        lambda *a, **k: {
+    group_by = []
+
+    def fake_evaluate(*a, **k):
+        group_by.append(k.get("group_by"))
+        groups = {"Surface": {"n_structures": 2, "force_mae_mev_per_a": 30.0}}
+        return {
             "energy_per_atom_mae_mev": 3.0,
             "force_mae_mev_per_a": next(maes),
             "force_rmse_mev_per_a": 100.0,
             "n_structures": 25,
-        },
-    )
+            "groups": groups if k.get("group_by") else {},
+        }
+
+    monkeypatch.setattr(evaluate_module, "evaluate_model", fake_evaluate)
+    (tmp_path / "Si_test.extxyz").write_text('1\nLattice="1 0 0 0 1 0 0 0 1" config_type=Surface\n')
     args = argparse.Namespace(elements=["Si"], data_dir=str(tmp_path), again=False)
     # a later stage may end at the same epoch and step: the weights tell the models apart
     for weights in (b"stage 2", b"stage 3"):
@@ -146,6 +151,10 @@ def test_evaluating_a_new_model_keeps_the_earlier_test_numbers(tmp_path, monkeyp
         mlearn.evaluate(args)  # the same model again: refused, the row unchanged
     row = json.loads((tmp_path / "results.json").read_text())["elements"]["Si"]
     assert row["force_mae_ev_per_a"] == 0.075
+    assert group_by == ["config_type", "config_type"]  # the file labels its cells' kinds
+    surface = row["by_config_type"]["Surface"]
+    assert surface["n_test"] == 2 and surface["force_mae_ev_per_a"] == 0.03
+    assert surface["stress_mae_gpa"] is None
     (earlier,) = row["previous_evaluations"]
     assert earlier["force_mae_ev_per_a"] == 0.081
     assert earlier["model_id"]["params_sha256"] != row["model_id"]["params_sha256"]
