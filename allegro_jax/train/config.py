@@ -136,6 +136,24 @@ def _loss_coeffs(value: Any) -> dict[str, float]:
 
 
 # validation metrics that can pick the best model (metrics.csv columns; lower is better)
+def _config_type_weights(value: Any) -> dict[str, float]:
+    """``config_type_weights`` as ``{name: weight}`` with finite weights >= 0."""
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"config_type_weights must be a mapping {{config_type: weight}}, got {value!r}"
+        )
+    out = {}
+    for key, weight in value.items():
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            w = float("nan")
+        if isinstance(weight, bool) or not (np.isfinite(w) and w >= 0):
+            raise ValueError(f"config_type_weights.{key} must be a number >= 0, got {weight!r}")
+        out[str(key)] = w
+    return out
+
+
 METRICS_KEYS = ("validation_loss",) + tuple(
     f"validation_{quantity}_{stat}_{unit}"
     for quantity, unit in (
@@ -204,6 +222,11 @@ class TrainConfig:
         max_wall_time: stop (with a checkpoint) after this many seconds of this invocation.
         loss_coeffs: weights of the per-atom energy MSE (``total_energy``), the force MSE
             (``forces``) and the stress MSE (``stress``), in physical units (eV, Å).
+        config_type_weights: ``{config_type: weight}``: every loss term of a training
+            structure whose ``config_type`` (an extxyz comment key) is listed is multiplied
+            by its weight (others: 1), e.g. ``{Surface: 10}`` for a kind of cell the data
+            has few of; the metrics and the validation loss stay unweighted. Every listed
+            type must occur in the training split.
         checkpoint_every: save a checkpoint every this many steps (``None``: every epoch);
             always also at the end of the run.
         checkpoint_keep: number of most recent checkpoints kept.
@@ -266,6 +289,7 @@ class TrainConfig:
     loss_coeffs: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"total_energy": 1.0, "forces": 1.0}
     )
+    config_type_weights: Mapping[str, float] | None = None
     checkpoint_every: int | None = None
     checkpoint_keep: int = 3
     log_every: int = 10
@@ -364,6 +388,8 @@ class TrainConfig:
             raise ValueError(f"early_stopping_lower_bounds supports only 'LR', got {sorted(low)}")
         set_("early_stopping_lower_bounds", {k: float(v) for k, v in low.items()})
         set_("loss_coeffs", _loss_coeffs(self.loss_coeffs))
+        if self.config_type_weights is not None:
+            set_("config_type_weights", _config_type_weights(self.config_type_weights))
         model = dict(self.model)
         unknown = sorted(set(model) - _MODEL_KEYS)
         if unknown:

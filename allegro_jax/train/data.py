@@ -38,6 +38,7 @@ class SplitData:
         dtype: float dtype of the batches.
         inputs: precomputed :class:`GraphInputs` (else computed here, once).
         source: the file the structures were read from (named with the frame in errors).
+        weights: each structure's loss weight (default 1; ``Labels.weight``).
 
     Raises:
         DataError: an invalid structure (too close atoms, an unknown element, ...).
@@ -52,10 +53,16 @@ class SplitData:
         dtype: Any = np.float32,
         inputs: Sequence[GraphInputs] | None = None,
         source: str | None = None,
+        weights: Sequence[float] | None = None,
     ):
         self.structures = list(structures)
         if not self.structures:
             raise ValueError("a data split is empty")
+        self.weights = None if weights is None else [float(w) for w in weights]
+        if self.weights is not None and len(self.weights) != len(self.structures):
+            raise ValueError(
+                f"{len(self.weights)} loss weights for {len(self.structures)} structures"
+            )
         self.inputs = (
             list(inputs)
             if inputs is not None
@@ -70,6 +77,10 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.structures)
 
+    def weights_of(self, indices: Sequence[int]) -> list[float] | None:
+        """The loss weights of these structures (None: all 1)."""
+        return None if self.weights is None else [self.weights[i] for i in indices]
+
     @property
     def num_batches(self) -> int:
         return -(-len(self) // self.batch_size)
@@ -77,7 +88,9 @@ class SplitData:
     def batch(self, indices: Sequence[int]) -> Batch:
         """The padded batch of these structures (numpy arrays)."""
         graph = batch_graph_inputs([self.inputs[i] for i in indices], self.budget, dtype=self.dtype)
-        labels = make_labels([self.structures[i] for i in indices], self.budget, self.dtype)
+        labels = make_labels(
+            [self.structures[i] for i in indices], self.budget, self.dtype, self.weights_of(indices)
+        )
         return Batch(graph, labels)
 
     def batches(self, order: np.ndarray | None = None, start: int = 0) -> Iterator[Batch]:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
@@ -65,6 +66,7 @@ def _empty_labels(budget: Budget, dtype: Any) -> Labels:
         energy_mask=np.zeros(g, bool),
         forces_mask=np.zeros(n, bool),
         stress_mask=np.zeros(g, bool),
+        weight=np.zeros(g, dtype),
     )
 
 
@@ -112,7 +114,12 @@ class DataParallelSplit:
                 [split.inputs[i] for i in group], self.budget, dtype=split.dtype
             )
             if group.size:
-                labels = make_labels([split.structures[i] for i in group], self.budget, split.dtype)
+                labels = make_labels(
+                    [split.structures[i] for i in group],
+                    self.budget,
+                    split.dtype,
+                    split.weights_of(group),
+                )
             else:  # more devices than structures (e.g. the last batch): all padding
                 labels = _empty_labels(self.budget, split.dtype)
             parts.append(Batch(graph, labels))
@@ -151,13 +158,15 @@ def make_data_parallel_grad_fn(
     def local(params: Any, batch: Batch):
         batch = squeeze_leading(batch)  # this device's sub-batch
 
-        def sums_of(p: Any) -> ErrorSums:
-            return error_sums(apply_fn(p, batch.graph, forces=forces, stress=stress), batch)
+        def sums_of(p: Any) -> ErrorSums:  # the loss weights applied (Labels.weight)
+            pred = apply_fn(p, batch.graph, forces=forces, stress=stress)
+            return error_sums(pred, batch, weighted=True), error_sums(pred, batch)
 
-        local_sums, vjp_fn = jax.vjp(sums_of, params)
-        sums = jax.lax.psum(local_sums, axis_name)  # sums of the union batch
-        loss, d_sums = jax.value_and_grad(loss_from_sums)(sums, coeffs)
-        (local_grads,) = vjp_fn(d_sums)
+        (local_wsums, local_sums), vjp_fn = jax.vjp(sums_of, params)
+        wsums = jax.lax.psum(local_wsums, axis_name)  # sums of the union batch
+        sums = jax.lax.psum(local_sums, axis_name)
+        loss, d_wsums = jax.value_and_grad(loss_from_sums)(wsums, coeffs)
+        (local_grads,) = vjp_fn((d_wsums, jax.tree.map(jnp.zeros_like, local_sums)))
         return (loss, sums), jax.lax.psum(local_grads, axis_name)
 
     # unchecked: the gradient is local (explicit psum), no replication typing needed

@@ -286,6 +286,25 @@ def prepare_model_config(
     return None
 
 
+def config_type_weights(
+    structures: list, weights: dict[str, float] | None, source: str
+) -> list[float] | None:
+    """Each training structure's loss weight from its ``info["config_type"]`` (1 when not
+    listed); every listed type must occur (a misspelt one would silently weigh nothing)."""
+    if not weights:
+        return None
+    kinds = [s.info.get("config_type") if isinstance(s.info, dict) else None for s in structures]
+    present = {str(k) for k in kinds if k is not None}
+    missing = sorted(set(weights) - present)
+    if missing:
+        have = ", ".join(sorted(present)) if present else "none: no frame has a config_type"
+        raise ValueError(
+            f"config_type_weights: {', '.join(map(repr, missing))} not among the config_type "
+            f"values of the training frames of {source} ({have})"
+        )
+    return [weights.get(str(k), 1.0) if k is not None else 1.0 for k in kinds]
+
+
 def setup_run(config: TrainConfig, workdir: Path, t_start: float) -> Run:
     """Data, statistics and model config (written to ``workdir`` on a first start), model,
     optimiser, initial state and the jitted steps."""
@@ -304,7 +323,15 @@ def setup_run(config: TrainConfig, workdir: Path, t_start: float) -> Run:
     val_file = train_file
     if config.validation_dataset_file_name:
         val_file = str(config.resolve_path(config.validation_dataset_file_name))
-    train = SplitData(train_structs, types, r_max, config.batch_size, np_dtype, source=train_file)
+    train = SplitData(
+        train_structs,
+        types,
+        r_max,
+        config.batch_size,
+        np_dtype,
+        source=train_file,
+        weights=config_type_weights(train_structs, config.config_type_weights, train_file),
+    )
     val = SplitData(val_structs, types, r_max, config.val_batch_size, np_dtype, source=val_file)
     model_config_path = workdir / "model_config.json"
     if not model_config_path.exists():

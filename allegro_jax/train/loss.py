@@ -6,6 +6,11 @@ over the labelled real graphs, the real atoms' force components and the graphs t
 a stress label (the paper's per-atom energy MSE plus force MSE, Musaelian et al. 2023,
 Methods). Padding and unlabelled entries are masked out. The same quantities are also
 returned as sums (:class:`ErrorSums`) so that metrics over many batches aggregate exactly.
+
+Each structure may carry a loss weight ``w_g`` (``Labels.weight``; the training config's
+``config_type_weights``): the training loss then sums ``w_g (ΔE_g/N_g)²``, ``w_g ΔF_iα²``
+over the atoms of graph g and ``w_g ΔS_gαβ²``, over the same counts (weights of 1 give the
+loss above exactly). Metrics (MAE, RMSE, the validation loss) stay unweighted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Labels(NamedTuple):
     energy_mask: jax.Array  # [n_graphs] bool
     forces_mask: jax.Array  # [n_nodes] bool
     stress_mask: jax.Array  # [n_graphs] bool
+    weight: jax.Array  # [n_graphs] the structure's loss weight (1 by default, 0 for padding)
 
 
 class Batch(NamedTuple):
@@ -63,11 +69,20 @@ class ErrorSums(NamedTuple):
         return cls(*(jnp.zeros((), dtype) for _ in cls._fields))
 
 
-def make_labels(structures: list[Structure], budget: Budget, dtype=np.float32) -> Labels:
+def make_labels(
+    structures: list[Structure],
+    budget: Budget,
+    dtype=np.float32,
+    weights: list[float] | None = None,
+) -> Labels:
     """Labels of a batch of structures (in batch order), padded to ``budget``.
 
-    Missing labels (``None``) get a zero value and a False mask.
+    Missing labels (``None``) get a zero value and a False mask; ``weights`` are the
+    structures' loss weights (default 1).
     """
+    weight = pad_graph_values(
+        [1.0] * len(structures) if weights is None else [float(w) for w in weights], budget, 0.0
+    )
     energy = pad_graph_values(
         [s.energy if s.energy is not None else 0.0 for s in structures], budget
     )
@@ -89,13 +104,31 @@ def make_labels(structures: list[Structure], budget: Budget, dtype=np.float32) -
         energy_mask=energy_mask.astype(bool),
         forces_mask=forces_mask.astype(bool),
         stress_mask=stress_mask.astype(bool),
+        weight=weight.astype(dtype),
     )
 
 
-def error_sums(pred: Mapping[str, jax.Array], batch: Batch) -> ErrorSums:
-    """Masked error sums of a prediction (``apply_fn``'s output) against the labels."""
+def error_sums(pred: Mapping[str, jax.Array], batch: Batch, weighted: bool = False) -> ErrorSums:
+    """Masked error sums of a prediction (``apply_fn``'s output) against the labels;
+    ``weighted``: every term times its structure's ``labels.weight`` (the counts stay)."""
     graph, labels = batch
     dtype = pred["energy"].dtype
+    if weighted:  # the errors times sqrt(w): the squared sums are weighted
+        root_w = jnp.sqrt(jnp.maximum(labels.weight.astype(dtype), 0.0))  # [n_graphs]
+        node_w = root_w[graph.node_graph]  # [n_nodes]
+        pred = dict(pred)
+        labels = labels._replace(
+            energy=labels.energy.astype(dtype) * root_w,
+            forces=labels.forces.astype(dtype) * node_w[:, None],
+            stress=labels.stress.astype(dtype) * root_w[:, None, None],
+        )
+        pred["energy"] = pred["energy"] * root_w
+        if "forces" in pred:
+            pred["forces"] = pred["forces"] * node_w[:, None]
+        if "stress" in pred:
+            pred["stress"] = pred["stress"] * root_w[:, None, None]
+        batch = Batch(graph, labels)
+        return error_sums(pred, batch)
     e_mask = (labels.energy_mask & graph.graph_mask).astype(dtype)  # [n_graphs]
     n_atoms = jnp.maximum(graph.n_node, 1).astype(dtype)  # [n_graphs]
     de = jnp.where(e_mask > 0, pred["energy"] - labels.energy, 0.0)  # [n_graphs]
@@ -125,6 +158,14 @@ def error_sums(pred: Mapping[str, jax.Array], batch: Batch) -> ErrorSums:
     else:
         out |= dict(n_s=zero, s_abs=zero, s_sq=zero)
     return ErrorSums(**out)
+
+
+def weighted_loss(
+    pred: Mapping[str, jax.Array], batch: Batch, coeffs: Mapping[str, float]
+) -> tuple[jax.Array, ErrorSums]:
+    """The training loss of a batch (its structures' weights applied) and its unweighted
+    error sums (for the metrics)."""
+    return loss_from_sums(error_sums(pred, batch, weighted=True), coeffs), error_sums(pred, batch)
 
 
 def loss_from_sums(sums: ErrorSums, coeffs: Mapping[str, float]) -> jax.Array:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from allegro_jax.train.loss import Batch, ErrorSums, error_sums, loss_from_sums
+from allegro_jax.train.loss import Batch, ErrorSums, error_sums, weighted_loss
 from allegro_jax.train.optimizer import ema_decay_at, ema_update, set_learning_rate
 from allegro_jax.train.state import TrainState
 
@@ -58,8 +58,7 @@ def make_train_step(
 
     def single_device_loss(params, batch):
         pred = apply_fn(params, batch.graph, forces=forces, stress=stress)
-        sums = error_sums(pred, batch)
-        return loss_from_sums(sums, coeffs), sums
+        return weighted_loss(pred, batch, coeffs)  # (loss, the unweighted sums)
 
     if grad_fn is None:
         grad_fn = jax.value_and_grad(single_device_loss, has_aux=True)

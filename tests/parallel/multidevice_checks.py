@@ -173,7 +173,11 @@ def check_data_parallel(device_counts: list[int]) -> None:
     config = _config("float64")
     init_fn, apply_fn = make_model(config)
     structures = _labelled_structures(7, seed=3)  # 7: uneven groups on 2, 4 and 8 devices
-    split = SplitData(structures, config.type_names, config.r_max, len(structures), np.float64)
+    # uneven loss weights (config_type_weights): the same weighted loss on every device count
+    weights = [0.5, 1.0, 2.0, 3.0, 1.0, 0.0, 4.0]
+    split = SplitData(
+        structures, config.type_names, config.r_max, len(structures), np.float64, weights=weights
+    )
     tx = make_optimizer(1e-2)
     coeffs = {"total_energy": 1.0, "forces": 2.0, "stress": 0.0}
     state0 = create_train_state(init_fn(jax.random.PRNGKey(1)), tx, 1e-2, jax.random.PRNGKey(2))

@@ -28,7 +28,14 @@ from allegro_jax.nn.model import make_model
 from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
 from allegro_jax.train.config import TrainConfig, load_config
 from allegro_jax.train.loop import NonFiniteLossError, train_and_evaluate
-from allegro_jax.train.loss import Batch, error_sums, loss_from_sums, make_labels, summarize
+from allegro_jax.train.loss import (
+    Batch,
+    error_sums,
+    loss_from_sums,
+    make_labels,
+    summarize,
+    weighted_loss,
+)
 from allegro_jax.train.optimizer import (
     ema_decay_at,
     ema_update,
@@ -152,6 +159,38 @@ def test_stress_loss_only_on_labelled_graphs():
     np.testing.assert_allclose(float(loss), 3.0 / 9.0, rtol=1e-6)
 
 
+def test_structure_weights_scale_each_structures_loss_terms_but_not_the_metrics():
+    s1, s2 = _two_molecules()
+    s1.stress, s2.forces = np.eye(3), np.zeros((3, 3))
+    s2.stress = np.zeros((3, 3))
+    budget = Budget(n_nodes=8, n_edges=16, n_graphs=3)
+    graph = build_graph([s1, s2], ("H", "O"), 2.0, budget)
+    pred = {
+        "energy": jnp.array([-0.5, -2.6, 7.0]),
+        "forces": jnp.array(
+            [[1.5, 0, 0], [-1.0, 0.3, 0], [0, 0, 0.2], [0, 0, 0], [0, 0, 0]] + [[9.0, 9, 9]] * 3
+        ),  # fmt: skip
+        "stress": jnp.stack([2 * jnp.eye(3), jnp.full((3, 3), 0.1), jnp.zeros((3, 3))]),
+    }
+    coeffs = {"total_energy": 2.0, "forces": 3.0, "stress": 5.0}
+    plain = Batch(graph, make_labels([s1, s2], budget))
+    ones = Batch(graph, make_labels([s1, s2], budget, weights=[1.0, 1.0]))
+    weighted = Batch(graph, make_labels([s1, s2], budget, weights=[4.0, 0.5]))
+    # the terms of each molecule, over the batch's counts (2 energies, 15 force components,
+    # 18 stress components)
+    e = np.array([(0.5 / 2) ** 2, (0.6 / 3) ** 2]) / 2
+    f = np.array([0.5**2 + 0.3**2, 0.2**2]) / 15
+    st = np.array([3.0, 9 * 0.01]) / 18
+    terms = 2.0 * e + 3.0 * f + 5.0 * st
+    loss, sums = weighted_loss(pred, plain, coeffs)
+    np.testing.assert_allclose(float(loss), terms.sum(), rtol=1e-6)
+    assert float(weighted_loss(pred, ones, coeffs)[0]) == float(loss)  # weights 1: the same
+    w_loss, w_sums = weighted_loss(pred, weighted, coeffs)
+    np.testing.assert_allclose(float(w_loss), 4.0 * terms[0] + 0.5 * terms[1], rtol=1e-6)
+    for a, b in zip(w_sums, sums, strict=True):  # the metrics' sums are unweighted
+        assert float(a) == float(b)
+
+
 # ---- EMA and plateau -----------------------------------------------------------------------
 
 
@@ -203,6 +242,53 @@ def test_config_errors(tmp_path, data_file):
     loaded = load_config(_tiny_yaml(tmp_path, data_file))
     assert loaded.model["num_tensor_features"] == 4 and loaded.batch_size == 4
     assert TrainConfig.from_dict(loaded.to_dict()).to_dict() == loaded.to_dict()
+
+
+def test_config_type_weights(tmp_path, data_file, capsys):
+    """Weights of 0 on every config_type leave the model where it started (two learning
+    rates give the same model); a type no training frame has, or a bad weight, is a
+    one-line error."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from allegro_jax.cli import main
+    from allegro_jax.data.datasets import read_dataset
+
+    frames = []
+    for i, st in enumerate(read_dataset(data_file)):
+        atoms = st.to_ase()
+        atoms.calc = SinglePointCalculator(atoms, energy=st.energy, forces=st.forces)
+        atoms.info["config_type"] = "hot" if i % 2 else "cold"
+        frames.append(atoms)
+    typed = tmp_path / "typed.extxyz"
+    ase.io.write(typed, frames)
+    cfg = yaml.safe_load(TEST_YAML.read_text()) | {
+        "dataset_file_name": str(typed),
+        "max_epochs": 1,
+        "progress_bar": False,
+        "tensorboard": False,
+    }
+    with pytest.raises(ValueError, match="config_type_weights.hot must be a number >= 0"):
+        TrainConfig.from_dict({**cfg, "config_type_weights": {"hot": -1}})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        TrainConfig.from_dict({**cfg, "config_type_weights": [1.0]})
+    params = {}
+    for weights, lr in (({"hot": 0, "cold": 0}, 1e-2), ({"hot": 0, "cold": 0}, 1e-3),
+                        ({"hot": 1, "cold": 0}, 1e-2), ({"hot": 1, "cold": 0}, 1e-3)):  # fmt: skip
+        config = TrainConfig.from_dict(cfg | {"config_type_weights": weights, "learning_rate": lr})
+        run = tmp_path / f"run_{weights['hot']}_{lr}"
+        train_and_evaluate(config, run)
+        params[weights["hot"], lr] = jax.tree.leaves(load_model(run)[1])
+    same = [np.array_equal(a, b) for a, b in zip(params[0, 1e-2], params[0, 1e-3], strict=True)]
+    moved = [np.array_equal(a, b) for a, b in zip(params[1, 1e-2], params[1, 1e-3], strict=True)]
+    assert all(same) and not all(moved)
+    config_file = tmp_path / "typo.yaml"
+    config_file.write_text(yaml.safe_dump(cfg | {"config_type_weights": {"Surface": 10}}))
+    capsys.readouterr()
+    assert main(["train", str(config_file), "--workdir", str(tmp_path / "typo")]) != 0
+    err = capsys.readouterr().err
+    assert "'Surface' not among the config_type values" in err and "(cold, hot)" in err
+    assert str(typed) in err and "Traceback" not in err
 
 
 def read_scalars(path: Path) -> list[tuple[int, str, float]]:
