@@ -179,27 +179,12 @@ def evaluate(args: argparse.Namespace) -> None:
         summary = model / "summary.json"
         summ = json.loads(summary.read_text()) if summary.exists() else {}
         row = {
-            "energy_mae_mev_per_atom": test.get("energy_per_atom_mae_mev"),
-            "force_mae_ev_per_a": test["force_mae_mev_per_a"] / 1e3,
-            "stress_mae_gpa": (
-                test["stress_mae_mev_per_a3"] * MEV_PER_A3_TO_GPA
-                if "stress_mae_mev_per_a3" in test
-                else None
-            ),
+            **_published_units(test),
             "energy_rmse_mev_per_atom": test.get("energy_per_atom_rmse_mev"),
             "force_rmse_ev_per_a": test["force_rmse_mev_per_a"] / 1e3,
             "n_test": test["n_structures"],
             "by_config_type": {
-                kind: {
-                    "n_test": g["n_structures"],
-                    "energy_mae_mev_per_atom": g.get("energy_per_atom_mae_mev"),
-                    "force_mae_ev_per_a": g["force_mae_mev_per_a"] / 1e3,
-                    "stress_mae_gpa": (
-                        g["stress_mae_mev_per_a3"] * MEV_PER_A3_TO_GPA
-                        if "stress_mae_mev_per_a3" in g
-                        else None
-                    ),
-                }
+                kind: {"n_test": g["n_structures"], **_published_units(g)}
                 for kind, g in test.get("groups", {}).items()
             },
             "epochs": summ.get("epochs"),
@@ -220,6 +205,18 @@ def evaluate(args: argparse.Namespace) -> None:
         results["elements"][el] = row
         save_results(results)
         print(f"[{el}] test: {json.dumps({k: row[k] for k in list(row)[:3]})}", flush=True)
+
+
+def _published_units(errors: dict[str, Any]) -> dict[str, float | None]:
+    """Energy MAE in meV/atom, force MAE in eV/Å, stress MAE in GPa (as published) of
+    ``evaluate_model``'s errors (None where the frames have no such label)."""
+    force = errors.get("force_mae_mev_per_a")
+    stress = errors.get("stress_mae_mev_per_a3")
+    return {
+        "energy_mae_mev_per_atom": errors.get("energy_per_atom_mae_mev"),
+        "force_mae_ev_per_a": None if force is None else force / 1e3,
+        "stress_mae_gpa": None if stress is None else stress * MEV_PER_A3_TO_GPA,
+    }
 
 
 def publish(args: argparse.Namespace) -> None:
