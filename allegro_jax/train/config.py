@@ -135,7 +135,6 @@ def _loss_coeffs(value: Any) -> dict[str, float]:
     return out
 
 
-# validation metrics that can pick the best model (metrics.csv columns; lower is better)
 def _config_type_weights(value: Any) -> dict[str, float]:
     """``config_type_weights`` as ``{name: weight}`` with finite weights >= 0."""
     if not isinstance(value, Mapping):
@@ -154,6 +153,7 @@ def _config_type_weights(value: Any) -> dict[str, float]:
     return out
 
 
+# validation metrics that can pick the best model (metrics.csv columns; lower is better)
 METRICS_KEYS = ("validation_loss",) + tuple(
     f"validation_{quantity}_{stat}_{unit}"
     for quantity, unit in (

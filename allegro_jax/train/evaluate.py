@@ -160,9 +160,16 @@ def evaluate_model(
     metrics.pop("loss")
     if group_by:
         by_value = {}
-        for value, members in groups.items():
+        for value, idx in groups.items():
+            members = [structures[i] for i in idx]
             part = SplitData(
-                members, config.type_names, config.r_max, batch_size, dtype, source=str(data_path)
+                members,
+                config.type_names,
+                config.r_max,
+                batch_size,
+                dtype,
+                inputs=[split.inputs[i] for i in idx],  # the neighbour lists already built
+                source=str(data_path),
             )
             scores = score(part)  # the same program: one compile per group's padding budget
             scores.pop("loss")
@@ -179,14 +186,15 @@ def evaluate_model(
     }
 
 
-def _groups(structures: list, key: str, data_path: Path) -> dict[str, list]:
-    """The structures grouped by ``info[key]`` (as text), in order of first appearance."""
-    groups: dict[str, list] = {}
+def _groups(structures: list, key: str, data_path: Path) -> dict[str, list[int]]:
+    """The structures' indices grouped by ``info[key]`` (as text), in order of first
+    appearance."""
+    groups: dict[str, list[int]] = {}
     found = False
-    for s in structures:
+    for i, s in enumerate(structures):
         info = s.info if isinstance(s.info, dict) else {}
         found |= key in info
-        groups.setdefault(str(info[key]) if key in info else "(none)", []).append(s)
+        groups.setdefault(str(info[key]) if key in info else "(none)", []).append(i)
     if not found:
         keys = sorted({k for s in structures if isinstance(s.info, dict) for k in s.info})
         raise DataKeyError(
