@@ -5,8 +5,9 @@ the model's products, a tall [edges, ≤ 128] operand against a small weight mat
 own dot emitter is faster in the whole program: energy + forces 4–8 % less time from ~1,000
 edges up (aspirin ×32, water 192, Si 1000, whole-graph Si 8000), training steps 4–5 %
 (`benchmarks/NOTES.md`, section 11), measured with two threads on a 2-core CPU; with one
-thread the two take the same time, and more cores were not measured. The smallest graphs
-lose (one aspirin, 320 edges: +6 %), so this is a measured default, not a law:
+thread the two take the same time, and more cores were not measured. For one aspirin (320
+edges) it depends on the model: the trained rMD17 models are 8–22 % faster through the ASE
+calculator, the benchmark's l_max 1 model 6 % slower. A measured default, not a law:
 ``ALLEGRO_JAX_CPU_YNNPACK=1`` keeps XLA's choice. Other backends get no options.
 
 The option is XLA's ``xla_cpu_experimental_ynn_fusion_type`` (empty: no YNNPACK fusions);

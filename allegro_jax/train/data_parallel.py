@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
@@ -158,15 +157,15 @@ def make_data_parallel_grad_fn(
     def local(params: Any, batch: Batch):
         batch = squeeze_leading(batch)  # this device's sub-batch
 
-        def sums_of(p: Any) -> ErrorSums:  # the loss weights applied (Labels.weight)
+        def sums_of(p: Any) -> tuple[ErrorSums, ErrorSums]:  # (weighted: Labels.weight, plain)
             pred = apply_fn(p, batch.graph, forces=forces, stress=stress)
             return error_sums(pred, batch, weighted=True), error_sums(pred, batch)
 
-        (local_wsums, local_sums), vjp_fn = jax.vjp(sums_of, params)
+        local_wsums, vjp_fn, local_sums = jax.vjp(sums_of, params, has_aux=True)
         wsums = jax.lax.psum(local_wsums, axis_name)  # sums of the union batch
         sums = jax.lax.psum(local_sums, axis_name)
         loss, d_wsums = jax.value_and_grad(loss_from_sums)(wsums, coeffs)
-        (local_grads,) = vjp_fn((d_wsums, jax.tree.map(jnp.zeros_like, local_sums)))
+        (local_grads,) = vjp_fn(d_wsums)
         return (loss, sums), jax.lax.psum(local_grads, axis_name)
 
     # unchecked: the gradient is local (explicit psum), no replication typing needed
