@@ -82,7 +82,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
             jax.config.update("jax_enable_x64", True)
         metrics = evaluate_model(
-            args.model, args.data, batch_size=args.batch_size, group_by=args.group_by
+            args.model,
+            args.data,
+            batch_size=args.batch_size,
+            group_by=args.group_by,
+            predictions=args.predictions,
         )
     except (OSError, ValueError) as err:  # missing or bad files, bad data: no traceback
         print(f"error: {_one_paragraph(err)}", file=sys.stderr)
@@ -91,7 +95,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else default
     out.write_text(json.dumps(metrics, indent=2))
     for key, value in metrics.items():
-        if key in ("skipped", "groups"):
+        if key in ("skipped", "groups", "predictions"):
             continue
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
     for value, group in metrics.get("groups", {}).items():
@@ -104,6 +108,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if metrics.get("skipped"):
         names = " and ".join(metrics["skipped"])
         print(f"not evaluated: {names} (no frame of {args.data} has them)")
+    if metrics.get("predictions"):
+        print(f"predictions for every structure written to {metrics['predictions']}")
     print(f"written to {out}")
     return 0
 
@@ -148,6 +154,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--group-by",
         metavar="KEY",
         help="also give the errors for each value of this per-frame key (e.g. config_type)",
+    )
+    p.add_argument(
+        "--predictions",
+        metavar="FILE.extxyz",
+        help="also write every structure with the model's predictions beside its labels "
+        "(allegro_energy, allegro_forces, allegro_stress; per-frame errors "
+        "allegro_energy_error_mev_per_atom and allegro_force_mae_mev_per_a; for an "
+        "ensemble allegro_energy_std and allegro_forces_std)",
     )
     p.set_defaults(func=_evaluate)
     return p

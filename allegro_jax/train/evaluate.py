@@ -47,6 +47,7 @@ def evaluate_model(
     read_fn: Callable[[Path], list] | None = None,
     quiet: bool = False,
     group_by: str | None = None,
+    predictions: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Errors of a trained model on every structure of a data file.
 
@@ -61,6 +62,9 @@ def evaluate_model(
         group_by: a per-frame ``info`` key (an extxyz comment key such as ``config_type``):
             the errors are also given for each of its values, under ``groups`` (frames
             without the key form the group ``"(none)"``).
+        predictions: an extended-XYZ file to write every structure to, in file order,
+            with the model's predictions beside its labels (:func:`write_predictions`);
+            written to ``<name>.partial`` and renamed when complete.
 
     Returns:
         ``{"data", "n_structures", "frames_with_energy", "frames_with_forces",
@@ -76,7 +80,8 @@ def evaluate_model(
         (``force_std_error_correlation``), and each member's energy and force MAE
         (``member<k>_energy_mae_mev``, ``member<k>_force_mae_mev_per_a``).
         With ``group_by``: ``group_by`` and ``groups`` = ``{value: {"n_structures",
-        "n_atoms", error keys}}`` in order of first appearance.
+        "n_atoms", error keys}}`` in order of first appearance. With ``predictions``:
+        ``predictions``, the file written.
 
     Raises:
         FileNotFoundError: the model or the data file is missing.
@@ -87,7 +92,11 @@ def evaluate_model(
     data_path = Path(data_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"data file not found: {str(data_path)!r}")
-    config, params, _ = load_model(model_path)
+    if predictions is not None and not Path(predictions).parent.is_dir():
+        raise FileNotFoundError(
+            f"the folder for the predictions file {str(predictions)!r} does not exist"
+        )
+    config, params, energy_forces_fn = load_model(model_path)
     n_members = read_ensemble_size(model_path)
     if read_fn is not None:
         structures = read_fn(data_path)
@@ -176,6 +185,9 @@ def evaluate_model(
             n_atoms = sum(len(s.numbers) for s in members)
             by_value[value] = {"n_structures": len(members), "n_atoms": n_atoms, **scores}
         extra |= {"group_by": group_by, "groups": by_value}
+    if predictions is not None:
+        write_predictions(predictions, split, energy_forces_fn, stress=periodic, quiet=quiet)
+        extra["predictions"] = str(predictions)
     return {
         "data": str(data_path),
         "n_structures": len(split),
@@ -184,6 +196,83 @@ def evaluate_model(
         **metrics,
         **extra,
     }
+
+
+def write_predictions(
+    path: str | os.PathLike,
+    split: SplitData,
+    energy_forces_fn: Callable,
+    *,
+    stress: bool = False,
+    quiet: bool = False,
+) -> int:
+    """Write a split's structures with the model's predictions (extended XYZ, file order).
+
+    Each frame keeps its labels (``energy``, ``forces``, ``stress``, as ASE writes a
+    calculator's results) and ``info`` (``config_type``, the source ``index``, ...) and
+    gains ``allegro_energy`` (eV), the per-atom array ``allegro_forces`` (eV/Å) and, with
+    ``stress``, ``allegro_stress`` (eV/Å^3, the 3×3 tensor row by row, ASE's sign
+    convention); where the frame has the label, ``allegro_energy_error_mev_per_atom``
+    (prediction − label, signed) and ``allegro_force_mae_mev_per_a``. For an ensemble the
+    predictions are the members' mean, with ``allegro_energy_std`` (eV) and the per-atom
+    ``allegro_forces_std`` (eV/Å, the spread of the force vector).
+
+    Args:
+        path: the file; written as ``<path>.partial`` and renamed when every frame is in
+            it, so an interrupted run leaves no file that looks complete.
+        split: the structures and their neighbour lists (batches in file order).
+        energy_forces_fn: the third value of :func:`allegro_jax.io.model.load_model`.
+        stress: predict the stress (written for the periodic structures).
+        quiet: do not print the ``compiling…`` line.
+
+    Returns:
+        The number of frames written.
+    """
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    predict = watch_compiles(energy_forces_fn, f"the predictions for {path.name}", quiet=quiet)
+    written = 0
+    with open(partial, "w") as f:
+        for b, batch in enumerate(split.batches()):  # file order
+            out = jax.tree.map(np.asarray, predict(batch.graph, stress=stress))
+            first = b * split.batch_size
+            start = 0
+            for g, s in enumerate(split.structures[first : first + split.batch_size]):
+                end = start + s.n_atoms
+                atoms = s.to_ase()
+                atoms.info.update(s.info)
+                atoms.calc = SinglePointCalculator(
+                    atoms,
+                    **{
+                        k: v
+                        for k in ("energy", "forces", "stress")
+                        if (v := getattr(s, k)) is not None
+                    },
+                )
+                energy, forces = float(out["energy"][g]), out["forces"][start:end]
+                atoms.info["allegro_energy"] = energy
+                atoms.arrays["allegro_forces"] = np.asarray(forces, dtype=np.float64)
+                if stress and np.any(s.pbc):
+                    atoms.info["allegro_stress"] = np.asarray(out["stress"][g], np.float64).ravel()
+                if s.energy is not None:
+                    error = 1000.0 * (energy - s.energy) / s.n_atoms
+                    atoms.info["allegro_energy_error_mev_per_atom"] = error
+                if s.forces is not None:
+                    mae = 1000.0 * float(np.mean(np.abs(forces - s.forces)))
+                    atoms.info["allegro_force_mae_mev_per_a"] = mae
+                if "energy_std" in out:
+                    atoms.info["allegro_energy_std"] = float(out["energy_std"][g])
+                    atoms.arrays["allegro_forces_std"] = np.asarray(
+                        out["forces_std"][start:end], dtype=np.float64
+                    )
+                ase.io.write(f, atoms, format="extxyz")
+                written += 1
+                start = end
+    os.replace(partial, path)
+    return written
 
 
 def _groups(structures: list, key: str, data_path: Path) -> dict[str, list[int]]:

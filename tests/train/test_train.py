@@ -474,6 +474,94 @@ def test_evaluate_groups_by_a_frame_key(reference_run, data_file, tmp_path, caps
     assert "Traceback" not in err
 
 
+def test_evaluate_writes_each_frames_predictions(reference_run, data_file, tmp_path, capsys):
+    """``--predictions``: every frame in file order with its labels, its info and the
+    model's energy and forces (those of ``load_model``'s predictor, a separate path); the
+    per-frame errors average to the file's; a missing folder is a one-line error."""
+    import ase.io
+
+    from allegro_jax.cli import main
+    from allegro_jax.data.datasets import read_dataset
+
+    out, pred = tmp_path / "eval.json", tmp_path / "pred.extxyz"
+    args = ["evaluate", "--model", str(reference_run), "--data", str(data_file)]
+    assert main([*args, "--output", str(out), "--predictions", str(pred), "--batch-size", "3"]) == 0
+    assert f"written to {pred}" in capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    assert metrics["predictions"] == str(pred)
+    assert not pred.with_name(pred.name + ".partial").exists()
+    frames = ase.io.read(pred, ":")
+    structures = read_dataset(data_file)
+    assert len(frames) == len(structures) == 20
+    _, _, fn = load_model(reference_run)
+    expected = fn(structures[::-1])  # another batch, in another order
+    for atoms, s, p in zip(frames, structures, expected[::-1], strict=True):
+        assert atoms.info["index"] == s.info["index"]
+        np.testing.assert_allclose(atoms.positions, s.positions, atol=1e-6)
+        np.testing.assert_allclose(atoms.get_potential_energy(), s.energy, rtol=1e-9)
+        np.testing.assert_allclose(atoms.get_forces(), s.forces, atol=1e-7)
+        np.testing.assert_allclose(atoms.info["allegro_energy"], p["energy"], rtol=1e-6)
+        np.testing.assert_allclose(atoms.arrays["allegro_forces"], p["forces"], atol=1e-5)
+        assert "allegro_stress" not in atoms.info  # molecules
+    errors = np.array([a.info["allegro_energy_error_mev_per_atom"] for a in frames])
+    np.testing.assert_allclose(np.abs(errors).mean(), metrics["energy_per_atom_mae_mev"], rtol=1e-4)
+    n = np.array([len(a) for a in frames])
+    f_mae = np.array([a.info["allegro_force_mae_mev_per_a"] for a in frames])
+    np.testing.assert_allclose(
+        (f_mae * n).sum() / n.sum(), metrics["force_mae_mev_per_a"], rtol=1e-4
+    )
+    missing = tmp_path / "no_such_folder" / "pred.extxyz"
+    assert main([*args, "--output", str(out), "--predictions", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_folder" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_evaluate_predictions_hold_the_stress_of_periodic_frames(tmp_path):
+    """Periodic frames: ``allegro_stress`` is the ASE calculator's stress (3×3, ASE's sign),
+    and the labelled stress is written back as read."""
+    import ase.build
+    import ase.io
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from allegro_jax.md.ase_calculator import AllegroCalculator
+    from allegro_jax.train.evaluate import evaluate_model
+
+    config = AllegroConfig(
+        type_names=("Cu",), r_max=3.5, l_max=1, num_layers=1, num_scalar_features=8,
+        num_tensor_features=4, per_type_energy_shifts=(-3.0,),
+    )  # fmt: skip
+    init_fn, _ = make_model(config)
+    save_model(tmp_path / "m", config, jax.jit(init_fn)(jax.random.PRNGKey(5)), {})
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(5):
+        atoms = ase.build.bulk("Cu", "fcc", a=3.6 + 0.02 * i, cubic=True).repeat(2)
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        e, f, st = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f, stress=st)
+        frames.append(atoms)
+    data = tmp_path / "cu.extxyz"
+    ase.io.write(data, frames)
+    pred = tmp_path / "pred.extxyz"
+    metrics = evaluate_model(tmp_path / "m", data, predictions=pred, batch_size=2, quiet=True)
+    assert metrics["frames_with_stress"] == 5
+    calc = AllegroCalculator.from_model_dir(tmp_path / "m")
+    for atoms, original in zip(ase.io.read(pred, ":"), frames, strict=True):
+        np.testing.assert_allclose(atoms.get_stress(), original.get_stress(), atol=1e-9)
+        probe = original.copy()
+        probe.calc = calc
+        np.testing.assert_allclose(
+            np.reshape(atoms.info["allegro_stress"], (3, 3)),
+            probe.get_stress(voigt=False),
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            atoms.info["allegro_energy"], probe.get_potential_energy(), rtol=1e-6
+        )
+
+
 def test_save_load_model_round_trip(tmp_path):
     config = AllegroConfig(
         type_names=("H", "O"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ase.io
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,8 +99,9 @@ def test_evaluate_cli_reports_the_ensemble_spread(ensemble_run, data, tmp_path, 
     from allegro_jax.cli import main
 
     run, _ = ensemble_run
-    out = tmp_path / "eval.json"
-    assert main(["evaluate", "--model", str(run), "--data", str(data), "--output", str(out)]) == 0
+    out, pred = tmp_path / "eval.json", tmp_path / "pred.extxyz"
+    args = ["evaluate", "--model", str(run), "--data", str(data), "--output", str(out)]
+    assert main([*args, "--predictions", str(pred)]) == 0
     metrics = json.loads(out.read_text())
     assert "force_std_mean_mev_per_a" in capsys.readouterr().out
     # the errors are those of the mean prediction
@@ -112,6 +114,16 @@ def test_evaluate_cli_reports_the_ensemble_spread(ensemble_run, data, tmp_path, 
     np.testing.assert_allclose(metrics["force_mae_mev_per_a"], 1e3 * f_err.mean(), rtol=1e-4)
     sigma = np.concatenate([p["forces_std"] for p in preds])
     np.testing.assert_allclose(metrics["force_std_mean_mev_per_a"], 1e3 * sigma.mean(), rtol=1e-4)
+    # --predictions: the mean prediction and the members' spread, frame by frame
+    frames = ase.io.read(pred, ":")
+    assert len(frames) == len(structures)
+    for atoms, p in zip(frames, preds, strict=True):
+        np.testing.assert_allclose(atoms.info["allegro_energy"], p["energy"], rtol=1e-6)
+        np.testing.assert_allclose(
+            atoms.info["allegro_energy_std"], p["energy_std"], rtol=1e-4, atol=1e-7
+        )
+        np.testing.assert_allclose(atoms.arrays["allegro_forces"], p["forces"], atol=1e-5)
+        np.testing.assert_allclose(atoms.arrays["allegro_forces_std"], p["forces_std"], atol=1e-5)
     assert metrics["member0_force_mae_mev_per_a"] != metrics["member1_force_mae_mev_per_a"]
 
 
