@@ -21,6 +21,9 @@ def test_cosine_fine_tune_config(tmp_path):
     assert plain.lr_scheduler_name == "ReduceLROnPlateau" and plain.initial_model is None
     tuned = mlearn.make_config("Cu", tmp_path, 30.0, tmp_path / "model", cosine_epochs=40)
     assert tuned.lr_scheduler_name == "cosine" and tuned.max_epochs == 40
+    # a cosine run ends annealed: no early stopping (the plain run keeps the config's)
+    assert tuned.early_stopping_patiences == {}
+    assert "validation_loss" in plain.early_stopping_patiences
     assert tuned.initial_model == str(tmp_path / "model")
     assert tuned.loss_coeffs.get("stress", 0.0) == 0.0  # Cu has no stress labels
     assert plain.loss_coeffs["stress"] > 0
