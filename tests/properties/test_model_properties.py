@@ -187,6 +187,35 @@ def test_stress_by_finite_strain(generation, systems):
 
 
 @params_grid
+def test_cell_shorter_than_the_cutoff_equals_its_supercell(generation):
+    """A slab whose periodic axis (2.1 Å) is shorter than r_max: each atom's own images are
+    its neighbours (i -> i edges with a shift). The cell and its 3 x 1 x 1 supercell give the
+    same energy per atom, the same forces on each copy and the same stress."""
+    cfg, params, apply = model(generation, "float64")
+    rng = np.random.default_rng(4)
+    n = 4
+    cell = np.diag([2.1, 6.0, 14.0])  # a 2.1 Å axis, and vacuum along z
+    frac = rng.uniform(size=(n, 3)) * [1.0, 1.0, 0.25]
+    positions = frac @ cell
+    numbers = rng.choice([6, 14], size=n)
+    one = Structure(numbers=numbers, positions=positions, cell=cell, pbc=True)
+    copies = np.concatenate([positions + k * cell[0] for k in range(3)])
+    big_cell = cell * [[3], [1], [1]]
+    three = Structure(numbers=np.tile(numbers, 3), positions=copies, cell=big_cell, pbc=True)
+    g1 = graph_of([one], "float64")
+    assert np.any((g1.edge_center == g1.edge_neighbor) & g1.edge_mask)  # self-image edges
+    out1 = apply(params, g1, stress=True)
+    out3 = apply(params, graph_of([three], "float64"), stress=True)
+    np.testing.assert_allclose(out3["energy"][0], 3 * out1["energy"][0], rtol=1e-10)
+    f1 = np.asarray(out1["forces"])[:n]
+    f3 = np.asarray(out3["forces"])[: 3 * n].reshape(3, n, 3)
+    for k in range(3):
+        np.testing.assert_allclose(f3[k], f1, atol=1e-10)
+    np.testing.assert_allclose(out3["stress"][0], out1["stress"][0], atol=1e-10)
+    assert np.abs(f1).max() > 1e-3 and np.abs(np.asarray(out1["stress"][0])).max() > 1e-5
+
+
+@params_grid
 def test_strict_locality(generation):
     """∂E_i/∂r_k = 0 unless k = i or k is within r_max of i (no message passing)."""
     cfg, params, apply = model(generation, "float64")
