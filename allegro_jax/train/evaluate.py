@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ase.io
 import jax
 import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from allegro_jax.compiling import watch_compiles
 from allegro_jax.data.datasets import DataKeyError, describe_frame_keys, read_dataset
@@ -228,9 +230,6 @@ def write_predictions(
     Returns:
         The number of frames written.
     """
-    import ase.io
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     predict = watch_compiles(energy_forces_fn, f"the predictions for {path.name}", quiet=quiet)
