@@ -98,6 +98,10 @@ def evaluate_model(
         raise FileNotFoundError(
             f"the folder for the predictions file {str(predictions)!r} does not exist"
         )
+    if predictions is not None and Path(predictions).resolve() == data_path.resolve():
+        raise ValueError(
+            f"the predictions file {str(predictions)!r} is the data file: it would be replaced"
+        )
     config, params, energy_forces_fn = load_model(model_path)
     n_members = read_ensemble_size(model_path)
     if read_fn is not None:

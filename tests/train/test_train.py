@@ -514,6 +514,9 @@ def test_evaluate_writes_each_frames_predictions(reference_run, data_file, tmp_p
     assert main([*args, "--output", str(out), "--predictions", str(missing)]) == 2
     err = capsys.readouterr().err
     assert "no_such_folder" in err and "does not exist" in err and "Traceback" not in err
+    before = data_file.read_bytes()  # the data file itself is refused, and left alone
+    assert main([*args, "--output", str(out), "--predictions", str(data_file)]) == 2
+    assert "is the data file" in capsys.readouterr().err and data_file.read_bytes() == before
 
 
 def test_evaluate_predictions_hold_the_stress_of_periodic_frames(tmp_path):
