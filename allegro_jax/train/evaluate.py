@@ -94,14 +94,15 @@ def evaluate_model(
     data_path = Path(data_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"data file not found: {str(data_path)!r}")
-    if predictions is not None and not Path(predictions).parent.is_dir():
-        raise FileNotFoundError(
-            f"the folder for the predictions file {str(predictions)!r} does not exist"
-        )
-    if predictions is not None and Path(predictions).resolve() == data_path.resolve():
-        raise ValueError(
-            f"the predictions file {str(predictions)!r} is the data file: it would be replaced"
-        )
+    if predictions is not None:  # refused before anything is computed
+        if not Path(predictions).parent.is_dir():
+            raise FileNotFoundError(
+                f"the folder for the predictions file {str(predictions)!r} does not exist"
+            )
+        if Path(predictions).resolve() == data_path.resolve():
+            raise ValueError(
+                f"the predictions file {str(predictions)!r} is the data file: it would be replaced"
+            )
     config, params, energy_forces_fn = load_model(model_path)
     n_members = read_ensemble_size(model_path)
     if read_fn is not None:
@@ -247,13 +248,9 @@ def write_predictions(
                 end = start + s.n_atoms
                 atoms = s.to_ase()
                 atoms.info.update(s.info)
+                labels = {"energy": s.energy, "forces": s.forces, "stress": s.stress}
                 atoms.calc = SinglePointCalculator(
-                    atoms,
-                    **{
-                        k: v
-                        for k in ("energy", "forces", "stress")
-                        if (v := getattr(s, k)) is not None
-                    },
+                    atoms, **{k: v for k, v in labels.items() if v is not None}
                 )
                 energy, forces = float(out["energy"][g]), out["forces"][start:end]
                 atoms.info["allegro_energy"] = energy
