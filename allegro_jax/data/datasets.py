@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -1005,3 +1006,68 @@ def random_split(n: int, sizes: Sequence[int], seed: int) -> tuple[np.ndarray, .
     perm = np.random.default_rng(seed).permutation(n)
     bounds = np.cumsum([0, *sizes])
     return tuple(perm[a:b].astype(np.int64) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def stratified_split(
+    groups: Sequence[Any], n_val: int, seed: int, *, keep_one: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """A validation subset of ``n_val`` items drawn group by group, the rest for training.
+
+    Each group (items with equal ``groups[i]``; ``None`` is a group too) gets validation
+    items in proportion to its size (largest remainders break ties, then larger groups,
+    then first appearance), but at least one for every group that can spare one when
+    ``n_val`` reaches their number: a kind of frame the data holds few of (relaxed
+    surfaces among hot AIMD cells, say) is then in the validation set at all, where a
+    plain random draw of 20 in 200 often misses it. With ``keep_one`` (validation drawn
+    from the training file) a group never gives all its items, so every kind stays
+    trainable; a group of one gives none. Which items a group gives is a seeded random
+    draw (``np.random.default_rng(seed)``), so the split is reproducible.
+
+    Args:
+        groups: one hashable label per item (e.g. each frame's ``config_type``).
+        n_val: number of validation items.
+        seed: the seed.
+        keep_one: leave at least one item of every group out of the validation set.
+
+    Returns:
+        ``(train, val)`` int64 index arrays; ``train`` holds every item not in ``val``, in
+        a seeded random order.
+
+    Raises:
+        ValueError: ``n_val`` negative or more than the groups can give.
+    """
+    n = len(groups)
+    order: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        order.setdefault(g, []).append(i)
+    labels = list(order)
+    sizes = np.array([len(order[g]) for g in labels])
+    cap = sizes - 1 if keep_one else sizes
+    if n_val < 0 or n_val > cap.sum():
+        raise ValueError(
+            f"n_val = {n_val}: the {len(labels)} groups of {n} items can give 0 to "
+            f"{int(cap.sum())} validation items"
+            + (" (each keeps one for training)" if keep_one else "")
+        )
+    eligible = cap > 0
+    least = (eligible & (n_val >= eligible.sum())).astype(np.int64)  # one each, if n_val allows
+    quota = n_val * sizes / n
+    take = np.minimum(np.maximum(np.floor(quota).astype(np.int64), least), cap)
+    while take.sum() > n_val:  # the ones pushed the total over: trim the most over-served
+        k = max(np.flatnonzero(take > least), key=lambda k: (take[k] - quota[k], sizes[k]))
+        take[k] -= 1
+    rank = sorted(range(len(labels)), key=lambda k: (take[k] - quota[k], -sizes[k], k))
+    for k in itertools.cycle(rank):  # largest remainders first, within each group's capacity
+        if take.sum() == n_val:
+            break
+        if take[k] < cap[k]:
+            take[k] += 1
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    train: list[int] = []
+    for k, g in enumerate(labels):
+        members = np.asarray(order[g])[rng.permutation(sizes[k])]
+        val.extend(members[: take[k]])
+        train.extend(members[take[k] :])
+    train_idx = np.asarray(train, dtype=np.int64)[rng.permutation(len(train))]
+    return train_idx, np.asarray(val, dtype=np.int64)

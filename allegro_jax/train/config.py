@@ -178,6 +178,12 @@ class TrainConfig:
         n_train: training structures (``None``: all not used for validation).
         n_val: validation structures.
         dataset_seed: seed of the train/validation split.
+        validation_stratify_by: an ``info`` key of the frames (e.g. ``config_type``): the
+            validation frames are drawn from each of its values in proportion to their
+            number, at least one from every value with two or more frames when ``n_val``
+            allows, none that takes a value's last training frame
+            (:func:`allegro_jax.data.datasets.stratified_split`); ``None`` (the default):
+            a plain random draw. Frames without the key form a group of their own.
         energy_key: energy label key for ASE files (``None``: the reader's default for the
             file, :func:`allegro_jax.data.datasets.recommended_read_kwargs`).
         forces_key: forces label key for ASE files (``None``: default; ``"none"``: ignore).
@@ -256,6 +262,7 @@ class TrainConfig:
     test_dataset_file_name: str | None = None
     n_train: int | None = None
     dataset_seed: int = 0
+    validation_stratify_by: str | None = None
     energy_key: str | None = None
     forces_key: str | None = None
     stress_key: str | None = None
@@ -333,6 +340,13 @@ class TrainConfig:
         ):
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.validation_stratify_by is not None and (
+            not isinstance(self.validation_stratify_by, str) or not self.validation_stratify_by
+        ):
+            raise ValueError(
+                "validation_stratify_by must be an info key of the frames (e.g. config_type), "
+                f"got {self.validation_stratify_by!r}"
+            )
         if self.ensemble_strategy not in ("auto", "vmap", "map"):
             raise ValueError(
                 f"ensemble_strategy must be 'auto', 'vmap' or 'map', got {self.ensemble_strategy!r}"

@@ -15,6 +15,7 @@ from allegro_jax.data.datasets import (
     random_split,
     read_dataset,
     recommended_read_kwargs,
+    stratified_split,
 )
 from allegro_jax.data.statistics import DatasetStatistics, compute_statistics
 from allegro_jax.nn.model import subtract_pair_potential
@@ -71,15 +72,26 @@ def check_loss_labels(config: TrainConfig, path: str, structures: Sequence) -> N
 
 
 def load_splits(config: TrainConfig) -> tuple[list, list]:
-    """The seeded (train, validation) structures of a config (see :func:`check_loss_labels`)."""
+    """The seeded (train, validation) structures of a config (see :func:`check_loss_labels`;
+    ``validation_stratify_by``: :func:`validation_groups`)."""
     data = read_structures(config, config.dataset_file_name)
     check_loss_labels(config, config.dataset_file_name, data)
+    key = config.validation_stratify_by
     if config.validation_dataset_file_name:
         val_data = read_structures(config, config.validation_dataset_file_name)
         check_loss_labels(config, config.validation_dataset_file_name, val_data)
         n_train = config.n_train or len(data)
         (train_idx,) = random_split(len(data), (n_train,), config.dataset_seed)
-        (val_idx,) = random_split(len(val_data), (config.n_val,), config.dataset_seed + 1)
+        if key is None:
+            (val_idx,) = random_split(len(val_data), (config.n_val,), config.dataset_seed + 1)
+        else:
+            groups = validation_groups(val_data, key, config.validation_dataset_file_name)
+            try:
+                _, val_idx = stratified_split(
+                    groups, config.n_val, config.dataset_seed + 1, keep_one=False
+                )
+            except ValueError as err:
+                raise ValueError(f"{config.validation_dataset_file_name}: {err}") from None
         return [data[i] for i in train_idx], [val_data[i] for i in val_idx]
     n_train = config.n_train or len(data) - config.n_val
     if n_train < 1:
@@ -87,8 +99,40 @@ def load_splits(config: TrainConfig) -> tuple[list, list]:
             f"{config.dataset_file_name} has {len(data)} structures; n_val = "
             f"{config.n_val} leaves none for training"
         )
-    train_idx, val_idx = random_split(len(data), (n_train, config.n_val), config.dataset_seed)
+    if key is None:
+        train_idx, val_idx = random_split(len(data), (n_train, config.n_val), config.dataset_seed)
+    else:
+        groups = validation_groups(data, key, config.dataset_file_name)
+        try:
+            rest, val_idx = stratified_split(groups, config.n_val, config.dataset_seed)
+        except ValueError as err:
+            raise ValueError(f"{config.dataset_file_name}: {err}") from None
+        if n_train > len(rest):
+            raise ValueError(
+                f"{config.dataset_file_name} has {len(data)} structures; n_train = {n_train} "
+                f"and n_val = {config.n_val} need more"
+            )
+        train_idx = rest[:n_train]
     return [data[i] for i in train_idx], [data[i] for i in val_idx]
+
+
+def validation_groups(structures: Sequence, key: str, source: str) -> list:
+    """Each structure's ``info[key]`` (``None`` where it has none), the groups of a
+    stratified validation draw.
+
+    Raises:
+        ValueError: no structure of ``source`` has the key (a misspelt key would silently
+            give a plain random draw), naming the keys the first frame has.
+    """
+    groups = [s.info.get(key) if isinstance(s.info, dict) else None for s in structures]
+    if all(g is None for g in groups):
+        first = structures[0].info if structures and isinstance(structures[0].info, dict) else {}
+        have = ", ".join(sorted(map(str, first))) or "none"
+        raise ValueError(
+            f"{source}: validation_stratify_by = {key!r}, but no frame has that info key "
+            f"(the first frame's: {have})"
+        )
+    return [None if g is None else str(g) for g in groups]
 
 
 def default_type_names(structures: Sequence) -> list[str]:

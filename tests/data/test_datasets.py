@@ -28,6 +28,7 @@ from allegro_jax.data.datasets import (
     read_rmd17,
     recommended_read_kwargs,
     sha256sum,
+    stratified_split,
     verify_file,
 )
 
@@ -496,6 +497,39 @@ def test_random_split():
         random_split(1000, (951, 50), seed=0)
     with pytest.raises(ValueError, match="non-negative"):
         random_split(10, (-1, 5), seed=0)
+
+
+def test_stratified_split_draws_every_kind_in_proportion():
+    """Mo's training file by kind of cell: each kind gives validation frames in proportion
+    (within one of its quota), the nine surfaces at least one, the lone frame none;
+    train and validation are disjoint and cover every frame; the seed reproduces it."""
+    sizes = {"AIMD 300 K": 35, "AIMD 3000 K": 37, "AIMD 6000 K": 36, "Elastic": 56,
+             "Vacancy": 21, "Surface": 9, "lone": 1}  # fmt: skip
+    groups = [g for g, n in sizes.items() for _ in range(n)]
+    for seed in range(5):
+        train, val = stratified_split(groups, 20, seed)
+        assert train.dtype == val.dtype == np.int64 and len(val) == 20
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(195))
+        drawn = {g: sum(groups[i] == g for i in val) for g in sizes}
+        for g, n in sizes.items():
+            assert abs(drawn[g] - 20 * n / 195) < 1 + 1e-9, (g, drawn)
+        assert drawn["Surface"] >= 1 and drawn["lone"] == 0
+    again = stratified_split(groups, 20, 4)
+    np.testing.assert_array_equal(again[1], val)
+    np.testing.assert_array_equal(again[0], train)
+    assert not np.array_equal(stratified_split(groups, 20, 5)[1], val)
+    # a kind a random draw of 20 misses: 1 cell in 100 of two, drawn only when n_val allows
+    rare = ["bulk"] * 98 + ["surface"] * 2
+    assert sorted(groups_of(rare, stratified_split(rare, 5, 0)[1])) == ["bulk"] * 4 + ["surface"]
+    assert groups_of(rare, stratified_split(rare, 1, 0)[1]) == ["bulk"]
+    # every kind keeps a training frame, unless the validation frames come from another file
+    with pytest.raises(ValueError, match="can give 0 to 98 validation items"):
+        stratified_split(rare, 99, 0)
+    assert len(stratified_split(rare, 100, 0, keep_one=False)[1]) == 100
+
+
+def groups_of(groups, idx):
+    return [groups[i] for i in idx]
 
 
 def test_read_ase_cells(tmp_path):

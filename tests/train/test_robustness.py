@@ -324,3 +324,49 @@ def test_forces_under_another_key_are_an_error_not_an_energy_only_model(tmp_path
     no_forces = {"total_energy": 1.0, "forces": 0.0}
     train, _ = load_splits(TrainConfig.from_dict(cfg | {"loss_coeffs": no_forces}))
     assert all(s.forces is None for s in train)
+
+
+def test_validation_stratified_by_config_type(tmp_path, capsys):
+    """``validation_stratify_by: config_type`` puts a kind of frame that a plain draw
+    leaves out (2 surfaces in 30) in the validation set; a key no frame has is a one-line
+    error naming the file and the keys it has."""
+    import ase.build
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from allegro_jax.cli import main
+    from allegro_jax.train.run_data import load_splits
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(30):
+        atoms = ase.build.molecule("H2O")
+        atoms.positions += rng.normal(scale=0.05, size=(3, 3))
+        atoms.calc = SinglePointCalculator(atoms, energy=-14.0, forces=rng.normal(size=(3, 3)))
+        atoms.info["config_type"] = "surface" if i in (3, 17) else "bulk"
+        frames.append(atoms)
+    data = tmp_path / "typed.extxyz"
+    ase.io.write(data, frames)
+    cfg = _config_dict(data, n_val=6, n_train=None)
+    kinds = lambda structs: sorted(s.info["config_type"] for s in structs)  # noqa: E731
+    plain_train, plain_val = load_splits(TrainConfig.from_dict(cfg))
+    assert "surface" not in kinds(plain_val)  # this seed's plain draw misses both
+    train, val = load_splits(TrainConfig.from_dict(cfg | {"validation_stratify_by": "config_type"}))
+    assert kinds(val) == ["bulk"] * 5 + ["surface"] and kinds(train).count("surface") == 1
+    assert len(train) == 24 and {s.info["index"] for s in train + val} == set(range(30))
+    few = load_splits(TrainConfig.from_dict(cfg | {"validation_stratify_by": "config_type",
+                                                    "n_train": 10}))  # fmt: skip
+    assert len(few[0]) == 10 and kinds(few[1]) == kinds(val)
+    # from a separate validation file (which keeps nothing for training): n_val = 30 is all
+    separate = cfg | {"validation_stratify_by": "config_type", "validation_dataset_file_name":
+                      str(data), "n_val": 30}  # fmt: skip
+    assert kinds(load_splits(TrainConfig.from_dict(separate))[1]) == ["bulk"] * 28 + ["surface"] * 2
+    with pytest.raises(ValueError, match="must be an info key"):
+        TrainConfig.from_dict(cfg | {"validation_stratify_by": 3})
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg | {"validation_stratify_by": "kind"}))
+    capsys.readouterr()
+    assert main(["train", str(config), "--workdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {data}: validation_stratify_by = 'kind', but no frame")
+    assert "config_type" in err and err.count("\n") == 1 and "Traceback" not in err
