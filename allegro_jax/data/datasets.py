@@ -1014,8 +1014,9 @@ def stratified_split(
     """A validation subset of ``n_val`` items drawn group by group, the rest for training.
 
     Each group (items with equal ``groups[i]``; ``None`` is a group too) gets validation
-    items in proportion to its size (largest remainders break ties, then larger groups,
-    then first appearance), but at least one for every group that can spare one when
+    items in proportion to its size (the rounded-down quota, then one more each for the
+    groups furthest below their quota, larger groups and earlier ones first on ties), but
+    at least one for every group that can spare one when
     ``n_val`` reaches their number: a kind of frame the data holds few of (relaxed
     surfaces among hot AIMD cells, say) is then in the validation set at all, where a
     plain random draw of 20 in 200 often misses it. With ``keep_one`` (validation drawn
