@@ -73,7 +73,7 @@ def check_loss_labels(config: TrainConfig, path: str, structures: Sequence) -> N
 
 def load_splits(config: TrainConfig) -> tuple[list, list]:
     """The seeded (train, validation) structures of a config (see :func:`check_loss_labels`;
-    ``validation_stratify_by``: :func:`validation_groups`)."""
+    ``validation_stratify_by``: :func:`stratified_draw`)."""
     data = read_structures(config, config.dataset_file_name)
     check_loss_labels(config, config.dataset_file_name, data)
     key = config.validation_stratify_by
@@ -85,13 +85,9 @@ def load_splits(config: TrainConfig) -> tuple[list, list]:
         if key is None:
             (val_idx,) = random_split(len(val_data), (config.n_val,), config.dataset_seed + 1)
         else:
-            groups = validation_groups(val_data, key, config.validation_dataset_file_name)
-            try:
-                _, val_idx = stratified_split(
-                    groups, config.n_val, config.dataset_seed + 1, keep_one=False
-                )
-            except ValueError as err:
-                raise ValueError(f"{config.validation_dataset_file_name}: {err}") from None
+            source = config.validation_dataset_file_name
+            seed = config.dataset_seed + 1
+            _, val_idx = stratified_draw(val_data, key, source, config.n_val, seed, keep_one=False)
         return [data[i] for i in train_idx], [val_data[i] for i in val_idx]
     n_train = config.n_train or len(data) - config.n_val
     if n_train < 1:
@@ -102,11 +98,9 @@ def load_splits(config: TrainConfig) -> tuple[list, list]:
     if key is None:
         train_idx, val_idx = random_split(len(data), (n_train, config.n_val), config.dataset_seed)
     else:
-        groups = validation_groups(data, key, config.dataset_file_name)
-        try:
-            rest, val_idx = stratified_split(groups, config.n_val, config.dataset_seed)
-        except ValueError as err:
-            raise ValueError(f"{config.dataset_file_name}: {err}") from None
+        rest, val_idx = stratified_draw(
+            data, key, config.dataset_file_name, config.n_val, config.dataset_seed, keep_one=True
+        )
         if n_train > len(rest):
             raise ValueError(
                 f"{config.dataset_file_name} has {len(data)} structures; n_train = {n_train} "
@@ -114,6 +108,18 @@ def load_splits(config: TrainConfig) -> tuple[list, list]:
             )
         train_idx = rest[:n_train]
     return [data[i] for i in train_idx], [data[i] for i in val_idx]
+
+
+def stratified_draw(
+    structures: Sequence, key: str, source: str, n_val: int, seed: int, *, keep_one: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~allegro_jax.data.datasets.stratified_split` of the structures of the file
+    ``source`` by their ``info[key]`` (:func:`validation_groups`); its errors name the file."""
+    groups = validation_groups(structures, key, source)
+    try:
+        return stratified_split(groups, n_val, seed, keep_one=keep_one)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 def validation_groups(structures: Sequence, key: str, source: str) -> list:
