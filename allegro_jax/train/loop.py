@@ -91,6 +91,7 @@ from allegro_jax.train.run_data import (  # noqa: F401  (importable from here, a
     check_loss_labels,
     complete_model_config,
     default_type_names,
+    info_values,
     load_splits,
     read_structures,
 )
@@ -293,7 +294,7 @@ def config_type_weights(
     listed); every listed type must occur (a misspelt one would silently weigh nothing)."""
     if not weights:
         return None
-    kinds = [s.info.get("config_type") if isinstance(s.info, dict) else None for s in structures]
+    kinds = info_values(structures, "config_type")
     present = {str(k) for k in kinds if k is not None}
     missing = sorted(set(weights) - present)
     if missing:

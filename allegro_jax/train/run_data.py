@@ -110,27 +110,24 @@ def load_splits(config: TrainConfig) -> tuple[list, list]:
     return [data[i] for i in train_idx], [data[i] for i in val_idx]
 
 
+def info_values(structures: Sequence, key: str) -> list:
+    """Each structure's ``info[key]`` (``None`` where it has none): the frames' kinds for
+    ``config_type_weights`` and ``validation_stratify_by``."""
+    return [s.info.get(key) if isinstance(s.info, dict) else None for s in structures]
+
+
 def stratified_draw(
     structures: Sequence, key: str, source: str, n_val: int, seed: int, *, keep_one: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`~allegro_jax.data.datasets.stratified_split` of the structures of the file
-    ``source`` by their ``info[key]`` (:func:`validation_groups`); its errors name the file."""
-    groups = validation_groups(structures, key, source)
-    try:
-        return stratified_split(groups, n_val, seed, keep_one=keep_one)
-    except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
-
-
-def validation_groups(structures: Sequence, key: str, source: str) -> list:
-    """Each structure's ``info[key]`` (``None`` where it has none), the groups of a
-    stratified validation draw.
+    ``source`` by their ``info[key]`` (frames without it are a group of their own).
 
     Raises:
-        ValueError: no structure of ``source`` has the key (a misspelt key would silently
-            give a plain random draw), naming the keys the first frame has.
+        ValueError: naming the file: no structure has the key (a misspelt key would
+            silently give a plain random draw; the message lists the first frame's keys),
+            or ``n_val`` is more than the groups can give.
     """
-    groups = [s.info.get(key) if isinstance(s.info, dict) else None for s in structures]
+    groups = info_values(structures, key)
     if all(g is None for g in groups):
         first = structures[0].info if structures and isinstance(structures[0].info, dict) else {}
         have = ", ".join(sorted(map(str, first))) or "none"
@@ -138,7 +135,11 @@ def validation_groups(structures: Sequence, key: str, source: str) -> list:
             f"{source}: validation_stratify_by = {key!r}, but no frame has that info key "
             f"(the first frame's: {have})"
         )
-    return [None if g is None else str(g) for g in groups]
+    groups = [None if g is None else str(g) for g in groups]
+    try:
+        return stratified_split(groups, n_val, seed, keep_one=keep_one)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 def default_type_names(structures: Sequence) -> list[str]:
