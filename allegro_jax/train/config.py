@@ -250,7 +250,13 @@ class TrainConfig:
             and statistics a NEW run starts from (fine-tuning, or continuing a run whose
             checkpoints are gone); the optimiser, EMA and schedule start afresh. Ignored
             when the run directory has a checkpoint. Architecture keys given in ``model``
-            must agree with the initial model's.
+            must agree with the initial model's, except ``l_max`` when
+            ``initial_model_grow`` is true.
+        initial_model_grow: the model may have a higher ``l_max`` than ``initial_model``
+            (every other architecture key equal): its weights are placed in the larger
+            model so that it starts from the same energies and forces, the new
+            tensor-product paths at zero (:func:`allegro_jax.nn.grow.grow_params`).
+            Ignored without ``initial_model`` (as on a resume).
         model: the model's keys (an :class:`AllegroConfig` dict, possibly incomplete).
         source_dir: the YAML file's folder: relative data paths resolve against it first.
     """
@@ -307,6 +313,7 @@ class TrainConfig:
     num_devices: int | None = None
     workdir: str | None = None
     initial_model: str | None = None
+    initial_model_grow: bool = False
     source_dir: str | None = None
 
     def __post_init__(self):
@@ -351,8 +358,9 @@ class TrainConfig:
             raise ValueError(
                 f"ensemble_strategy must be 'auto', 'vmap' or 'map', got {self.ensemble_strategy!r}"
             )
-        if not isinstance(self.data_parallel, bool):
-            raise ValueError(f"data_parallel must be true or false, got {self.data_parallel!r}")
+        for name in ("data_parallel", "initial_model_grow"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("n_train", "validation_batch_size", "checkpoint_every", "num_devices"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

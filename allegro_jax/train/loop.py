@@ -415,7 +415,9 @@ def restore_run(run: Run, store: CheckpointStore) -> None:
     restored = restore_or_refuse(store, run.state, run.workdir)
     run.last_saved_dir = store.restored_from
     if restored is None and run.initial_dir is not None:
-        run.state = start_from_model(run.initial_dir, run.state, run.tx, run.config, run.n_members)
+        run.state = start_from_model(
+            run.initial_dir, run.state, run.tx, run.config, run.n_members, run.model_config
+        )
         record_previous_stages(run.initial_dir, run.workdir)
     if restored is not None:
         state, meta = restored

@@ -33,6 +33,7 @@ from allegro_jax.io.atomic import atomic_write_text
 from allegro_jax.io.model import PARAMS_FILE, find_model_dir, read_ensemble_size, read_model_config
 from allegro_jax.io.runlock import HOLDER_FILE, LOCK_FILE
 from allegro_jax.nn.ensemble import member, stack_members
+from allegro_jax.nn.grow import grow_differences, grow_params
 from allegro_jax.train.checkpoint import CheckpointError, CheckpointStore
 from allegro_jax.train.config import TrainConfig
 from allegro_jax.train.state import create_train_state
@@ -151,6 +152,11 @@ def initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int)
         )
     given = {k: v for k, v in config.model.items() if k not in _STATISTICS_KEYS}
     theirs = model_config.to_dict()
+    if config.initial_model_grow and "l_max" in given:  # checked by grow_differences
+        model_config = AllegroConfig.from_dict(theirs | {"l_max": given.pop("l_max")})
+        why = grow_differences(read_model_config(initial_dir), model_config)
+        if why:
+            raise ValueError(f"initial_model {initial_dir} cannot be grown: " + "; ".join(why))
     differ = {
         k: (v, theirs[k])
         for k, v in given.items()
@@ -161,17 +167,45 @@ def initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int)
         raise ValueError(
             f"initial_model {initial_dir} has another architecture than this config ({detail}); "
             "remove those keys from the config or start without initial_model"
+            + (
+                "; a higher l_max can grow the model: initial_model_grow: true"
+                if "l_max" in differ and not config.initial_model_grow
+                else ""
+            )
         )
     return model_config
 
 
-def start_from_model(initial_dir: Path, state: Any, tx: Any, config: TrainConfig, n_members: int):
-    """A fresh train state whose parameters (and EMA) are ``initial_model``'s weights."""
+def start_from_model(
+    initial_dir: Path,
+    state: Any,
+    tx: Any,
+    config: TrainConfig,
+    n_members: int,
+    model_config: AllegroConfig,
+):
+    """A fresh train state whose parameters (and EMA) are ``initial_model``'s weights
+    (grown into ``model_config``'s larger ``l_max`` with ``initial_model_grow``)."""
 
     path = find_model_dir(initial_dir) / PARAMS_FILE
     loaded = serialization.from_state_dict(
         state.params, serialization.msgpack_restore(path.read_bytes())
     )
+    grown = ""
+    if config.initial_model_grow and model_config.l_max != read_model_config(initial_dir).l_max:
+        src_config = read_model_config(initial_dir)
+        if n_members > 1:
+            loaded = stack_members(
+                [
+                    grow_params(
+                        member(loaded, k), src_config, model_config, member(state.params, k)
+                    )
+                    for k in range(n_members)
+                ]
+            )
+        else:
+            loaded = grow_params(loaded, src_config, model_config, state.params)
+        grown = f", grown from l_max {src_config.l_max} to {model_config.l_max}"
     want, want_def = jax.tree.flatten(state.params)
     got, got_def = jax.tree.flatten(loaded)
     if want_def != got_def or any(
@@ -179,7 +213,7 @@ def start_from_model(initial_dir: Path, state: Any, tx: Any, config: TrainConfig
     ):
         raise ValueError(f"{path}: its parameters do not fit this run's model")
     params = jax.tree.map(lambda w, a: jnp.asarray(a, w.dtype), state.params, loaded)
-    print(f"starting from the weights of {initial_dir} (new optimiser and EMA)", flush=True)
+    print(f"starting from the weights of {initial_dir}{grown} (new optimiser and EMA)", flush=True)
     if n_members > 1:
         return stack_members(
             [

@@ -107,3 +107,50 @@ def test_a_fine_tuned_run_lists_the_runs_behind_its_initial_model(trained):
     f2 = json.loads((tmp / "f" / "summary.json").read_text())
     assert f2["epochs"] == 2
     assert f2["previous_stages"] == f["previous_stages"]
+
+
+@pytest.mark.slow
+def test_a_grown_initial_model_starts_from_its_errors(trained, capsys):
+    """``initial_model_grow``: a run of l_max 2 from the l_max 1 model validates, before it
+    has learnt anything, exactly as a run of the l_max 1 model itself."""
+    tmp, other = trained
+    frozen = {"learning_rate": 1e-12, "early_stopping_lower_bounds": {"LR": 0.0}, "max_epochs": 1}
+    initial = str(tmp / "a" / "model")
+    with pytest.raises(ValueError, match="l_max: 2 here, 1 there.*initial_model_grow: true"):
+        train_and_evaluate(_config(other, initial_model=initial, l_max=2, **frozen), tmp / "g0")
+    capsys.readouterr()
+    grown = _config(other, initial_model=initial, l_max=2, initial_model_grow=True, **frozen)
+    train_and_evaluate(grown, tmp / "g")
+    assert "grown from l_max 1 to 2" in capsys.readouterr().out
+    assert json.loads((tmp / "g" / "model_config.json").read_text())["l_max"] == 2
+    train_and_evaluate(_config(other, initial_model=initial, **frozen), tmp / "h")
+
+    def first_row(run):
+        return json.loads((tmp / run / "metrics.jsonl").read_text().splitlines()[0])
+
+    g, h = first_row("g"), first_row("h")
+    for key in ("validation_energy_mae_mev", "validation_force_mae_mev_per_a"):
+        assert key in g
+        assert g[key] == pytest.approx(h[key], rel=1e-4)
+    # control: the same l_max 2 run from random weights validates elsewhere
+    train_and_evaluate(_config(other, l_max=2, **frozen), tmp / "k")
+    k = first_row("k")["validation_force_mae_mev_per_a"]
+    assert abs(k - h["validation_force_mae_mev_per_a"]) > 0.05 * k
+    # other architecture changes are still refused, naming the key
+    with pytest.raises(ValueError, match="cannot be grown: l_max 0 is below the trained"):
+        train_and_evaluate(
+            _config(other, initial_model=initial, l_max=0, initial_model_grow=True, **frozen),
+            tmp / "g1",
+        )
+    with pytest.raises(ValueError, match="another architecture.*num_tensor_features: 8 here"):
+        train_and_evaluate(
+            _config(
+                other,
+                initial_model=initial,
+                l_max=2,
+                num_tensor_features=8,
+                initial_model_grow=True,
+                **frozen,
+            ),
+            tmp / "g2",
+        )
