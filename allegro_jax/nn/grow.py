@@ -67,8 +67,8 @@ def grow_params(
     """``params`` (a model of ``src_cfg``) in a model of ``dst_cfg`` that computes the same.
 
     Args:
-        params: the trained model's parameters (the module's, without ``"params"``
-            wrapping, or with it).
+        params: the trained model's parameters (as ``make_model``'s ``init_fn`` returns
+            them).
         src_cfg, dst_cfg: the two model configs; ``dst_cfg.l_max >= src_cfg.l_max``, every
             other architecture key equal.
         dst_init: freshly initialised parameters of the ``dst_cfg`` model (same nesting);
@@ -80,8 +80,6 @@ def grow_params(
     why = grow_differences(src_cfg, dst_cfg)
     if why:
         raise ValueError("cannot grow the trained model into this one: " + "; ".join(why))
-    if "params" in params and "params" in dst_init:
-        return {"params": grow_params(params["params"], src_cfg, dst_cfg, dst_init["params"])}
     S = src_cfg.num_scalar_features
     irreps_cols = {  # name -> offset of its channel-major [C * n_irreps] block
         "tensor_embed_linear": 0,

@@ -255,8 +255,9 @@ class TrainConfig:
         initial_model_grow: the model may have a higher ``l_max`` than ``initial_model``
             (every other architecture key equal): its weights are placed in the larger
             model so that it starts from the same energies and forces, the new
-            tensor-product paths at zero (:func:`allegro_jax.nn.grow.grow_params`).
-            Ignored without ``initial_model`` (as on a resume).
+            tensor-product paths into the trained irreps at zero
+            (:func:`allegro_jax.nn.grow.grow_params`). Not for ensembles yet. Ignored
+            without ``initial_model`` (as on a resume).
         model: the model's keys (an :class:`AllegroConfig` dict, possibly incomplete).
         source_dir: the YAML file's folder: relative data paths resolve against it first.
     """

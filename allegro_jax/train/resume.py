@@ -152,11 +152,14 @@ def initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int)
         )
     given = {k: v for k, v in config.model.items() if k not in _STATISTICS_KEYS}
     theirs = model_config.to_dict()
-    if config.initial_model_grow and "l_max" in given:  # checked by grow_differences
-        model_config = AllegroConfig.from_dict(theirs | {"l_max": given.pop("l_max")})
-        why = grow_differences(read_model_config(initial_dir), model_config)
+    if config.initial_model_grow and "l_max" in given:
+        grown = AllegroConfig.from_dict(theirs | {"l_max": given.pop("l_max")})
+        why = grow_differences(model_config, grown)
+        if n_members > 1:
+            why.append("an ensemble cannot be grown yet (train it with ensemble_size 1)")
         if why:
             raise ValueError(f"initial_model {initial_dir} cannot be grown: " + "; ".join(why))
+        model_config = grown
     differ = {
         k: (v, theirs[k])
         for k, v in given.items()
@@ -192,20 +195,10 @@ def start_from_model(
         state.params, serialization.msgpack_restore(path.read_bytes())
     )
     grown = ""
-    if config.initial_model_grow and model_config.l_max != read_model_config(initial_dir).l_max:
-        src_config = read_model_config(initial_dir)
-        if n_members > 1:
-            loaded = stack_members(
-                [
-                    grow_params(
-                        member(loaded, k), src_config, model_config, member(state.params, k)
-                    )
-                    for k in range(n_members)
-                ]
-            )
-        else:
-            loaded = grow_params(loaded, src_config, model_config, state.params)
-        grown = f", grown from l_max {src_config.l_max} to {model_config.l_max}"
+    src_l_max = read_model_config(initial_dir).l_max
+    if config.initial_model_grow and model_config.l_max != src_l_max:
+        loaded = grow_params(loaded, read_model_config(initial_dir), model_config, state.params)
+        grown = f", grown from l_max {src_l_max} to {model_config.l_max}"
     want, want_def = jax.tree.flatten(state.params)
     got, got_def = jax.tree.flatten(loaded)
     if want_def != got_def or any(
