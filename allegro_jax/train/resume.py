@@ -195,10 +195,10 @@ def start_from_model(
         state.params, serialization.msgpack_restore(path.read_bytes())
     )
     grown = ""
-    src_l_max = read_model_config(initial_dir).l_max
-    if config.initial_model_grow and model_config.l_max != src_l_max:
-        loaded = grow_params(loaded, read_model_config(initial_dir), model_config, state.params)
-        grown = f", grown from l_max {src_l_max} to {model_config.l_max}"
+    src_config = read_model_config(initial_dir)
+    if config.initial_model_grow and model_config.l_max != src_config.l_max:
+        loaded = grow_params(loaded, src_config, model_config, state.params)
+        grown = f", grown from l_max {src_config.l_max} to {model_config.l_max}"
     want, want_def = jax.tree.flatten(state.params)
     got, got_def = jax.tree.flatten(loaded)
     if want_def != got_def or any(
