@@ -348,8 +348,11 @@ def read_model_metadata(model_dir: Path) -> dict:
 
 
 # keys that may change between a run and its resumption without breaking reproducibility
+# (``initial_model`` and its ``initial_model_grow`` only act on a run's first start)
 _RESUMABLE_CHANGES = frozenset(
     {
+        "initial_model",
+        "initial_model_grow",
         "max_epochs",
         "max_wall_time",
         "progress_bar",

@@ -85,6 +85,10 @@ def test_resume_with_the_same_files_spelled_differently_does_not_warn(tmp_path, 
         old["learning_rate"] = "1e-2"
         saved.write_text(yaml.safe_dump(old))
         warn_config_changes(saved, _config(data.resolve()))
+        # initial_model only acts on the first start: a resume without it is the same run
+        started = normalised_config(first) | {"initial_model": "m", "initial_model_grow": True}
+        saved.write_text(yaml.safe_dump(started))
+        warn_config_changes(saved, _config(data.resolve()))
     with pytest.warns(UserWarning, match="learning_rate"):
         warn_config_changes(saved, _config(data, learning_rate=0.02))
 
