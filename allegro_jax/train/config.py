@@ -256,7 +256,7 @@ class TrainConfig:
             (every other architecture key equal): its weights are placed in the larger
             model so that it starts from the same energies and forces, the new
             tensor-product paths into the trained irreps at zero
-            (:func:`allegro_jax.nn.grow.grow_params`). Not for ensembles yet. Ignored
+            (:func:`allegro_jax.nn.grow.grow_params`; an ensemble member by member). Ignored
             without ``initial_model`` (as on a resume).
         model: the model's keys (an :class:`AllegroConfig` dict, possibly incomplete).
         source_dir: the YAML file's folder: relative data paths resolve against it first.

@@ -155,8 +155,6 @@ def initial_model_config(initial_dir: Path, config: TrainConfig, n_members: int)
     if config.initial_model_grow and "l_max" in given:
         grown = AllegroConfig.from_dict(theirs | {"l_max": given.pop("l_max")})
         why = grow_differences(model_config, grown)
-        if n_members > 1:
-            why.append("an ensemble cannot be grown yet (train it with ensemble_size 1)")
         if why:
             raise ValueError(f"initial_model {initial_dir} cannot be grown: " + "; ".join(why))
         model_config = grown
@@ -197,7 +195,16 @@ def start_from_model(
     grown = ""
     src_config = read_model_config(initial_dir)
     if config.initial_model_grow and model_config.l_max != src_config.l_max:
-        loaded = grow_params(loaded, src_config, model_config, state.params)
+
+        def grow(trained, init):
+            return grow_params(trained, src_config, model_config, init)
+
+        if n_members > 1:  # member k grows into member k (its own random new columns)
+            loaded = stack_members(
+                [grow(member(loaded, k), member(state.params, k)) for k in range(n_members)]
+            )
+        else:
+            loaded = grow(loaded, state.params)
         grown = f", grown from l_max {src_config.l_max} to {model_config.l_max}"
     want, want_def = jax.tree.flatten(state.params)
     got, got_def = jax.tree.flatten(loaded)

@@ -237,3 +237,27 @@ def test_vmap_and_map_strategies_take_the_same_step(data):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), b, c)
     with pytest.raises(ValueError, match="ensemble_strategy"):
         _config(data, ensemble_strategy="pmap")
+
+
+@pytest.mark.slow
+def test_an_ensemble_grows_member_by_member(ensemble_run, data, tmp_path, capsys):
+    """``initial_model_grow`` on an ensemble: member k of the l_max 2 run starts as member k
+    of the trained l_max 1 ensemble (same energies and forces, member by member)."""
+    run, _ = ensemble_run
+    frozen = {"learning_rate": 1e-12, "early_stopping_lower_bounds": {"LR": 0.0}, "max_epochs": 1}
+    grown_run = tmp_path / "grown"
+    capsys.readouterr()
+    train_and_evaluate(
+        _config(data, initial_model=str(run), l_max=2, initial_model_grow=True, **frozen),
+        grown_run,
+    )
+    assert "grown from l_max 1 to 2" in capsys.readouterr().out
+    config, _, fn = load_model(grown_run)
+    assert config.l_max == 2 and read_ensemble_size(grown_run) == 2
+    structures = read_dataset(data)[:3]
+    _, _, fn_trained = load_model(run)
+    for new, old in zip(fn(structures), fn_trained(structures), strict=True):
+        scale = np.max(np.abs(old["member_forces"]))
+        np.testing.assert_allclose(new["member_forces"], old["member_forces"], atol=1e-5 * scale)
+        np.testing.assert_allclose(new["energy"], old["energy"], rtol=1e-6)
+        np.testing.assert_allclose(new["energy_std"], old["energy_std"], rtol=1e-3, atol=1e-6)
