@@ -136,14 +136,29 @@ def check_agreement(checks: dict) -> dict:
 
 
 def cpu_model() -> str:
+    sys.path.insert(1, str(HERE.parent))  # the repository root, where `experiments` is
+    from experiments.runinfo import cpu_model as model_name
+
+    return model_name()
+
+
+def matmul_gflops(env_extra: dict) -> float | None:
+    """The 2048^2 float32 product's GFLOP/s in a fresh process with the workers' threads
+    (``experiments.runinfo.matmul_gflops``): the machine's speed beside its timings."""
+    env = {**os.environ, **{k: str(v) for k, v in env_extra.items()}}
+    code = "from experiments.runinfo import matmul_gflops; print(matmul_gflops())"
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=HERE.parent,  # the repository root, where `experiments` is
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return float(out.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
 
 
 def load_avg() -> str:
@@ -222,6 +237,7 @@ def main() -> None:
         "PYTHONWARNINGS": "ignore",
     }
     load_before = load_avg()
+    gflops_before = matmul_gflops(env)
     t_start = time.perf_counter()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="allegro_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +342,7 @@ def main() -> None:
             "hardware": {
                 "cpu": cpu_model(),
                 "cores": os.cpu_count(),
+                "matmul_gflops": gflops_before,
                 "note": "2-core CPU, shared box",
                 "load_avg_before": load_before,
                 "load_avg_after": load_avg(),
@@ -508,7 +525,8 @@ def markdown(rep: dict) -> str:
         ]
     lines += [
         f"- date: {rep['date']}; command: `{rep['command']}`; wall time {rep['wall_s']:.0f} s",
-        f"- hardware: {hw['note']}, {hw['cpu']}, {hw['cores']} cores; load average "
+        f"- hardware: {hw['note']}, {hw['cpu']}, {hw['cores']} cores; a 2048² float32 "
+        f"product at {fmt(hw.get('matmul_gflops'))} GFLOP/s before the run; load average "
         f"before/after: {hw['load_avg_before']} / {hw['load_avg_after']}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"- float32, {st['threads']} threads, OMP_WAIT_POLICY=PASSIVE; {st['timing_text']}",

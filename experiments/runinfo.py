@@ -20,15 +20,55 @@ from typing import Any
 import jax
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere),
+    with its family and model numbers and widest x86 vector extension where the file has
+    them: ``"AMD EPYC (family 26 model 2, AVX-512)"``. A hypervisor may name every EPYC
+    generation ``"AMD EPYC"``, and timings from two of them differ by more than any change
+    of ours (benchmarks/NOTES.md, 13). ``cpuinfo``: the file's text (for tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or "unknown CPU"
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = set(fields.get("flags", "").split())
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    if vector:
+        details.append(vector)
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
+    """GFLOP/s of a jitted float32 ``n x n`` matrix product on the default device (median
+    of ``repeats`` calls after one warm-up): the machine's speed beside a benchmark's
+    timings, since a model name may not tell two machines apart (:func:`cpu_model`)."""
+    import time
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jnp.ones((n, n), jnp.float32)
+    product = jax.jit(lambda x: x @ x)
+    product(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        product(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return round(2.0 * n**3 / float(np.median(times)) / 1e9, 1)
 
 
 def splice_block(path: Path, start: str, end: str, body: str, new_text: str = "") -> None:
