@@ -831,7 +831,17 @@ def worker_md(job: dict) -> dict:
     return out
 
 
+def worker_machine(job: dict) -> dict:
+    """The CPU's description and a 2048^2 float32 product's GFLOP/s with the workers'
+    threads (``experiments.runinfo``): the machine's speed beside the timings."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # where `experiments` is
+    from experiments.runinfo import cpu_model, matmul_gflops
+
+    return {"cpu": cpu_model(), "matmul_gflops": matmul_gflops()}
+
+
 WORKERS = {
+    "machine": worker_machine,
     "prepare": worker_prepare,
     "aot": worker_aot,
     "compare": worker_compare,

@@ -135,32 +135,6 @@ def check_agreement(checks: dict) -> dict:
     return out
 
 
-def cpu_model() -> str:
-    sys.path.insert(1, str(HERE.parent))  # the repository root, where `experiments` is
-    from experiments.runinfo import cpu_model as model_name
-
-    return model_name()
-
-
-def matmul_gflops(env_extra: dict) -> float | None:
-    """The 2048^2 float32 product's GFLOP/s in a fresh process with the workers' threads
-    (``experiments.runinfo.matmul_gflops``): the machine's speed beside its timings."""
-    env = {**os.environ, **{k: str(v) for k, v in env_extra.items()}}
-    code = "from experiments.runinfo import matmul_gflops; print(matmul_gflops())"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            env=env,
-            cwd=HERE.parent,  # the repository root, where `experiments` is
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        return float(out.stdout.strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-        return None
-
-
 def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -237,10 +211,10 @@ def main() -> None:
         "PYTHONWARNINGS": "ignore",
     }
     load_before = load_avg()
-    gflops_before = matmul_gflops(env)
     t_start = time.perf_counter()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="allegro_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    machine = run_worker("machine", {"name": "machine"}, workdir, env, 300)
 
     def prepared(kind: str, job: dict, files: list, env_: dict) -> dict:
         """``run_worker``, or the result of an earlier run in ``--workdir`` whose files exist."""
@@ -340,9 +314,9 @@ def main() -> None:
             "quick": quick,
             "wall_s": round(wall, 1),
             "hardware": {
-                "cpu": cpu_model(),
+                "cpu": machine.get("cpu") or platform.processor() or "unknown CPU",
                 "cores": os.cpu_count(),
-                "matmul_gflops": gflops_before,
+                "matmul_gflops": machine.get("matmul_gflops"),
                 "note": "2-core CPU, shared box",
                 "load_avg_before": load_before,
                 "load_avg_after": load_avg(),

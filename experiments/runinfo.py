@@ -13,11 +13,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
@@ -55,11 +58,6 @@ def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
     """GFLOP/s of a jitted float32 ``n x n`` matrix product on the default device (median
     of ``repeats`` calls after one warm-up): the machine's speed beside a benchmark's
     timings, since a model name may not tell two machines apart (:func:`cpu_model`)."""
-    import time
-
-    import jax.numpy as jnp
-    import numpy as np
-
     a = jnp.ones((n, n), jnp.float32)
     product = jax.jit(lambda x: x @ x)
     product(a).block_until_ready()
