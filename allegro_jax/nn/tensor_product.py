@@ -371,14 +371,43 @@ def weighted_channels_dc(
 
     Returns:
         ``[n, D, C]`` with ``out[z, m, u] = weights[z, irrep(m), u] * basis[z, m]``.
+
+    Its VJP is written out (:func:`_weighted_channels_vjp`): differentiated by JAX, the
+    weights broadcast to ``[n, D, C]`` was materialised for the basis' cotangent (three
+    ``[n_edges, D, C]`` arrays written and read back per force call; benchmarks/NOTES.md
+    section 14).
     """
-    n, _, c = weights.shape
-    # a broadcast per irrep block, not a gather: the transpose is a block sum, not a scatter
-    blocks = [
-        jnp.broadcast_to(weights[:, ir : ir + 1, :], (n, 2 * l + 1, c))
-        for ir, (l, _) in enumerate(irreps)
-    ]
-    return jnp.concatenate(blocks, axis=1) * basis[:, :, None]
+    return _weighted_channels(tuple(2 * l + 1 for l, _ in irreps))(basis, weights)
+
+
+@functools.cache
+def _weighted_channels(block_sizes: tuple[int, ...]):
+    """``weighted_channels_dc`` for irrep blocks of these sizes, with its own VJP."""
+    starts = np.concatenate([[0], np.cumsum(block_sizes)]).tolist()
+    blocks = [(ir, starts[ir], starts[ir + 1]) for ir in range(len(block_sizes))]
+
+    @jax.custom_vjp
+    def wc(basis, weights):
+        parts = [weights[:, ir : ir + 1, :] * basis[:, a:b, None] for ir, a, b in blocks]
+        return jnp.concatenate(parts, axis=1)
+
+    def fwd(basis, weights):
+        return wc(basis, weights), (basis, weights)
+
+    def bwd(res, g):
+        # plain JAX ops, so the force loss can differentiate this again
+        basis, weights = res
+        g_basis = jnp.concatenate(
+            [jnp.sum(g[:, a:b, :] * weights[:, ir : ir + 1, :], axis=-1) for ir, a, b in blocks],
+            axis=1,
+        )
+        g_weights = jnp.stack(
+            [jnp.sum(g[:, a:b, :] * basis[:, a:b, None], axis=1) for _, a, b in blocks], axis=1
+        )
+        return g_basis.astype(basis.dtype), g_weights.astype(weights.dtype)
+
+    wc.defvjp(fwd, bwd)
+    return wc
 
 
 def irrep_major_columns(offset: int, channels: int, n_irreps: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from allegro_jax.nn.tensor_product import (
     sh_irreps,
     sparse_channelwise_tp,
     sparse_entries,
+    weighted_channels_dc,
 )
 
 
@@ -52,3 +53,32 @@ def test_sparse_matches_dense_with_derivatives(l_max, coupled):
     np.testing.assert_allclose(second(sparse)(w), second(dense)(w), atol=1e-10)
     i, _, _, values = sparse_entries(spec)
     assert len(i) < d1 * d2 * spec.dims[2] and values.shape[0] == spec.num_paths
+
+
+@pytest.mark.parametrize("l_max", [0, 1, 3])
+def test_weighted_channels_own_vjp_matches_autodiff(l_max):
+    """``weighted_channels_dc``'s written-out VJP, and its derivative, equal autodiff's."""
+    irreps = sh_irreps(l_max)
+    index = np.concatenate([[ir] * (2 * l + 1) for ir, (l, _) in enumerate(irreps)])
+    k = jax.random.split(jax.random.PRNGKey(7 + l_max), 3)
+    basis = jax.random.normal(k[0], (6, len(index)), jnp.float64)
+    weights = jax.random.normal(k[1], (6, l_max + 1, 4), jnp.float64)
+    probe = jax.random.normal(k[2], (6, len(index), 4), jnp.float64)
+    ours = lambda b, w: weighted_channels_dc(b, w, irreps)  # noqa: E731
+    plain = lambda b, w: w[:, index, :] * b[:, :, None]  # noqa: E731
+    np.testing.assert_allclose(ours(basis, weights), plain(basis, weights), atol=1e-14)
+
+    def loss(fn):
+        return lambda b, w: jnp.sum(jnp.sin(fn(b, w)) * probe)
+
+    for a, b in zip(
+        jax.grad(loss(ours), (0, 1))(basis, weights),
+        jax.grad(loss(plain), (0, 1))(basis, weights),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-13)
+
+    def second(fn):  # d/dw of |dL/dbasis|^2: the force loss' structure
+        return jax.grad(lambda w: jnp.sum(jax.grad(loss(fn))(basis, w) ** 2))
+
+    np.testing.assert_allclose(second(ours)(weights), second(plain)(weights), atol=1e-12)
