@@ -372,7 +372,7 @@ def weighted_channels_dc(
     Returns:
         ``[n, D, C]`` with ``out[z, m, u] = weights[z, irrep(m), u] * basis[z, m]``.
 
-    Its VJP is written out (:func:`_weighted_channels_vjp`): differentiated by JAX, the
+    Its VJP is written out (``_weighted_channels``): differentiated by JAX, the
     weights broadcast to ``[n, D, C]`` was materialised for the basis' cotangent (three
     ``[n_edges, D, C]`` arrays written and read back per force call; benchmarks/NOTES.md
     section 14).

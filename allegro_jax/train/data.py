@@ -39,6 +39,9 @@ class SplitData:
         inputs: precomputed :class:`GraphInputs` (else computed here, once).
         source: the file the structures were read from (named with the frame in errors).
         weights: each structure's loss weight (default 1; ``Labels.weight``).
+        budget: the padding budget (default: the exact bound for these structures); a
+            larger one, e.g. a whole file's for a subset of it, runs the program compiled
+            for that file.
 
     Raises:
         DataError: an invalid structure (too close atoms, an unknown element, ...).
@@ -54,6 +57,7 @@ class SplitData:
         inputs: Sequence[GraphInputs] | None = None,
         source: str | None = None,
         weights: Sequence[float] | None = None,
+        budget: Budget | None = None,
     ):
         self.structures = list(structures)
         if not self.structures:
@@ -72,7 +76,11 @@ class SplitData:
         self.dtype = np.dtype(dtype)
         # the exact bound (the sum of the batch_size largest structures, plus one padding
         # node and graph): a fixed budget per split needs no ladder rounding
-        self.budget: Budget = budget_for_dataset(self.inputs, self.batch_size, rounded=False)
+        self.budget: Budget = (
+            budget
+            if budget is not None
+            else budget_for_dataset(self.inputs, self.batch_size, rounded=False)
+        )
 
     def __len__(self) -> int:
         return len(self.structures)

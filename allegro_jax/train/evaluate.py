@@ -186,10 +186,9 @@ def evaluate_model(
                 dtype,
                 inputs=[split.inputs[i] for i in idx],  # the neighbour lists already built
                 source=str(data_path),
+                # the file's budget bounds any subset's: the program compiled for the file
+                budget=split.budget,
             )
-            # padded to the whole file's budget (a bound for any of its subsets), so every
-            # group runs the program already compiled for the file
-            part.budget = split.budget
             scores = score(part)
             scores.pop("loss")
             n_atoms = sum(len(s.numbers) for s in members)
