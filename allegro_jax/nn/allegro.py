@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import AllegroConfig
 from .cutoff import polynomial_cutoff
-from .mlp import ScalarMLP, uniform_unit_variance
+from .mlp import NONLINEARITIES, MLPWeights, ScalarMLP, uniform_unit_variance
 from .pair import pair_atomic_energies
 from .radial import bessel_basis, bessel_basis_integer
 from .tensor_product import (
@@ -103,10 +103,43 @@ def allegro_tp_specs(l_max: int, parity: bool, num_layers: int) -> tuple[TPSpec,
     return tuple(TPSpec.build(irreps[i], env, irreps[i + 1]) for i in range(num_layers))
 
 
+@jax.custom_vjp
+def wide_product(u: jax.Array, ms: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """``(u @ m for m in ms)`` as one product with the matrices side by side (a wide
+    product runs closer to the machine's rate than several narrow ones). Its VJP keeps the
+    products apart: ``Σ_k g_k m_kᵀ`` instead of autodiff's concatenation of the cotangents,
+    which XLA cannot fuse when they have other readers. Plain JAX both ways, so it
+    differentiates again (the force loss)."""
+    y = u @ jnp.concatenate(ms, axis=1)
+    return tuple(jnp.split(y, np.cumsum([m.shape[1] for m in ms])[:-1], axis=1))
+
+
+def _wide_product_fwd(u, ms):
+    return wide_product(u, ms), (u, ms)
+
+
+def _wide_product_bwd(res, gs):
+    u, ms = res
+    du = None
+    for g, m in zip(gs, ms, strict=True):
+        t = g @ m.T
+        du = t if du is None else du + t
+    # the matrices' cotangent (training only: dead code in a force call) as one product
+    dm = u.T @ jnp.concatenate(gs, axis=1)
+    return du, tuple(jnp.split(dm, np.cumsum([m.shape[1] for m in ms])[:-1], axis=1))
+
+
+wide_product.defvjp(_wide_product_fwd, _wide_product_bwd)
+
+
 class AllegroCurrent(nn.Module):
     """Per-atom energies of the current-generation Allegro model."""
 
     config: AllegroConfig
+    # False: every latent materialised and each MLP applied block by block (the layout of
+    # the reference; the tests compare the two). Models whose latent MLPs have no hidden
+    # layer always take that path.
+    fold_latents: bool = True
 
     @nn.compact
     def __call__(
@@ -179,44 +212,121 @@ class AllegroCurrent(nn.Module):
         def per_irrep(w):  # [n_edges, n_sh * C] -> [n_edges, n_sh, C]
             return w.reshape(w.shape[0], n_sh, C)
 
-        # ---- two-body tensor embedding ----
-        (w0,) = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(
-            h, out_columns=[irrep_major_columns(0, C, n_sh)]
-        )
-        features = weighted_channels_dc(sh, per_irrep(w0), sh_ir)  # [n_edges, D, C]
-
-        # ---- Allegro layers ----
-        x0, env_w = ScalarMLP((S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection")(
-            h, out_columns=[slice(0, S), env_cols]
-        )
-        latents = [x0]
         norm = 1.0 / np.sqrt(np.asarray(cfg.avg_num_neighbors_per_type()))
         node_norm = per_type_constant(norm, center_species, dt)[:, None, None]  # [n_nodes, 1, 1]
         lat_hidden = (cfg.allegro_mlp_hidden_layers_width,) * cfg.allegro_mlp_hidden_layers_depth
-        for layer, spec in enumerate(specs):
+        ro_hidden = (cfg.readout_mlp_hidden_layers_width,) * cfg.readout_mlp_hidden_layers_depth
+        L = cfg.num_layers
+
+        def layer_tp(layer, spec, features, env_w):
             env_edges = weighted_channels_dc(sh, per_irrep(env_w), sh_ir)  # [n_edges, D, C]
             env = jax.ops.segment_sum(env_edges, edge_center, num_segments=n_nodes)
             env = (env * node_norm)[edge_center]  # [n_edges, D, C]
             tp_shape = (C, spec.num_paths) if cfg.tp_path_channel_coupling else (spec.num_paths,)
             tp_w = self.param(f"tp_{layer}", uniform_unit_variance, tp_shape, dt)
-            features = sparse_channelwise_tp(features, env, tp_w, spec)  # [n_edges, D', C]
-            scalars = features[:, 0, :]  # [n_edges, C] (0e is first)
-            last = layer == cfg.num_layers - 1
-            out_dim = S + (0 if last else C * n_sh)
-            y, *env_w = ScalarMLP(
-                lat_hidden + (out_dim,),
-                cfg.allegro_mlp_nonlinearity,
-                param_dtype=dt,
-                name=f"latent_{layer}",
-            )(latents + [scalars], out_columns=[slice(0, S)] + ([] if last else [env_cols]))
-            env_w = env_w[0] if env_w else None
-            latents.append(y)
+            return sparse_channelwise_tp(features, env, tp_w, spec)  # [n_edges, D', C]
 
-        # ---- readout ----
-        ro_hidden = (cfg.readout_mlp_hidden_layers_width,) * cfg.readout_mlp_hidden_layers_depth
-        e_edge = ScalarMLP(
-            ro_hidden + (1,), cfg.readout_mlp_nonlinearity, param_dtype=dt, name="readout"
-        )(latents)[:, 0]
+        E = h.shape[-1]
+        if self.fold_latents and cfg.allegro_mlp_hidden_layers_depth >= 1:
+            # The latents x⁰ … x^L are read only by the first layers of the later latent
+            # MLPs and of the readout, all linear maps: each latent's contributions to its
+            # readers are computed by the product that would have made it, with the
+            # composed weights (x^k W_c = u (V_k W_c), u the producer's input), so no
+            # latent is materialised and each producer is one wide product.
+            W_te = MLPWeights(E, (C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")
+            W_fp = MLPWeights(
+                E, (S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection"
+            )
+            W_te, W_fp = W_te(dt)[0], W_fp(dt)[0]
+            W_lat = [
+                MLPWeights(
+                    S * (j + 1) + C,
+                    lat_hidden + (S + (0 if j == L - 1 else C * n_sh),),
+                    cfg.allegro_mlp_nonlinearity,
+                    param_dtype=dt,
+                    name=f"latent_{j}",
+                )(dt)
+                for j in range(L)
+            ]
+            W_ro = MLPWeights(
+                S * (L + 1),
+                ro_hidden + (1,),
+                cfg.readout_mlp_nonlinearity,
+                param_dtype=dt,
+                name="readout",
+            )(dt)
+            act_l = NONLINEARITIES[cfg.allegro_mlp_nonlinearity] or (lambda a: a)
+            act_r = NONLINEARITIES[cfg.readout_mlp_nonlinearity] or (lambda a: a)
+            first = [W_lat[j][0] for j in range(L)] + [W_ro[0]]  # readers of the latents
+
+            def produce(u, direct, V, k):
+                """``u @ [direct… | V W_k→c for every reader c of latent k]`` split up."""
+                readers = [first[c][k * S : (k + 1) * S] for c in range(k, L + 1)]
+                outs = wide_product(u, tuple(direct) + tuple(V @ r for r in readers))
+                n_direct = len(direct)
+                return outs[:n_direct], dict(zip(range(k, L + 1), outs[n_direct:], strict=True))
+
+            (w0, env_w), into = produce(
+                h, [W_te[:, irrep_major_columns(0, C, n_sh)], W_fp[:, env_cols]], W_fp[:, :S], 0
+            )
+            contributions = [into]  # contributions[k][c]: x^k's share of reader c's input
+            features = weighted_channels_dc(sh, per_irrep(w0), sh_ir)  # [n_edges, D, C]
+            for layer, spec in enumerate(specs):
+                features = layer_tp(layer, spec, features, env_w)
+                scalars = features[:, 0, :]  # [n_edges, C] (0e is first)
+                Ws = W_lat[layer]
+                pre = contributions[0][layer]
+                for k in range(1, layer + 1):
+                    pre = pre + contributions[k][layer]
+                rows = S * (layer + 1)
+                a = act_l(pre + scalars @ Ws[0][rows : rows + C])
+                for w in Ws[1:-1]:
+                    a = act_l(a @ w)
+                last = layer == L - 1
+                direct = [] if last else [Ws[-1][:, env_cols]]
+                outs, into = produce(a, direct, Ws[-1][:, :S], layer + 1)
+                env_w = None if last else outs[0]
+                contributions.append(into)
+            pre = contributions[0][L]
+            for k in range(1, L + 1):
+                pre = pre + contributions[k][L]
+            if not ro_hidden:
+                e_edge = pre[:, 0]
+            else:
+                a = act_r(pre)
+                for w in W_ro[1:-1]:
+                    a = act_r(a @ w)
+                e_edge = (a @ W_ro[-1])[:, 0]
+        else:
+            # ---- two-body tensor embedding ----
+            (w0,) = ScalarMLP((C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")(
+                h, out_columns=[irrep_major_columns(0, C, n_sh)]
+            )
+            features = weighted_channels_dc(sh, per_irrep(w0), sh_ir)  # [n_edges, D, C]
+
+            # ---- Allegro layers ----
+            x0, env_w = ScalarMLP(
+                (S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection"
+            )(h, out_columns=[slice(0, S), env_cols])
+            latents = [x0]
+            for layer, spec in enumerate(specs):
+                features = layer_tp(layer, spec, features, env_w)
+                scalars = features[:, 0, :]  # [n_edges, C] (0e is first)
+                last = layer == L - 1
+                out_dim = S + (0 if last else C * n_sh)
+                y, *env_w = ScalarMLP(
+                    lat_hidden + (out_dim,),
+                    cfg.allegro_mlp_nonlinearity,
+                    param_dtype=dt,
+                    name=f"latent_{layer}",
+                )(latents + [scalars], out_columns=[slice(0, S)] + ([] if last else [env_cols]))
+                env_w = env_w[0] if env_w else None
+                latents.append(y)
+
+            # ---- readout ----
+            e_edge = ScalarMLP(
+                ro_hidden + (1,), cfg.readout_mlp_nonlinearity, param_dtype=dt, name="readout"
+            )(latents)[:, 0]
         e_edge = jnp.where(edge_mask, e_edge, 0.0)
         e_atom = jax.ops.segment_sum(e_edge, edge_center, num_segments=n_nodes)
         e_atom = e_atom * node_norm[:, 0, 0] / np.sqrt(2.0)

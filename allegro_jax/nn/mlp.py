@@ -83,11 +83,7 @@ class ScalarMLP(nn.Module):
             w = self.param(
                 f"weight_{layer}", uniform_unit_variance, (fan_in, width), self.param_dtype
             )
-            if act is None or layer == 0:
-                g = 1.0
-            else:
-                g = math.sqrt(2.0) if self.gain == "current" else SILU_2MOM
-            w = (w * (g / math.sqrt(fan_in))).astype(xs[0].dtype)
+            w = _scaled(w, layer, act, self.gain).astype(xs[0].dtype)
             if layer == n - 1 and out_columns is not None:
                 return tuple(_block_matmul(xs, w[:, cols]) for cols in out_columns)
             y = _block_matmul(xs, w)
@@ -95,6 +91,45 @@ class ScalarMLP(nn.Module):
                 y = act(y)
             xs = [y]
         return xs[0]
+
+
+class MLPWeights(nn.Module):
+    """The weights of a :class:`ScalarMLP` as it applies them (scaled, in ``dtype``),
+    for callers that schedule the matrix products themselves.
+
+    Same parameters as the ``ScalarMLP`` of the same name, ``features``, ``nonlinearity``
+    and ``gain`` whose input is ``fan_in`` wide: names ``weight_{i}``, shapes,
+    initialisation and therefore the parameter tree are identical.
+    """
+
+    fan_in: int
+    features: Sequence[int]
+    nonlinearity: str | None = "silu"
+    gain: str = "current"
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, dtype) -> list[jax.Array]:
+        """``[W_0 α_0, W_1 α_1, …]`` in ``dtype``, ``W_i`` of shape ``[fan_in_i, width_i]``."""
+        act = NONLINEARITIES[self.nonlinearity]
+        out, fan_in = [], self.fan_in
+        for layer, width in enumerate(self.features):
+            w = self.param(
+                f"weight_{layer}", uniform_unit_variance, (fan_in, width), self.param_dtype
+            )
+            out.append(_scaled(w, layer, act, self.gain).astype(dtype))
+            fan_in = width
+        return out
+
+
+def _scaled(w: jax.Array, layer: int, act: Callable | None, gain: str) -> jax.Array:
+    """``W α``: ``α = g / √fan_in``, ``g`` 1 on the first layer and on linear maps, else √2
+    (``"current"``) or ``SILU_2MOM`` (``"paper"``)."""
+    if act is None or layer == 0:
+        g = 1.0
+    else:
+        g = math.sqrt(2.0) if gain == "current" else SILU_2MOM
+    return w * (g / math.sqrt(w.shape[0]))
 
 
 def _block_matmul(xs: Sequence[jax.Array], w: jax.Array) -> jax.Array:
