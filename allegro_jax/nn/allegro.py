@@ -226,13 +226,13 @@ class AllegroCurrent(nn.Module):
             tp_w = self.param(f"tp_{layer}", uniform_unit_variance, tp_shape, dt)
             return sparse_channelwise_tp(features, env, tp_w, spec)  # [n_edges, D', C]
 
-        E = h.shape[-1]
         if self.fold_latents and cfg.allegro_mlp_hidden_layers_depth >= 1:
             # The latents x⁰ … x^L are read only by the first layers of the later latent
             # MLPs and of the readout, all linear maps: each latent's contributions to its
             # readers are computed by the product that would have made it, with the
             # composed weights (x^k W_c = u (V_k W_c), u the producer's input), so no
             # latent is materialised and each producer is one wide product.
+            E = h.shape[-1]
             W_te = MLPWeights(E, (C * n_sh,), None, param_dtype=dt, name="tensor_embed_linear")
             W_fp = MLPWeights(
                 E, (S + C * n_sh,), None, param_dtype=dt, name="first_layer_projection"
@@ -270,16 +270,20 @@ class AllegroCurrent(nn.Module):
                 h, [W_te[:, irrep_major_columns(0, C, n_sh)], W_fp[:, env_cols]], W_fp[:, :S], 0
             )
             contributions = [into]  # contributions[k][c]: x^k's share of reader c's input
+
+            def reader_input(c):  # Σ_{k ≤ c} x^k W_k→c, in the block products' order
+                pre = contributions[0][c]
+                for k in range(1, c + 1):
+                    pre = pre + contributions[k][c]
+                return pre
+
             features = weighted_channels_dc(sh, per_irrep(w0), sh_ir)  # [n_edges, D, C]
             for layer, spec in enumerate(specs):
                 features = layer_tp(layer, spec, features, env_w)
                 scalars = features[:, 0, :]  # [n_edges, C] (0e is first)
                 Ws = W_lat[layer]
-                pre = contributions[0][layer]
-                for k in range(1, layer + 1):
-                    pre = pre + contributions[k][layer]
                 rows = S * (layer + 1)
-                a = act_l(pre + scalars @ Ws[0][rows : rows + C])
+                a = act_l(reader_input(layer) + scalars @ Ws[0][rows : rows + C])
                 for w in Ws[1:-1]:
                     a = act_l(a @ w)
                 last = layer == L - 1
@@ -287,9 +291,7 @@ class AllegroCurrent(nn.Module):
                 outs, into = produce(a, direct, Ws[-1][:, :S], layer + 1)
                 env_w = None if last else outs[0]
                 contributions.append(into)
-            pre = contributions[0][L]
-            for k in range(1, L + 1):
-                pre = pre + contributions[k][L]
+            pre = reader_input(L)
             if not ro_hidden:
                 e_edge = pre[:, 0]
             else:
