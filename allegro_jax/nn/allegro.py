@@ -110,7 +110,11 @@ def wide_product(u: jax.Array, ms: tuple[jax.Array, ...]) -> tuple[jax.Array, ..
     products apart: ``Σ_k g_k m_kᵀ`` instead of autodiff's concatenation of the cotangents,
     which XLA cannot fuse when they have other readers. Plain JAX both ways, so it
     differentiates again (the force loss)."""
-    y = u @ jnp.concatenate(ms, axis=1)
+    return _split_like(u @ jnp.concatenate(ms, axis=1), ms)
+
+
+def _split_like(y: jax.Array, ms: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """``y``'s columns split into blocks as wide as the matrices ``ms``."""
     return tuple(jnp.split(y, np.cumsum([m.shape[1] for m in ms])[:-1], axis=1))
 
 
@@ -125,8 +129,7 @@ def _wide_product_bwd(res, gs):
         t = g @ m.T
         du = t if du is None else du + t
     # the matrices' cotangent (training only: dead code in a force call) as one product
-    dm = u.T @ jnp.concatenate(gs, axis=1)
-    return du, tuple(jnp.split(dm, np.cumsum([m.shape[1] for m in ms])[:-1], axis=1))
+    return du, _split_like(u.T @ jnp.concatenate(gs, axis=1), ms)
 
 
 wide_product.defvjp(_wide_product_fwd, _wide_product_bwd)
