@@ -9,8 +9,10 @@
 //   AllegroTrilinearSum: s[n, :] = sum_e x[e, ix_n, :] * y[e, iy_n, :] * z[e, iz_n, :]
 //
 // Rows are split into chunks whose size depends only on the shapes, run on XLA's intra-op
-// thread pool. AllegroTrilinearSum adds the chunks' partial sums in chunk order, so every
-// result is independent of the number of threads (runs are reproducible).
+// thread pool. AllegroTrilinearSum sums the chunks in at most kSumGroups fixed groups of
+// consecutive chunks (each group's partial sum in chunk order, then the groups in order),
+// so every result is independent of the number of threads (runs are reproducible) and the
+// partial sums take kSumGroups * nnz * C elements, not one per chunk.
 // Built on first use by allegro_jax/nn/cpu_kernel.py against the installed jaxlib's FFI
 // headers.
 
@@ -109,7 +111,7 @@ void BilinearRows(const T* __restrict__ a, const T* __restrict__ b, const T* __r
   }
 }
 
-// part[n, :] = sum over rows e0..e1 of AllegroTrilinearSum's products (one chunk).
+// part[n, :] += sum over rows e0..e1 of AllegroTrilinearSum's products (one chunk).
 template <typename T, int CC>
 void TrilinearRows(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z,
                    T* __restrict__ part, int64_t e0, int64_t e1, int64_t dx, int64_t dy,
@@ -129,7 +131,7 @@ void TrilinearRows(const T* __restrict__ x, const T* __restrict__ y, const T* __
       const T* __restrict__ r = zn + e * dz * c;
       for (int64_t u = 0; u < c; ++u) acc[u] += p[u] * q[u] * r[u];
     }
-    for (int64_t u = 0; u < c; ++u) part[n * c + u] = acc[u];
+    for (int64_t u = 0; u < c; ++u) part[n * c + u] += acc[u];
   }
 }
 
@@ -163,6 +165,10 @@ TrilinearFn<T> PickTrilinear(int64_t c) {
     default: return TrilinearRows<T, 0>;
   }
 }
+
+// Groups of chunks with one partial sum each in AllegroTrilinearSum (a constant: a number
+// of threads must not change the sums; enough groups to keep a many-core pool busy).
+constexpr int64_t kSumGroups = 32;
 
 // Rows per chunk: about 32k operand elements (128 KB in float32) per chunk.
 int64_t ChunkRows(int64_t elements_per_row) {
@@ -217,16 +223,23 @@ ffi::Error TrilinearImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& x,
   const int64_t chunk = ChunkRows((dx + dy + dz) * c);
   const int64_t n_chunks = (rows + chunk - 1) / chunk;
   const int64_t size = en.nnz * c;
-  std::vector<T> partial(n_chunks * size);
+  // One partial sum per group of consecutive chunks, not per chunk: one per chunk took
+  // n_chunks * nnz * C elements (110 MB for an l_max 4 training batch), which glibc
+  // served with mmap and the kernel zeroed at every call (benchmarks/NOTES.md, 16).
+  const int64_t groups = std::min(n_chunks, kSumGroups);
+  std::vector<T> partial(groups * size);
   const TrilinearFn<T> kernel = PickTrilinear<T>(c);
-  auto fn = [&](int64_t ch) {
-    const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
-    kernel(xp, yp, zp, partial.data() + ch * size, e0, e1, dx, dy, dz, c, en);
+  auto fn = [&](int64_t g) {
+    T* part = partial.data() + g * size;
+    for (int64_t ch = g * n_chunks / groups; ch < (g + 1) * n_chunks / groups; ++ch) {
+      const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
+      kernel(xp, yp, zp, part, e0, e1, dx, dy, dz, c, en);
+    }
   };
-  if (rows > 0) ParallelChunks(pool, n_chunks, fn);
+  if (rows > 0) ParallelChunks(pool, groups, fn);
   std::fill(op, op + size, T(0));
-  for (int64_t ch = 0; ch < n_chunks; ++ch) {  // fixed order: reproducible sums
-    const T* p = partial.data() + ch * size;
+  for (int64_t g = 0; g < groups; ++g) {  // fixed order: reproducible sums
+    const T* p = partial.data() + g * size;
     for (int64_t q = 0; q < size; ++q) op[q] += p[q];
   }
   return ffi::Error::Success();
