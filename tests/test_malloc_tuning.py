@@ -3,12 +3,10 @@ calls (no page faults on the same memory every call); the user can switch it off
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 
 import pytest
+from probes import run_probe
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="glibc malloc settings (Linux only)"
@@ -56,17 +54,7 @@ print(json.dumps({"tuning": allegro_jax._malloc.malloc_tuning(),
 
 
 def _probe(**env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    clean.pop("ALLEGRO_JAX_TUNE_MALLOC", None)
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env={**clean, "JAX_PLATFORMS": "cpu", **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_probe(PROBE, **env)
 
 
 def test_temporaries_are_reused_between_calls():

@@ -1,14 +1,12 @@
 """The CPU tensor-product kernels equal the XLA operations they replace, to second order."""
 
-import json
-import os
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from probes import run_probe
 
 from allegro_jax import AllegroConfig, Structure, make_model
 from allegro_jax.data.padding import build_graph
@@ -115,17 +113,7 @@ print(json.dumps({"faults": faults, "per_chunk_pages": per_chunk_pages}))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc (Linux only)")
 def test_trilinear_sum_scratch_is_not_faulted_in_every_call():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env.pop("ALLEGRO_JAX_TUNE_MALLOC", None)
-    out = subprocess.run(
-        [sys.executable, "-c", TRILINEAR_PROBE],
-        env={**env, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    probe = run_probe(TRILINEAR_PROBE)
     print(f"\npage faults per call: {probe}")
     # one partial sum per chunk faulted its ~24k pages in on most of the 7 calls
     assert sum(probe["faults"]) < 0.5 * probe["per_chunk_pages"]
