@@ -12,7 +12,10 @@
 // thread pool. AllegroTrilinearSum sums the chunks in at most kSumGroups fixed groups of
 // consecutive chunks (each group's partial sum in chunk order, then the groups in order),
 // so every result is independent of the number of threads (runs are reproducible) and the
-// partial sums take kSumGroups * nnz * C elements, not one per chunk.
+// partial sums take kSumGroups * nnz * C elements, not one per chunk. Where its weights
+// outgrow L1, AllegroBilinear takes a few rows at a time (each entry's weights loaded once
+// per block); AllegroTrilinearSum takes a few entries at a time. Neither changes the order
+// of any sum (benchmarks/NOTES.md, section 17).
 // Built on first use by allegro_jax/nn/cpu_kernel.py against the installed jaxlib's FFI
 // headers.
 
@@ -111,6 +114,116 @@ void BilinearRows(const T* __restrict__ a, const T* __restrict__ b, const T* __r
   }
 }
 
+// AllegroBilinear's entries grouped by output component, with the operands' offsets within
+// a row (in elements) computed once per call rather than once per row and entry.
+struct Plan {
+  std::vector<int64_t> oa, ob;  // entry n reads a's component i_n at oa[n], b's j_n at ob[n]
+  std::vector<int64_t> start;   // group g holds entries start[g] .. start[g + 1] - 1
+  std::vector<int64_t> oo;      // and writes the output component at oo[g]
+};
+
+Plan MakePlan(Entries en, int64_t c) {
+  Plan p;
+  p.oa.resize(en.nnz);
+  p.ob.resize(en.nnz);
+  for (int64_t n = 0; n < en.nnz; ++n) {
+    p.oa[n] = en.i[n] * c;
+    p.ob[n] = en.j[n] * c;
+    if (n == 0 || en.k[n] != en.k[n - 1]) {
+      p.start.push_back(n);
+      p.oo.push_back(en.k[n] * c);
+    }
+  }
+  p.start.push_back(en.nnz);
+  return p;
+}
+
+// Rows e0..e1 of AllegroBilinear with per-channel weights, for a channel count CC known at
+// compile time, R rows at a time: each entry's weights are loaded once for R rows (at high
+// l_max the weights, nnz x C, outgrow L1 while the rows' operands stay in it) and the R x CC
+// sums stay in registers; rows left over go to BilinearRows. Every row sums its entries in
+// the same order and with the same expressions as BilinearRows: the same bits.
+template <typename T, int CC, int R>
+void BilinearFixed(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w,
+                   T* __restrict__ out, int64_t e0, int64_t e1, int64_t sa, int64_t sb,
+                   int64_t so, const Plan& plan, Entries en) {
+  const int64_t* __restrict__ oa = plan.oa.data();
+  const int64_t* __restrict__ ob = plan.ob.data();
+  const int64_t* __restrict__ start = plan.start.data();
+  const int64_t* __restrict__ oo = plan.oo.data();
+  const int64_t groups = static_cast<int64_t>(plan.oo.size());
+  int64_t e = e0;
+  for (; e + R <= e1; e += R) {
+    const T* __restrict__ ae = a + e * sa;
+    const T* __restrict__ be = b + e * sb;
+    T* __restrict__ oe = out + e * so;
+    std::memset(oe, 0, sizeof(T) * R * so);
+    for (int64_t g = 0; g < groups; ++g) {
+      alignas(64) T acc[R][CC];
+      for (int r = 0; r < R; ++r)
+        for (int u = 0; u < CC; ++u) acc[r][u] = T(0);
+      for (int64_t n = start[g]; n < start[g + 1]; ++n) {
+        const T* __restrict__ x = ae + oa[n];
+        const T* __restrict__ y = be + ob[n];
+        const T* __restrict__ wn = w + n * CC;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+          for (int u = 0; u < CC; ++u) acc[r][u] += wn[u] * x[r * sa + u] * y[r * sb + u];
+      }
+      for (int r = 0; r < R; ++r)
+        for (int u = 0; u < CC; ++u) oe[r * so + oo[g] + u] = acc[r][u];
+    }
+  }
+  if (e < e1) BilinearRows<T, CC>(a, b, w, out, e, e1, sa / CC, sb / CC, so / CC, CC, false, en);
+}
+
+template <typename T>
+using FixedFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, const Plan&, Entries);
+
+// Rows in blocks (BilinearFixed) where the per-channel weights outgrow L1 (high l_max);
+// otherwise nullptr, and BilinearRows takes one row at a time: with few entries the rows
+// stream from memory and blocks of 4 took twice as long (an l_max 4 model's second product,
+// 25 entries).
+constexpr int64_t kBlockedWeightBytes = 32 * 1024;
+constexpr int kBlockRows = 4;
+
+template <typename T, int CC>
+FixedFn<T> BlockedC() {
+  constexpr int R = CC >= 64 ? 2 : kBlockRows;  // R x CC sums in registers: <= 128
+  return BilinearFixed<T, CC, R>;
+}
+
+template <typename T>
+FixedFn<T> PickBlocked(int64_t c, int64_t nnz, bool scalar_w) {
+  if (scalar_w || nnz * c * static_cast<int64_t>(sizeof(T)) <= kBlockedWeightBytes) {
+    return nullptr;
+  }
+  switch (c) {
+    case 8: return BlockedC<T, 8>();
+    case 16: return BlockedC<T, 16>();
+    case 32: return BlockedC<T, 32>();
+    case 64: return BlockedC<T, 64>();
+    default: return nullptr;
+  }
+}
+
+template <typename T>
+using BilinearFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, bool, Entries);
+
+template <typename T>
+BilinearFn<T> PickBilinear(int64_t c) {
+  switch (c) {
+    case 8: return BilinearRows<T, 8>;
+    case 16: return BilinearRows<T, 16>;
+    case 32: return BilinearRows<T, 32>;
+    case 64: return BilinearRows<T, 64>;
+    case 128: return BilinearRows<T, 128>;
+    default: return BilinearRows<T, 0>;
+  }
+}
+
 // part[n, :] += sum over rows e0..e1 of AllegroTrilinearSum's products (one chunk).
 template <typename T, int CC>
 void TrilinearRows(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z,
@@ -135,32 +248,56 @@ void TrilinearRows(const T* __restrict__ x, const T* __restrict__ y, const T* __
   }
 }
 
-template <typename T>
-using BilinearFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t,
-                            int64_t, int64_t, int64_t, bool, Entries);
+// TrilinearRows for a channel count CC known at compile time, Q entries at a time: their
+// Q x CC sums stay in registers while the chunk's rows pass once for all of them, and
+// consecutive entries (sorted by the forward product's output, then its first operand)
+// mostly read the same operand components, which then come from L1 rather than L2. Each
+// entry sums the rows in the same order, with the same expressions, as TrilinearRows: the
+// same bits. Entries left over go to TrilinearRows.
+template <typename T, int CC, int Q>
+void TrilinearFixed(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z,
+                    T* __restrict__ part, int64_t e0, int64_t e1, int64_t dx, int64_t dy,
+                    int64_t dz, int64_t /*c_rt*/, Entries en) {
+  const int64_t sx = dx * CC, sy = dy * CC, sz = dz * CC;
+  int64_t n0 = 0;
+  for (; n0 + Q <= en.nnz; n0 += Q) {
+    alignas(64) T acc[Q][CC];
+    int64_t ox[Q], oy[Q], oz[Q];
+    for (int q = 0; q < Q; ++q) {
+      ox[q] = en.i[n0 + q] * CC + e0 * sx;
+      oy[q] = en.j[n0 + q] * CC + e0 * sy;
+      oz[q] = en.k[n0 + q] * CC + e0 * sz;
+      for (int u = 0; u < CC; ++u) acc[q][u] = T(0);
+    }
+    for (int64_t e = 0; e < e1 - e0; ++e) {
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q) {
+        const T* __restrict__ p = x + ox[q] + e * sx;
+        const T* __restrict__ r = y + oy[q] + e * sy;
+        const T* __restrict__ t = z + oz[q] + e * sz;
+        for (int u = 0; u < CC; ++u) acc[q][u] += p[u] * r[u] * t[u];
+      }
+    }
+    for (int q = 0; q < Q; ++q)
+      for (int u = 0; u < CC; ++u) part[(n0 + q) * CC + u] += acc[q][u];
+  }
+  if (n0 < en.nnz) {
+    const Entries rest{en.i + n0, en.j + n0, en.k + n0, en.nnz - n0};
+    TrilinearRows<T, CC>(x, y, z, part + n0 * CC, e0, e1, dx, dy, dz, CC, rest);
+  }
+}
+
 template <typename T>
 using TrilinearFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t,
                              int64_t, int64_t, int64_t, Entries);
 
 template <typename T>
-BilinearFn<T> PickBilinear(int64_t c) {
-  switch (c) {
-    case 8: return BilinearRows<T, 8>;
-    case 16: return BilinearRows<T, 16>;
-    case 32: return BilinearRows<T, 32>;
-    case 64: return BilinearRows<T, 64>;
-    case 128: return BilinearRows<T, 128>;
-    default: return BilinearRows<T, 0>;
-  }
-}
-
-template <typename T>
 TrilinearFn<T> PickTrilinear(int64_t c) {
   switch (c) {
-    case 8: return TrilinearRows<T, 8>;
-    case 16: return TrilinearRows<T, 16>;
-    case 32: return TrilinearRows<T, 32>;
-    case 64: return TrilinearRows<T, 64>;
+    case 8: return TrilinearFixed<T, 8, 4>;
+    case 16: return TrilinearFixed<T, 16, 4>;
+    case 32: return TrilinearFixed<T, 32, 4>;
+    case 64: return TrilinearFixed<T, 64, 2>;
     case 128: return TrilinearRows<T, 128>;
     default: return TrilinearRows<T, 0>;
   }
@@ -198,14 +335,28 @@ ffi::Error BilinearImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& a, const ff
   const T* bp = b.typed_data<T>();
   const T* wp = w.typed_data<T>();
   T* op = out.typed_data<T>();
-  const int64_t chunk = ChunkRows((da + db + dout) * c);
-  const int64_t n_chunks = (rows + chunk - 1) / chunk;
-  const BilinearFn<T> kernel = PickBilinear<T>(c);
-  auto fn = [&](int64_t ch) {
-    const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
-    kernel(ap, bp, wp, op, e0, e1, da, db, dout, c, scalar_w, en);
-  };
-  if (rows > 0) ParallelChunks(pool, n_chunks, fn);
+  if (rows == 0) return ffi::Error::Success();
+  if (const FixedFn<T> blocked = PickBlocked<T>(c, en.nnz, scalar_w)) {
+    // chunks of whole blocks of rows (rows are independent: any split gives the same bits)
+    const int64_t chunk = (ChunkRows((da + db + dout) * c) + kBlockRows - 1) / kBlockRows *
+                          kBlockRows;
+    const int64_t n_chunks = (rows + chunk - 1) / chunk;
+    const Plan plan = MakePlan(en, c);
+    auto fn = [&](int64_t ch) {
+      const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
+      blocked(ap, bp, wp, op, e0, e1, da * c, db * c, dout * c, plan, en);
+    };
+    ParallelChunks(pool, n_chunks, fn);
+  } else {
+    const int64_t chunk = ChunkRows((da + db + dout) * c);
+    const int64_t n_chunks = (rows + chunk - 1) / chunk;
+    const BilinearFn<T> kernel = PickBilinear<T>(c);
+    auto fn = [&](int64_t ch) {
+      const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
+      kernel(ap, bp, wp, op, e0, e1, da, db, dout, c, scalar_w, en);
+    };
+    ParallelChunks(pool, n_chunks, fn);
+  }
   return ffi::Error::Success();
 }
 

@@ -78,6 +78,17 @@ def _cpu_flags() -> str:
     return platform.machine() + platform.processor()
 
 
+def _arch_flags() -> list[str]:
+    """``-march=native``, and 512-bit vectors where the CPU has AVX-512: a compiler that
+    does not know the CPU tunes for an older one and keeps to 256 bits (GCC 12 on an AMD
+    Zen 5: znver3), twice the vector instructions per tensor-product entry
+    (benchmarks/NOTES.md, section 17)."""
+    flags = ["-march=native"]
+    if "avx512f" in _cpu_flags().split():
+        flags.append("-mprefer-vector-width=512")
+    return flags
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if name and shutil.which(name):
@@ -91,7 +102,7 @@ def _build(cxx: str, target: Path) -> None:
     base = [cxx, "-O3", "-std=c++17", "-fPIC", "-shared", f"-I{include}", str(SOURCE)]
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for arch in (["-march=native"], []):  # some compilers/CPUs reject -march=native
+    for arch in (_arch_flags(), []):  # some compilers/CPUs reject -march=native
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         proc = subprocess.run(base + arch + ["-o", tmp], capture_output=True, text=True)
@@ -126,6 +137,7 @@ def available() -> bool:
                 jaxlib.__version__,
                 version.split("\n")[0],
                 _cpu_flags(),
+                " ".join(_arch_flags()),
             )
         )
     ).hexdigest()[:16]

@@ -27,18 +27,22 @@ def random_entries(rng, nnz, da, db, dout):
 
 
 @pytest.mark.parametrize(
-    "dtype,channels,scalar_w,rows",
+    "dtype,channels,scalar_w,rows,nnz",
     [  # specialised and generic channel counts, per-channel and scalar weights, 1 chunk or many
-        (jnp.float32, 16, False, 300),
-        (jnp.float64, 5, False, 300),
-        (jnp.float64, 64, True, 1),
-        (jnp.float32, 64, True, 2000),
+        (jnp.float32, 16, False, 300, 17),
+        (jnp.float64, 5, False, 300, 17),
+        (jnp.float64, 64, True, 1, 17),
+        (jnp.float32, 64, True, 2000, 17),
+        # weights beyond 32 KB: the bilinear kernel takes rows in blocks (4 rows at 32
+        # channels, 2 at 64), row counts that leave a remainder
+        (jnp.float32, 32, False, 303, 300),
+        (jnp.float64, 64, False, 7, 300),
     ],
 )
 @pytest.mark.slow
-def test_primitives_match_xla(dtype, channels, scalar_w, rows):
+def test_primitives_match_xla(dtype, channels, scalar_w, rows, nnz):
     rng = np.random.default_rng(rows + channels)
-    da, db, dout, nnz = 4, 3, 5, 17
+    da, db, dout = 4, 3, 5
     ia, ib, io = random_entries(rng, nnz, da, db, dout)  # unsorted, repeated (i, j, k)
     k = jax.random.split(jax.random.PRNGKey(channels), 4)
     a = jax.random.normal(k[0], (rows, da, channels), dtype)
