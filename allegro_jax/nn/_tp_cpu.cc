@@ -144,7 +144,7 @@ Plan MakePlan(Entries en, int64_t c) {
 // sums stay in registers; rows left over go to BilinearRows. Every row sums its entries in
 // the same order and with the same expressions as BilinearRows: the same bits.
 template <typename T, int CC, int R>
-void BilinearFixed(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w,
+void BilinearBlocked(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w,
                    T* __restrict__ out, int64_t e0, int64_t e1, int64_t sa, int64_t sb,
                    int64_t so, const Plan& plan, Entries en) {
   const int64_t* __restrict__ oa = plan.oa.data();
@@ -178,10 +178,10 @@ void BilinearFixed(const T* __restrict__ a, const T* __restrict__ b, const T* __
 }
 
 template <typename T>
-using FixedFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,
+using BlockedFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,
                          int64_t, const Plan&, Entries);
 
-// Rows in blocks (BilinearFixed) where the per-channel weights outgrow L1 (high l_max);
+// Rows in blocks (BilinearBlocked) where the per-channel weights outgrow L1 (high l_max);
 // otherwise nullptr, and BilinearRows takes one row at a time: with few entries the rows
 // stream from memory and blocks of 4 took twice as long (an l_max 4 model's second product,
 // 25 entries).
@@ -189,21 +189,21 @@ constexpr int64_t kBlockedWeightBytes = 32 * 1024;
 constexpr int kBlockRows = 4;
 
 template <typename T, int CC>
-FixedFn<T> BlockedC() {
+BlockedFn<T> BlockedForC() {
   constexpr int R = CC >= 64 ? 2 : kBlockRows;  // R x CC sums in registers: <= 128
-  return BilinearFixed<T, CC, R>;
+  return BilinearBlocked<T, CC, R>;
 }
 
 template <typename T>
-FixedFn<T> PickBlocked(int64_t c, int64_t nnz, bool scalar_w) {
+BlockedFn<T> PickBlocked(int64_t c, int64_t nnz, bool scalar_w) {
   if (scalar_w || nnz * c * static_cast<int64_t>(sizeof(T)) <= kBlockedWeightBytes) {
     return nullptr;
   }
   switch (c) {
-    case 8: return BlockedC<T, 8>();
-    case 16: return BlockedC<T, 16>();
-    case 32: return BlockedC<T, 32>();
-    case 64: return BlockedC<T, 64>();
+    case 8: return BlockedForC<T, 8>();
+    case 16: return BlockedForC<T, 16>();
+    case 32: return BlockedForC<T, 32>();
+    case 64: return BlockedForC<T, 64>();
     default: return nullptr;
   }
 }
@@ -255,7 +255,7 @@ void TrilinearRows(const T* __restrict__ x, const T* __restrict__ y, const T* __
 // entry sums the rows in the same order, with the same expressions, as TrilinearRows: the
 // same bits. Entries left over go to TrilinearRows.
 template <typename T, int CC, int Q>
-void TrilinearFixed(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z,
+void TrilinearBlocked(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z,
                     T* __restrict__ part, int64_t e0, int64_t e1, int64_t dx, int64_t dy,
                     int64_t dz, int64_t /*c_rt*/, Entries en) {
   const int64_t sx = dx * CC, sy = dy * CC, sz = dz * CC;
@@ -294,10 +294,10 @@ using TrilinearFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t,
 template <typename T>
 TrilinearFn<T> PickTrilinear(int64_t c) {
   switch (c) {
-    case 8: return TrilinearFixed<T, 8, 4>;
-    case 16: return TrilinearFixed<T, 16, 4>;
-    case 32: return TrilinearFixed<T, 32, 4>;
-    case 64: return TrilinearFixed<T, 64, 2>;
+    case 8: return TrilinearBlocked<T, 8, 4>;
+    case 16: return TrilinearBlocked<T, 16, 4>;
+    case 32: return TrilinearBlocked<T, 32, 4>;
+    case 64: return TrilinearBlocked<T, 64, 2>;
     case 128: return TrilinearRows<T, 128>;
     default: return TrilinearRows<T, 0>;
   }
@@ -336,7 +336,7 @@ ffi::Error BilinearImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& a, const ff
   const T* wp = w.typed_data<T>();
   T* op = out.typed_data<T>();
   if (rows == 0) return ffi::Error::Success();
-  if (const FixedFn<T> blocked = PickBlocked<T>(c, en.nnz, scalar_w)) {
+  if (const BlockedFn<T> blocked = PickBlocked<T>(c, en.nnz, scalar_w)) {
     // chunks of whole blocks of rows (rows are independent: any split gives the same bits)
     const int64_t chunk = (ChunkRows((da + db + dout) * c) + kBlockRows - 1) / kBlockRows *
                           kBlockRows;
