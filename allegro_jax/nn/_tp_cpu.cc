@@ -145,8 +145,8 @@ Plan MakePlan(Entries en, int64_t c) {
 // the same order and with the same expressions as BilinearRows: the same bits.
 template <typename T, int CC, int R>
 void BilinearBlocked(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w,
-                   T* __restrict__ out, int64_t e0, int64_t e1, int64_t sa, int64_t sb,
-                   int64_t so, const Plan& plan, Entries en) {
+                     T* __restrict__ out, int64_t e0, int64_t e1, int64_t sa, int64_t sb,
+                     int64_t so, const Plan& plan, Entries en) {
   const int64_t* __restrict__ oa = plan.oa.data();
   const int64_t* __restrict__ ob = plan.ob.data();
   const int64_t* __restrict__ start = plan.start.data();
@@ -179,7 +179,7 @@ void BilinearBlocked(const T* __restrict__ a, const T* __restrict__ b, const T* 
 
 template <typename T>
 using BlockedFn = void (*)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, const Plan&, Entries);
+                           int64_t, const Plan&, Entries);
 
 // Rows in blocks (BilinearBlocked) where the per-channel weights outgrow L1 (high l_max);
 // otherwise nullptr, and BilinearRows takes one row at a time: with few entries the rows
@@ -256,8 +256,8 @@ void TrilinearRows(const T* __restrict__ x, const T* __restrict__ y, const T* __
 // same bits. Entries left over go to TrilinearRows.
 template <typename T, int CC, int Q>
 void TrilinearBlocked(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z,
-                    T* __restrict__ part, int64_t e0, int64_t e1, int64_t dx, int64_t dy,
-                    int64_t dz, int64_t /*c_rt*/, Entries en) {
+                      T* __restrict__ part, int64_t e0, int64_t e1, int64_t dx, int64_t dy,
+                      int64_t dz, int64_t /*c_rt*/, Entries en) {
   const int64_t sx = dx * CC, sy = dy * CC, sz = dz * CC;
   int64_t n0 = 0;
   for (; n0 + Q <= en.nnz; n0 += Q) {
@@ -335,28 +335,22 @@ ffi::Error BilinearImpl(ffi::ThreadPool& pool, const ffi::AnyBuffer& a, const ff
   const T* bp = b.typed_data<T>();
   const T* wp = w.typed_data<T>();
   T* op = out.typed_data<T>();
-  if (rows == 0) return ffi::Error::Success();
-  if (const BlockedFn<T> blocked = PickBlocked<T>(c, en.nnz, scalar_w)) {
-    // chunks of whole blocks of rows (rows are independent: any split gives the same bits)
-    const int64_t chunk = (ChunkRows((da + db + dout) * c) + kBlockRows - 1) / kBlockRows *
-                          kBlockRows;
-    const int64_t n_chunks = (rows + chunk - 1) / chunk;
-    const Plan plan = MakePlan(en, c);
-    auto fn = [&](int64_t ch) {
-      const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
+  const BlockedFn<T> blocked = PickBlocked<T>(c, en.nnz, scalar_w);
+  const BilinearFn<T> kernel = PickBilinear<T>(c);
+  int64_t chunk = ChunkRows((da + db + dout) * c);
+  // whole blocks of rows per chunk (rows are independent: any split gives the same bits)
+  if (blocked) chunk = (chunk + kBlockRows - 1) / kBlockRows * kBlockRows;
+  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  const Plan plan = blocked ? MakePlan(en, c) : Plan{};
+  auto fn = [&](int64_t ch) {
+    const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
+    if (blocked) {
       blocked(ap, bp, wp, op, e0, e1, da * c, db * c, dout * c, plan, en);
-    };
-    ParallelChunks(pool, n_chunks, fn);
-  } else {
-    const int64_t chunk = ChunkRows((da + db + dout) * c);
-    const int64_t n_chunks = (rows + chunk - 1) / chunk;
-    const BilinearFn<T> kernel = PickBilinear<T>(c);
-    auto fn = [&](int64_t ch) {
-      const int64_t e0 = ch * chunk, e1 = std::min(rows, e0 + chunk);
+    } else {
       kernel(ap, bp, wp, op, e0, e1, da, db, dout, c, scalar_w, en);
-    };
-    ParallelChunks(pool, n_chunks, fn);
-  }
+    }
+  };
+  if (rows > 0) ParallelChunks(pool, n_chunks, fn);
   return ffi::Error::Success();
 }
 
